@@ -1,0 +1,355 @@
+"""Search spaces as TOML files, and genomes as plain data.
+
+A space file names a family, fixes its options, and gives each gene a range. The family
+(see `nas.families`) says which genes exist and which are per-stage. Files are looked up in
+the directories on `NAS_SPACES_PATH` (os.pathsep-separated), then `./search_spaces`, then the
+`search_spaces/` folder shipped with nas; a path to a `.toml` file also works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from nas.errors import NasError
+from nas.families import FAMILIES, Family
+
+BUILTIN_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One integer gene: a grid low, low+step, ..., high, or an explicit list of choices."""
+
+    name: str
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+    choices: tuple[int, ...] | None = None
+    role: str = "other"  # "width", "depth" or "other"; budget projection scales widths first
+
+    def values(self) -> list[int]:
+        if self.choices is not None:
+            return list(self.choices)
+        return list(range(self.low, self.high + 1, self.step))
+
+    def contains(self, value: int) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def snap(self, value: float) -> int:
+        """The allowed value nearest to `value`."""
+        if self.choices is not None:
+            return min(self.choices, key=lambda c: (abs(c - value), c))
+        k = round((value - self.low) / self.step)
+        return int(min(max(self.low + k * self.step, self.low), self.high_on_grid))
+
+    def shift(self, value: int, steps: int) -> int | None:
+        """The value `steps` grid points away, or None if that leaves the gene's range."""
+        if self.choices is not None:
+            i = self.choices.index(value) + steps
+            return self.choices[i] if 0 <= i < len(self.choices) else None
+        v = value + steps * self.step
+        return v if self.low <= v <= self.high else None
+
+    @property
+    def high_on_grid(self) -> int:
+        return self.low + (self.high - self.low) // self.step * self.step
+
+    @property
+    def minimum(self) -> int:
+        return min(self.choices) if self.choices is not None else self.low
+
+    @property
+    def maximum(self) -> int:
+        return max(self.choices) if self.choices is not None else self.high_on_grid
+
+
+@dataclass(frozen=True)
+class Genome:
+    """A point of a space: enough to rebuild the model without the space file."""
+
+    space: str
+    family: str
+    genes: dict[str, Any]
+    options: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "family": self.family,
+                "genes": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.genes.items()},
+                "options": dict(self.options)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "genome") -> Genome:
+        if not isinstance(d, dict):
+            raise NasError(f"{where}: a genome must be a JSON object")
+        for key in ("family", "genes"):
+            if key not in d:
+                raise NasError(f"{where}: missing field '{key}'")
+        family = _family(d["family"], where)
+        genes = d["genes"]
+        if not isinstance(genes, dict):
+            raise NasError(f"{where}: field 'genes' must be an object")
+        options = family.check_options({**family.default_options, **d.get("options", {})}, where)
+        genes = family.check_genes(genes, options, where)
+        return cls(space=str(d.get("space", d["family"])), family=family.name, genes=genes, options=options)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "genome") -> Genome:
+        try:
+            return cls.from_dict(json.loads(text), where)
+        except json.JSONDecodeError as e:
+            raise NasError(f"{where}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+    def key(self) -> str:
+        """Identity for de-duplication: the same architecture gives the same key."""
+        return json.dumps({"family": self.family, "genes": self.to_dict()["genes"],
+                           "options": self.options}, sort_keys=True)
+
+    def __str__(self) -> str:
+        return FAMILIES[self.family].short_string(self)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Genome) and self.key() == other.key()
+
+
+def _family(name: Any, where: str) -> Family:
+    if name not in FAMILIES:
+        raise NasError(f"{where}: unknown family '{name}' (known: {', '.join(sorted(FAMILIES))})")
+    return FAMILIES[name]
+
+
+@dataclass
+class Space:
+    """A family with fixed options and a range per gene, loaded from a space file."""
+
+    name: str
+    family: Family
+    options: dict[str, Any]
+    genes: dict[str, Gene]
+    description: str = ""
+    presets: dict[str, Genome] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def stages(self) -> int:
+        return int(self.options["stages"])
+
+    @property
+    def coords(self) -> list[tuple[str, int | None]]:
+        """The searchable integer coordinates, in a fixed order: (gene, stage index or None)."""
+        out: list[tuple[str, int | None]] = []
+        for name in self.family.gene_names(self.options):
+            if name in self.family.per_stage:
+                out.extend((name, s) for s in range(self.stages))
+            else:
+                out.append((name, None))
+        return out
+
+    def coord_name(self, coord: tuple[str, int | None]) -> str:
+        name, s = coord
+        return name if s is None else f"{name}{s + 1}"
+
+    def vector(self, genome: Genome) -> list[int]:
+        return [genome.genes[n] if s is None else genome.genes[n][s] for n, s in self.coords]
+
+    def from_vector(self, values: list[float] | tuple[float, ...], options: dict[str, Any] | None = None) -> Genome:
+        """The genome whose coordinates are `values`, each snapped onto its gene's grid."""
+        genes: dict[str, Any] = {}
+        for (name, s), v in zip(self.coords, values):
+            snapped = self.genes[name].snap(v)
+            if s is None:
+                genes[name] = snapped
+            else:
+                genes.setdefault(name, []).append(snapped)
+        return Genome(self.name, self.family.name, genes, dict(options or self.options))
+
+    def extreme(self, which: str) -> Genome:
+        """The genome with every gene at its minimum ('min') or maximum ('max')."""
+        return self.from_vector([getattr(self.genes[n], "minimum" if which == "min" else "maximum")
+                                 for n, _ in self.coords])
+
+    def check(self, genome: Genome, where: str = "genome") -> Genome:
+        """Raise NasError unless `genome` is of this space's family and inside its ranges."""
+        if genome.family != self.family.name:
+            raise NasError(f"{where}: family '{genome.family}' is not the family of space "
+                           f"'{self.name}' ({self.family.name})")
+        if genome.options.get("stages") != self.stages:
+            raise NasError(f"{where}: {genome.options.get('stages')} stages, space '{self.name}' has {self.stages}")
+        for name, s in self.coords:
+            if name not in genome.genes:
+                raise NasError(f"{where}: gene '{name}' is missing (space '{self.name}')")
+            v = genome.genes[name] if s is None else genome.genes[name][s]
+            gene = self.genes[name]
+            if not gene.contains(v):
+                allowed = (f"one of {list(gene.choices)}" if gene.choices is not None
+                           else f"{gene.low}..{gene.high}" + (f" in steps of {gene.step}" if gene.step > 1 else ""))
+                raise NasError(f"{where}: gene '{self.coord_name((name, s))}' = {v} is outside space "
+                               f"'{self.name}' (allowed: {allowed})")
+        return genome
+
+    def genome(self, genes: dict[str, Any], options: dict[str, Any] | None = None) -> Genome:
+        """Build and validate a genome of this space from gene values."""
+        g = Genome.from_dict({"space": self.name, "family": self.family.name, "genes": genes,
+                              "options": {**self.options, **(options or {})}}, f"space '{self.name}'")
+        return self.check(g)
+
+
+# ---------------------------------------------------------------- loading space files
+
+def space_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("NAS_SPACES_PATH", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "search_spaces", BUILTIN_SPACES_DIR]
+    seen, out = set(), []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen and r.is_dir():
+            seen.add(r)
+            out.append(d)
+    return out
+
+
+def list_spaces() -> dict[str, Path]:
+    """Space name -> file, earlier directories shadowing later ones."""
+    found: dict[str, Path] = {}
+    for d in space_dirs():
+        for f in sorted(d.glob("*.toml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def load_space(name_or_path: str | Path) -> Space:
+    """Load a space by name (from the search path) or by path to a `.toml` file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.is_file():
+        if not p.is_file():
+            raise NasError(f"space file {p} does not exist")
+        return _parse_space_file(p)
+    spaces = list_spaces()
+    if str(name_or_path) not in spaces:
+        raise NasError(f"unknown space '{name_or_path}' (known: {', '.join(sorted(spaces)) or 'none'})")
+    return _parse_space_file(spaces[str(name_or_path)])
+
+
+def _parse_space_file(path: Path) -> Space:
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise NasError(f"{where}: malformed TOML ({e})") from None
+    known = {"family", "description", "options", "genes", "presets"}
+    for key in data:
+        if key not in known:
+            raise NasError(f"{where}: unknown field '{key}' (expected: {', '.join(sorted(known))})")
+    if "family" not in data:
+        raise NasError(f"{where}: missing field 'family'")
+    family = _family(data["family"], where)
+    options = family.check_options({**family.default_options, **data.get("options", {})}, where)
+    genes_data = data.get("genes", {})
+    if not isinstance(genes_data, dict):
+        raise NasError(f"{where}: field 'genes' must be a table")
+    wanted = family.gene_names(options)
+    for name in genes_data:
+        if name not in wanted:
+            raise NasError(f"{where}: genes.{name} is not a gene of family '{family.name}' "
+                           f"with these options (genes: {', '.join(wanted)})")
+    genes = {}
+    for name in wanted:
+        if name not in genes_data:
+            raise NasError(f"{where}: missing field 'genes.{name}'")
+        genes[name] = _parse_gene(name, genes_data[name], family.gene_roles[name], f"{where}: genes.{name}")
+    space = Space(name=path.stem, family=family, options=options, genes=genes,
+                  description=str(data.get("description", "")), path=path)
+    presets = data.get("presets", {})
+    if not isinstance(presets, dict):
+        raise NasError(f"{where}: field 'presets' must be a table")
+    for pname, pdata in presets.items():
+        pwhere = f"{where}: presets.{pname}"
+        if not isinstance(pdata, dict):
+            raise NasError(f"{pwhere} must be a table")
+        popts = pdata.get("options", {})
+        pgenes = {k: v for k, v in pdata.items() if k != "options"}
+        opts = {**options, **popts}
+        g = Genome.from_dict({"space": space.name, "family": family.name, "genes": pgenes, "options": opts}, pwhere)
+        space.presets[pname] = space.check(g, pwhere)
+    return space
+
+
+def _parse_gene(name: str, spec: Any, role: str, where: str) -> Gene:
+    if not isinstance(spec, dict):
+        raise NasError(f"{where} must be a table like {{low = 1, high = 4}} or {{choices = [3, 5]}}")
+    allowed = {"low", "high", "step", "log", "choices"}
+    for k in spec:
+        if k not in allowed:
+            raise NasError(f"{where}.{k}: unknown field (expected: {', '.join(sorted(allowed))})")
+    if "choices" in spec:
+        ch = spec["choices"]
+        if not (isinstance(ch, list) and ch and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in ch)):
+            raise NasError(f"{where}.choices must be a non-empty list of positive integers")
+        ch = tuple(sorted(set(ch)))
+        return Gene(name, ch[0], ch[-1], choices=ch, role=role)
+    for k in ("low", "high"):
+        if k not in spec:
+            raise NasError(f"{where}.{k}: missing (or give 'choices')")
+    vals = {k: spec.get(k, d) for k, d in (("low", None), ("high", None), ("step", 1))}
+    for k, v in vals.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise NasError(f"{where}.{k} must be an integer, got {v!r}")
+    low, high, step = vals["low"], vals["high"], vals["step"]
+    lowest = 0 if name == "width_slope" else 1
+    if low < lowest or high < low or step < 1:
+        raise NasError(f"{where}: need {lowest} <= low <= high and step >= 1 (got low={low}, high={high}, step={step})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise NasError(f"{where}.log must be true or false")
+    if log and (step != 1 or low < 1):
+        raise NasError(f"{where}: log = true needs step = 1 and low >= 1")
+    return Gene(name, low, high, step, log, role=role)
+
+
+# ---------------------------------------------------------------- reading a GENOME argument
+
+def parse_genome(text: str, space: Space | None = None) -> Genome:
+    """A GENOME argument: a preset name (`seed-m4` or `mbconv:seed-m4`), a JSON file, or inline JSON."""
+    text = text.strip()
+    if text.startswith("{"):
+        return Genome.from_json(text, "inline genome")
+    p = Path(text)
+    if p.suffix == ".json" or p.is_file():
+        if not p.is_file():
+            raise NasError(f"genome file {p} does not exist")
+        return Genome.from_json(p.read_text(), str(p))
+    return find_preset(text, space)
+
+
+def find_preset(name: str, space: Space | None = None) -> Genome:
+    if ":" in name:
+        sname, pname = name.split(":", 1)
+        sp = load_space(sname)
+        if pname not in sp.presets:
+            raise NasError(f"unknown preset '{pname}' in space '{sname}' (presets: {', '.join(sp.presets) or 'none'})")
+        return sp.presets[pname]
+    candidates = [space] if space is not None else [load_space(n) for n in list_spaces()]
+    for sp in candidates:
+        if name in sp.presets:
+            return sp.presets[name]
+    known = sorted({f"{p}" for sp in candidates for p in sp.presets})
+    raise NasError(f"unknown preset '{name}': not a preset name, a .json file or inline JSON "
+                   f"(presets: {', '.join(known) or 'none'})")
+
