@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 
 import torch
 
@@ -58,6 +59,9 @@ def _flop_analysis(genome: Genome):
     model = build_model(genome).eval()
     analysis = FlopCountAnalysis(model, torch.zeros(1, 3, 32, 32))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with warnings.catch_warnings():  # fvcore traces through a deprecated torch.jit API
+        warnings.simplefilter("ignore", FutureWarning)
+        analysis.total()  # runs the trace once; later queries reuse it
     return model, analysis
 
 

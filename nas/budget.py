@@ -1,0 +1,182 @@
+"""Budget projection: move a genome into the band [(1 - tol) * B, B] before any training.
+
+Widths are rescaled together (keeping the genome's proportions); depth and then the other
+genes (expansion, kernel) change only when widths alone cannot reach the band. The parameter
+count is monotone in every gene, which makes bisection on the width scale exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nas.counting import count_params
+from nas.errors import NasError
+from nas.spaces import Genome, Space
+
+DEFAULT_TOL = 0.1
+
+
+def check_budget(budget: object) -> int:
+    """The budget as a positive int, or a one-line NasError."""
+    try:
+        value = float(budget)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise NasError(f"budget must be a positive number of parameters, got {budget!r}") from None
+    if not math.isfinite(value) or value < 1 or value != int(value):
+        raise NasError(f"budget must be a positive whole number of parameters, got {budget!r}")
+    return int(value)
+
+
+def band(budget: int, tol: float = DEFAULT_TOL) -> tuple[int, int]:
+    """The inclusive parameter range a projected genome lands in."""
+    return math.ceil((1 - tol) * budget), budget
+
+
+class _Counter:
+    """Counts parameters of coordinate vectors of one space with fixed options."""
+
+    def __init__(self, space: Space, options: dict):
+        self.space, self.options = space, options
+
+    def genome(self, v: list[int]) -> Genome:
+        return self.space.from_vector(v, self.options)
+
+    def __call__(self, v: list[int]) -> int:
+        return count_params(self.genome(v))
+
+
+def min_params(space: Space, options: dict | None = None) -> int:
+    """The smallest parameter count any genome of the space reaches."""
+    c = _Counter(space, options or space.options)
+    return c([space.genes[n].minimum for n, _ in space.coords])
+
+
+def max_params(space: Space, options: dict | None = None) -> int:
+    c = _Counter(space, options or space.options)
+    return c([space.genes[n].maximum for n, _ in space.coords])
+
+
+def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL) -> Genome:
+    """The genome nearest to `genome` whose parameter count is in [(1 - tol) * budget, budget]."""
+    budget = check_budget(budget)
+    if not 0 <= tol < 1:
+        raise NasError(f"tolerance must be in [0, 1), got {tol}")
+    if genome.family != space.family.name:
+        raise NasError(f"genome of family '{genome.family}' cannot be projected in space '{space.name}' "
+                       f"(family '{space.family.name}')")
+    options = genome.options
+    count = _Counter(space, options)
+    lo, hi = band(budget, tol)
+    genes = [space.genes[n] for n, _ in space.coords]
+    v = [g.snap(x) for g, x in zip(genes, space.vector(genome))]  # clip into the space's ranges
+    if lo <= count(v) <= hi:
+        return count.genome(v)
+
+    widths = [i for i, g in enumerate(genes) if g.role == "width"]
+    depths = [i for i, g in enumerate(genes) if g.role == "depth"]
+    others = [i for i, g in enumerate(genes) if g.role == "other"]
+
+    def at(v: list[int], idx: list[int], which: str) -> list[int]:
+        out = list(v)
+        for i in idx:
+            out[i] = getattr(genes[i], which)
+        return out
+
+    smallest = count(at(v, range(len(v)), "minimum"))  # type: ignore[arg-type]
+    if smallest > hi:
+        raise NasError(f"budget {budget:,} is below what space '{space.name}' can meet: its smallest "
+                       f"model has {smallest:,} parameters")
+    largest = count(at(v, range(len(v)), "maximum"))  # type: ignore[arg-type]
+    if largest < lo:
+        raise NasError(f"budget {budget:,} is above what space '{space.name}' can meet with tolerance "
+                       f"{tol}: its largest model has {largest:,} parameters")
+
+    # Structure first, only as far as needed: shrink depth (deepest stage first, later stages on
+    # ties), then the other genes, while even the narrowest widths overshoot; grow symmetrically.
+    while count(at(v, widths, "minimum")) > hi:
+        v = _step_structure(v, genes, depths, others, -1)
+    while count(at(v, widths, "maximum")) < lo:
+        v = _step_structure(v, genes, depths, others, +1)
+
+    base = list(v)
+
+    def scaled(alpha: float) -> list[int]:
+        out = list(base)
+        for i in widths:
+            out[i] = genes[i].snap(base[i] * alpha)
+        return out
+
+    # Bisection on log(alpha): the count is monotone in alpha.
+    a_lo, a_hi = math.log(1e-4), math.log(1e4)
+    if count(scaled(math.exp(a_lo))) > hi:  # widths already at their minimum are the floor
+        a_lo = -math.inf
+    for _ in range(40):
+        mid = (a_lo + a_hi) / 2 if math.isfinite(a_lo) else a_hi - 20
+        if count(scaled(math.exp(mid))) <= hi:
+            a_lo = mid
+        else:
+            a_hi = mid
+        if a_hi - a_lo < 1e-4:
+            break
+    v = scaled(math.exp(a_lo)) if math.isfinite(a_lo) else at(base, widths, "minimum")
+    n = count(v)
+    # Rounding can leave the count under the band: add single width steps, always to the width
+    # furthest below its ideal scaled value, so proportions stay as close as the grid allows.
+    target = math.exp(a_hi)
+    while n < lo:
+        best = None
+        for i in widths + others + depths:
+            nxt = genes[i].shift(v[i], +1)
+            if nxt is None:
+                continue
+            trial = list(v)
+            trial[i] = nxt
+            m = count(trial)
+            if m > hi:
+                continue
+            is_width = genes[i].role == "width"
+            lag = v[i] / max(base[i] * target, 1e-9) if is_width else math.inf
+            key = (not is_width, lag, -m)
+            if best is None or key < best[0]:
+                best = (key, trial, m)
+        if best is None:
+            raise NasError(f"cannot land in [{lo:,}, {hi:,}] from {count.genome(v)} ({n:,} parameters); "
+                           f"try a larger --tol")
+        _, v, n = best
+    return count.genome(v)
+
+
+def _step_structure(v: list[int], genes: list, depths: list[int], others: list[int], sign: int) -> list[int]:
+    """One grid step of one depth gene (else one other gene) in direction `sign`."""
+    for group in (depths, others):
+        movable = [i for i in group if genes[i].shift(v[i], sign) is not None]
+        if movable:
+            # shrinking: the largest value, latest stage on ties; growing: the smallest, earliest
+            i = max(movable, key=lambda i: (v[i], i)) if sign < 0 else min(movable, key=lambda i: (v[i], i))
+            out = list(v)
+            out[i] = genes[i].shift(v[i], sign)
+            return out
+    raise NasError("no structural gene left to change")  # unreachable: extremes were checked
+
+
+def param_gradient(space: Space, genome: Genome) -> list[float]:
+    """dN/dq_i per coordinate: exact forward difference of the count by one grid step
+    (backward where the forward step leaves the range), divided by the step in value."""
+    count = _Counter(space, genome.options)
+    v = space.vector(genome)
+    n0 = count(v)
+    grad = []
+    for i, (name, _) in enumerate(space.coords):
+        gene = space.genes[name]
+        nxt = gene.shift(v[i], +1)
+        if nxt is not None:
+            w = list(v); w[i] = nxt
+            grad.append((count(w) - n0) / (nxt - v[i]))
+            continue
+        prv = gene.shift(v[i], -1)
+        if prv is None:
+            grad.append(0.0)
+            continue
+        w = list(v); w[i] = prv
+        grad.append((n0 - count(w)) / (v[i] - prv))
+    return grad
