@@ -52,15 +52,17 @@ def count_params(genome: Genome) -> int:
 
 
 def _flop_analysis(genome: Genome):
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     from nas.models import build_model
 
     model = build_model(genome).eval()
-    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, 32, 32))
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with warnings.catch_warnings():  # fvcore traces through a deprecated torch.jit API
         warnings.simplefilter("ignore", FutureWarning)
+        analysis = FlopCountAnalysis(model, torch.zeros(1, 3, 32, 32))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.total()  # runs the trace once; later queries reuse it
     return model, analysis
 
