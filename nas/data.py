@@ -1,0 +1,224 @@
+"""CIFAR-100 on the training device: loading, a stratified validation split, batched augmentation.
+
+The images stay uint8 tensors on the device (150 MB for the training set); every batch is cropped,
+flipped, normalised and optionally cut out with tensor ops there, so there is no DataLoader and
+no per-image PIL work. Loading goes through `torchvision.datasets.CIFAR100`, which md5-checks
+the files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nas.errors import NasError
+
+FOLDER = "cifar-100-python"
+PAD = 4  # random-crop padding, as torchvision's RandomCrop(32, padding=4)
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The folder that holds (or will hold) `cifar-100-python/`: the argument, else
+    `NAS_DATA_DIR`, else a per-user cache folder."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("NAS_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "nas" / "data"
+
+
+def default_data_dir() -> Path:
+    """`NAS_DATA_DIR`, else the per-user cache folder."""
+    return resolve_data_dir(None)
+
+
+@dataclass
+class CifarData:
+    """uint8 images (N, 3, 32, 32) and int64 labels on one device, plus the normalisation
+    statistics of the training part (per channel, in [0, 1] units)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    classes: list[str]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device: str | torch.device) -> CifarData:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+# ---------------------------------------------------------------- loading
+
+def _expected_files() -> list[tuple[str, str]]:
+    # Read at call time, so tests can point torchvision's checksums at fixture files.
+    from torchvision.datasets import CIFAR100
+    return [*(tuple(f) for f in CIFAR100.train_list + CIFAR100.test_list),
+            (CIFAR100.meta["filename"], CIFAR100.meta["md5"])]
+
+
+def _check_files(root: Path, download: bool) -> None:
+    """Raise NasError for a corrupt file; download missing files, or say where to put them."""
+    from torchvision.datasets import CIFAR100
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / FOLDER
+    missing = []
+    for name, md5 in _expected_files():
+        path = folder / name
+        if not path.is_file():
+            missing.append(name)
+        elif not check_integrity(str(path), md5):
+            # Reported rather than silently re-downloaded over: the user may have put it there.
+            raise NasError(f"CIFAR-100 file {path} is corrupt (md5 mismatch); delete it to re-download "
+                           f"or replace it with a good copy")
+    if not missing:
+        return
+    where = f"put the '{FOLDER}/' folder into {root.resolve()}/ (or pass --data-dir / set NAS_DATA_DIR)"
+    if not download:
+        raise NasError(f"CIFAR-100 not found ({folder / missing[0]} is missing); {where}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        CIFAR100(str(root), train=True, download=True)
+    except Exception as e:  # network, disk or archive errors all end the same way for the user
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NasError(f"CIFAR-100 not found in {root.resolve()} and the download failed ({reason}); "
+                       f"{where}") from None
+
+
+def _read_split(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from torchvision.datasets import CIFAR100
+
+    ds = CIFAR100(str(root), train=train, download=False)
+    x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # torchvision gives NHWC
+    return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (taken, rest): `n_take` indices spread over the classes as evenly as possible
+    (per-class counts differ by at most one), chosen at random with `seed`; both sorted."""
+    n = len(labels)
+    if not 0 <= n_take <= n:
+        raise NasError(f"cannot take {n_take} of {n} images")
+    perm = np.random.default_rng(seed).permutation(n)
+    shuffled = labels[perm]
+    rank = np.empty(n, dtype=np.int64)  # position of each image among its class, in shuffled order
+    for c in np.unique(shuffled):
+        m = shuffled == c
+        rank[m] = np.arange(m.sum())
+    # Round robin over classes: all rank-0 images first (in random class order), then rank 1, ...
+    order = np.lexsort((np.arange(n), rank))
+    return np.sort(perm[order[:n_take]]), np.sort(perm[order[n_take:]])
+
+
+def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device = "cpu", val_size: int = 5000,
+                  seed: int = 0, download: bool = True, subset: int | None = None) -> CifarData:
+    """CIFAR-100 as uint8 tensors on `device`, with `val_size` training images held out for
+    validation (seeded, stratified by class). `subset` keeps only that many of the remaining
+    training images (also stratified), for quick runs; validation and test are not reduced."""
+    root = resolve_data_dir(data_dir)
+    _check_files(root, download)
+    try:
+        x, y, classes = _read_split(root, train=True)
+        test_x, test_y, _ = _read_split(root, train=False)
+    except RuntimeError as e:  # torchvision's own md5 check, e.g. a file changed since ours
+        raise NasError(f"CIFAR-100 in {root / FOLDER} could not be read: {e}") from None
+    num_classes = len(classes)
+    if not 0 < val_size < len(y):
+        raise NasError(f"val_size must be between 1 and {len(y) - 1}, got {val_size}")
+    val_idx, train_idx = stratified_split(y, val_size, seed)
+    if subset is not None:
+        if not 0 < subset <= len(train_idx):
+            raise NasError(f"subset must be between 1 and {len(train_idx)}, got {subset}")
+        keep, _ = stratified_split(y[train_idx], subset, seed + 1)
+        train_idx = train_idx[keep]
+    train_x = x[train_idx]
+    # Statistics of the training part only: the validation images must not leak into training.
+    pixels = train_x.transpose(1, 0, 2, 3).reshape(3, -1)
+    mean = torch.tensor([p.mean(dtype=np.float64) / 255 for p in pixels], dtype=torch.float32)
+    std = torch.tensor([p.std(dtype=np.float64) / 255 for p in pixels], dtype=torch.float32)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return CifarData(train_x=t(train_x), train_y=t(y[train_idx]), val_x=t(x[val_idx]), val_y=t(y[val_idx]),
+                     test_x=t(test_x), test_y=t(test_y), num_classes=num_classes,
+                     mean=mean.to(device), std=std.to(device), classes=classes)
+
+
+# ---------------------------------------------------------------- batches and augmentation
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32, standardised per channel."""
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (-mean / std).view(1, -1, 1, 1)
+    return torch.addcmul(shift, x.float(), scale)  # one fused pass instead of three
+
+
+def random_crop(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = PAD) -> torch.Tensor:
+    """Random 32x32 crops of the zero-padded batch (torchvision's RandomCrop(32, padding=4))."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero a size x size square (clipped at the border) at a random centre of each image.
+    Applied after normalisation, zero is the mean colour."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), device=x.device, generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), device=x.device, generator=generator)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    lo = size // 2
+    inside = (ys >= cy - lo) & (ys < cy - lo + size) & (xs >= cx - lo) & (xs < cx - lo + size)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, crop: bool = True, flip: bool = True,
+            cutout_size: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A training batch: uint8 (B, 3, 32, 32) -> augmented, normalised float32."""
+    if crop:
+        x = random_crop(x, generator)
+    if flip:
+        x = random_flip(x, generator)
+    x = normalize(x, mean, std)
+    if cutout_size > 0:
+        x = cutout(x, cutout_size, generator)
+    return x
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
+            device: str | torch.device = "cpu", shuffle: bool = True):
+    """Index tensors of consecutive batches over range(n), in a fresh random order if `shuffle`."""
+    order = (torch.randperm(n, device=device, generator=generator) if shuffle
+             else torch.arange(n, device=device))
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]

@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny, learnable CIFAR-100 in torchvision's exact `cifar-100-python` layout."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURE_CLASSES = 100
+FIXTURE_TRAIN_PER_CLASS = 20
+FIXTURE_TEST_PER_CLASS = 5
+
+
+def _images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Images a small network can tell apart after a few epochs, even cropped and flipped:
+    the class picks a colour (c % 10) and a stripe pattern (c // 10), plus pixel noise."""
+    n = len(labels)
+    colours = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [255, 255, 255]],
+                       dtype=np.float32)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    patterns = []
+    # Stripes along y, x or one diagonal (a flip turns it into the other diagonal, which no class
+    # uses) at periods 4, 6, 8; rings; flat colour.
+    for coord, period in ((yy, 4), (xx, 4), (yy + xx, 4), (yy, 6), (xx, 6), (yy + xx, 6), (yy, 8), (xx, 8),
+                          (np.hypot(yy - 16, xx - 16), 6), (yy * 0, 1)):
+        patterns.append(0.5 + 0.5 * np.cos(2 * np.pi * coord / period))
+    patterns = np.stack(patterns)  # (10, 32, 32) in [0, 1]
+    img = colours[labels % 10][:, :, None, None] * (0.35 + 0.65 * patterns[labels // 10][:, None])
+    img = img + rng.normal(0, 12, size=(n, 3, 32, 32))
+    return np.clip(img, 0, 255).astype(np.uint8).reshape(n, 3072)
+
+
+def _write(path: Path, obj: dict) -> str:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_cifar100(root: Path, train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
+                   test_per_class: int = FIXTURE_TEST_PER_CLASS, seed: int = 0) -> dict[str, str]:
+    """Write `root/cifar-100-python/{train,test,meta}` as torchvision reads them; return file -> md5.
+
+    The real files are Python-2 pickles whose keys (b'data', b'fine_labels', ...) load as str
+    with torchvision's encoding='latin1', so from Python 3 the keys are written as str."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    md5 = {}
+    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = np.repeat(np.arange(FIXTURE_CLASSES), per_class)
+        rng.shuffle(labels)
+        md5[name] = _write(folder / name, {
+            "data": _images(labels, rng),
+            "fine_labels": labels.tolist(),
+            "coarse_labels": (labels // 5).tolist(),
+            "filenames": [f"img_{name}_{i:05d}.png" for i in range(len(labels))],
+            "batch_label": f"{name}ing batch 1 of 1",
+        })
+    md5["meta"] = _write(folder / "meta", {
+        "fine_label_names": [f"class{c:02d}" for c in range(FIXTURE_CLASSES)],
+        "coarse_label_names": [f"super{c:02d}" for c in range(FIXTURE_CLASSES // 5)],
+    })
+    return md5
+
+
+@pytest.fixture(scope="session")
+def _cifar_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("cifar")
+    return root, write_cifar100(root)
+
+
+def use_fixture_checksums(monkeypatch: pytest.MonkeyPatch, md5: dict[str, str]) -> None:
+    """Point torchvision's CIFAR-100 checksums at the fixture files, so its md5 check runs for real."""
+    from torchvision.datasets import CIFAR100
+
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", md5["train"]]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", md5["test"]]])
+    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5["meta"]})
+
+
+@pytest.fixture
+def cifar_dir(_cifar_files: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder holding a tiny fixture `cifar-100-python/` (20 train / 5 test images per class),
+    with torchvision's checksums patched to match. Do not modify it: it is shared by the session."""
+    root, md5 = _cifar_files
+    use_fixture_checksums(monkeypatch, md5)
+    monkeypatch.delenv("NAS_DATA_DIR", raising=False)
+    return root
+
+
+@pytest.fixture
+def cifar_data(cifar_dir: Path):
+    """The fixture dataset loaded on the CPU, 200 validation images (2 per class)."""
+    from nas.data import load_cifar100
+
+    return load_cifar100(cifar_dir, device="cpu", val_size=200, seed=0, download=False)
