@@ -1,0 +1,509 @@
+"""The HTML report: one self-contained page over every study in an Optuna storage.
+
+The page reads only what docs/design.md ("Study and trial records") promises is in a study,
+through Optuna's public API, and inlines plotly.js once so it opens offline. Accuracies are
+stored in [0, 1] and shown in %.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+from plotly.colors import qualitative
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from nas import reference
+from nas.errors import NasError
+from nas.families import FAMILIES
+
+TOP_CURVES = 5  # learning curves drawn per budget
+COLORS = qualitative.Plotly  # one per study
+SERIES_COLORS = qualitative.Dark24  # one per best-per-budget curve
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+# ---------------------------------------------------------------- reading the storage
+
+@dataclass
+class StudyView:
+    """One study's records, as the report needs them."""
+
+    name: str
+    attrs: dict[str, Any]
+    trials: list[FrozenTrial]
+    color: str = COLORS[0]
+
+    @property
+    def budget(self) -> int | None:
+        b = self.attrs.get("budget")
+        return int(b) if isinstance(b, (int, float)) else None
+
+    @property
+    def series(self) -> str:
+        """The studies that differ only in budget form one curve: the name without '-b<budget>'."""
+        return re.sub(r"-b\d+(?=-|$)", "", self.name, count=1)
+
+    @property
+    def complete(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+    @property
+    def failed(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.FAIL]
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        return max(self.complete, key=lambda t: t.value, default=None)
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        f = self.attrs.get("final")
+        return f if isinstance(f, dict) else None
+
+    @property
+    def is_fdpg(self) -> bool:
+        return self.attrs.get("searcher") == "fdpg"
+
+    def status(self) -> str | None:
+        """Why the study has nothing to plot, or None when it has completed trials."""
+        if self.complete:
+            return None
+        if not self.trials:
+            return "no trials yet"
+        if len(self.failed) == len(self.trials):
+            return f"all {len(self.trials)} trials failed"
+        return f"no completed trials yet ({state_counts(self.trials)})"
+
+
+def state_counts(trials: list[FrozenTrial]) -> str:
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def _check_storage_exists(storage: str) -> None:
+    # Optuna silently creates a missing sqlite file; a report on a typo'd path should fail.
+    if storage.startswith("sqlite:///"):
+        path = storage[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:" and not Path(path).exists():
+            raise NasError(f"no study storage at '{path}' (from {storage})")
+
+
+def load_studies(storage: str | optuna.storages.BaseStorage) -> list[StudyView]:
+    """Every study in `storage`, ordered by space, budget and name, each with its own colour."""
+    if isinstance(storage, str):
+        _check_storage_exists(storage)
+        storage = optuna.storages.RDBStorage(storage)  # one connection for all studies
+    views = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        views.append(StudyView(summary.study_name, dict(study.user_attrs), study.get_trials(deepcopy=False)))
+    views.sort(key=lambda v: (str(v.attrs.get("space", "")), v.budget or 0, v.name))
+    for i, v in enumerate(views):
+        v.color = COLORS[i % len(COLORS)]
+    return views
+
+
+def default_report_path(storage: str) -> Path:
+    """reports/<storage stem>.html, e.g. sqlite:///studies/nas.db -> reports/nas.html."""
+    stem = Path(storage.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]).stem
+    return Path("reports") / f"{stem or 'report'}.html"
+
+
+# ---------------------------------------------------------------- formatting
+
+def pct(acc: float | None, digits: int = 2) -> str:
+    return "—" if acc is None else f"{100 * acc:.{digits}f}%"
+
+
+def count_str(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+def budget_str(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n >= 1_000_000:
+        return f"{n / 1e6:g}M"
+    return f"{n / 1e3:g}k" if n >= 1000 else str(n)
+
+
+def duration_str(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{seconds:.1f} s"
+
+
+def trial_label(t: FrozenTrial) -> str:
+    """Hover text for a trial; plotly renders hover text as HTML, so escape the genome."""
+    genome = html.escape(str(t.user_attrs.get("genome_str", "?")))
+    return (f"#{t.number} {genome}<br>{count_str(t.user_attrs.get('params'))} params"
+            f"<br>score {pct(t.value)}")
+
+
+def genome_coords(genome_json: str) -> dict[str, int]:
+    """A genome's genes as named integer coordinates (per-stage genes become name1..nameS),
+    in its family's gene order, like `Space.coords`, so plots list stem, depth, width, ..."""
+    d = json.loads(genome_json)
+    genes = d.get("genes", {})
+    family = FAMILIES.get(d.get("family"))
+    order = family.gene_names({**family.default_options, **d.get("options", {})}) if family else []
+    out: dict[str, int] = {}
+    for name in [n for n in order if n in genes] + [n for n in genes if n not in order]:
+        value = genes[name]
+        if isinstance(value, list):
+            out.update({f"{name}{i + 1}": v for i, v in enumerate(value)})
+        else:
+            out[name] = value
+    return out
+
+
+def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The points no other point beats with at most as many parameters."""
+    front: list[tuple[int, float]] = []
+    for params, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((params, acc))
+    return front
+
+
+def _percent_axis(title: str) -> dict[str, Any]:
+    return {"title": title, "ticksuffix": "%", "rangemode": "tozero"}
+
+
+def _integer_axis(fig: go.Figure, last: int, **kwargs: Any) -> None:
+    """Trial numbers, epochs and steps are integers: no ticks at 1.5."""
+    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(last / 10)), **kwargs)
+
+
+def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(title=title, height=height, template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, hoverlabel={"align": "left"})
+    return fig
+
+
+# ---------------------------------------------------------------- figures
+
+def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
+    """All trials, the best per budget, the Pareto frontier, the final winners, the references."""
+    fig = go.Figure()
+    placed = []  # (params, value) of every trial with a parameter count
+    for s in studies:
+        trials = [t for t in s.complete if t.user_attrs.get("params")]
+        placed += [(t.user_attrs["params"], t.value) for t in trials]
+        if trials:
+            fig.add_trace(go.Scatter(
+                x=[t.user_attrs["params"] for t in trials], y=[100 * t.value for t in trials],
+                mode="markers", name=f"{s.name}: trials", legendgroup=s.name,
+                marker={"color": s.color, "size": 6, "opacity": 0.45},
+                hovertext=[trial_label(t) for t in trials], hoverinfo="text"))
+    front = pareto_front(placed)
+    if front:
+        fig.add_trace(go.Scatter(x=[p for p, _ in front], y=[100 * a for _, a in front],
+                                 mode="lines", line_shape="hv", name="Pareto frontier (all trials)",
+                                 line={"color": "#444", "width": 1.5}))
+    for i, (series, members) in enumerate(_by_series(studies).items()):
+        best = [(s, s.best) for s in members if s.best and s.best.user_attrs.get("params")]
+        if best:
+            fig.add_trace(go.Scatter(
+                x=[b.user_attrs["params"] for _, b in best], y=[100 * b.value for _, b in best],
+                mode="lines+markers", name=f"{series}: best per budget (search score)",
+                marker={"size": 9, "color": [s.color for s, _ in best]},
+                line={"color": SERIES_COLORS[i % len(SERIES_COLORS)]},
+                hovertext=[f"{html.escape(s.name)}<br>{trial_label(b)}" for s, b in best], hoverinfo="text"))
+        finals = [(s, s.final) for s in members if s.final and s.final.get("test_acc") is not None]
+        if finals:
+            fig.add_trace(go.Scatter(
+                x=[f["params"] for _, f in finals], y=[100 * f["test_acc"] for _, f in finals],
+                mode="lines+markers", name=f"{series}: winners, final test acc",
+                marker={"symbol": "star", "size": 14, "color": "#d62728"},
+                line={"color": "#d62728", "dash": "dot"},
+                hovertext=[f"{html.escape(s.name)}<br>{html.escape(str(f.get('genome_str', '?')))}"
+                           f"<br>{count_str(f['params'])} params<br>test {pct(f['test_acc'])}"
+                           for s, f in finals], hoverinfo="text"))
+    _add_reference_traces(fig)
+    top = 1.1 * max(y for t in fig.data for y in t.y if y is not None)
+    budgets = sorted({s.budget for s in studies if s.budget})
+    if budgets:  # the budgets as vertical guides: a point right of its line broke the budget
+        fig.add_trace(go.Scatter(x=[x for b in budgets for x in (b, b, None)],
+                                 y=[y for _ in budgets for y in (0, top, None)], mode="lines",
+                                 name="budgets", hoverinfo="skip",
+                                 line={"color": "#bbb", "dash": "dot", "width": 1}))
+    fig.update_xaxes(type="log", title="parameters (log scale)")
+    fig.update_yaxes(**_percent_axis("CIFAR-100 accuracy"), range=[0, top])
+    return _layout(fig, "Accuracy vs parameters", 620)
+
+
+def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
+    out: dict[str, list[StudyView]] = {}
+    for s in sorted(studies, key=lambda s: s.budget or 0):
+        out.setdefault(s.series, []).append(s)
+    return out
+
+
+def _add_reference_traces(fig: go.Figure) -> None:
+    ref = reference.REFERENCE_STUDY
+    fig.add_trace(go.Scatter(
+        x=[p.params for p in ref], y=[100 * p.test_acc for p in ref], mode="lines+markers",
+        name=reference.REFERENCE_STUDY_SOURCE, line={"color": "#7f7f7f", "dash": "dash"},
+        marker={"symbol": "square", "size": 7, "color": "#7f7f7f"},
+        hovertext=[f"{p.model}: {count_str(p.params)} params, test {pct(p.test_acc)}<br>{p.source}"
+                   for p in ref], hoverinfo="text"))
+    symbols = ["diamond", "triangle-up", "cross", "x"]
+    for i, source in enumerate(reference.public_sources()):
+        pts = [p for p in reference.PUBLIC_POINTS if p.source == source]
+        fig.add_trace(go.Scatter(
+            x=[p.params for p in pts], y=[100 * p.test_acc for p in pts], mode="markers+text",
+            name=f"public: {source}", text=[p.model for p in pts], textposition="top center",
+            textfont={"size": 9, "color": "#666"},
+            marker={"symbol": symbols[i % len(symbols)], "size": 8, "color": "#9467bd"},
+            hovertext=[f"{p.model}: ~{count_str(p.params)} params, test {pct(p.test_acc)}"
+                       + (f", {p.recipe}" if p.recipe else "") + f"<br>{source}" for p in pts],
+            hoverinfo="text"))
+
+
+def fig_search_progress(s: StudyView) -> go.Figure:
+    """Score by trial number, coloured by role, with the best-so-far line and failures at 0."""
+    fig = go.Figure()
+    by_role: dict[str, list[FrozenTrial]] = {}
+    for t in s.complete:
+        by_role.setdefault(str(t.user_attrs.get("role", "trial")), []).append(t)
+    for i, (role, trials) in enumerate(sorted(by_role.items())):
+        fig.add_trace(go.Scatter(x=[t.number for t in trials], y=[100 * t.value for t in trials],
+                                 mode="markers", name=role, marker={"color": COLORS[i % len(COLORS)]},
+                                 hovertext=[trial_label(t) for t in trials], hoverinfo="text"))
+    best_x, best_y, best = [], [], -math.inf
+    for t in sorted(s.complete, key=lambda t: t.number):
+        best = max(best, t.value)
+        best_x.append(t.number)
+        best_y.append(100 * best)
+    fig.add_trace(go.Scatter(x=best_x, y=best_y, mode="lines", line_shape="hv", name="best so far",
+                             line={"color": "#222"}))
+    if s.failed:
+        fig.add_trace(go.Scatter(
+            x=[t.number for t in s.failed], y=[0] * len(s.failed), mode="markers", name="failed",
+            marker={"symbol": "x", "color": "#d62728"}, hoverinfo="text",
+            hovertext=[f"#{t.number} failed: {html.escape(str(t.user_attrs.get('failure', '?')))}"
+                       for t in s.failed]))
+    _integer_axis(fig, max(t.number for t in s.trials), title="trial number")
+    fig.update_yaxes(**_percent_axis("score (val accuracy)"))
+    return _layout(fig, f"Search progress — {s.name}", 380)
+
+
+def learning_curve(t: FrozenTrial) -> tuple[list[int], list[float]]:
+    """(epochs, val accuracies) from the `curve` attr, else from the intermediate values."""
+    curve = t.user_attrs.get("curve") or []
+    points = [(c["epoch"], c["val_acc"]) for c in curve if c.get("val_acc") is not None]
+    if not points:
+        points = sorted(t.intermediate_values.items())
+    return [e for e, _ in points], [a for _, a in points]
+
+
+def fig_learning_curves(s: StudyView) -> go.Figure:
+    fig = go.Figure()
+    top = sorted(s.complete, key=lambda t: t.value, reverse=True)[:TOP_CURVES]
+    last_epoch = 1
+    for i, t in enumerate(top):
+        epochs, accs = learning_curve(t)
+        last_epoch = max([last_epoch, *epochs])
+        genome = html.escape(str(t.user_attrs.get("genome_str", "?")))
+        fig.add_trace(go.Scatter(x=epochs, y=[100 * a for a in accs], mode="lines+markers",
+                                 name=f"#{t.number} ({pct(t.value, 1)})", marker={"size": 4},
+                                 line={"color": COLORS[i % len(COLORS)]},
+                                 hovertemplate=f"#{t.number} {genome}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
+    _integer_axis(fig, last_epoch, title="epoch")
+    fig.update_yaxes(**_percent_axis("val accuracy"))
+    return _layout(fig, f"Learning curves of the top {len(top)} — {s.name}", 380)
+
+
+def fig_fdpg_path(s: StudyView) -> go.Figure:
+    """The walk: centre score per step (neighbours faint) above the centre's coordinates per step."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("score by step", "centre genome coordinates by step"))
+    steps = [t for t in s.complete if t.user_attrs.get("step") is not None]
+    centres = sorted((t for t in steps if t.user_attrs.get("role") == "centre"),
+                     key=lambda t: (t.user_attrs["step"], t.number))
+    others = [t for t in steps if t.user_attrs.get("role") != "centre"]
+    fig.add_trace(go.Scatter(x=[t.user_attrs["step"] for t in others], y=[100 * t.value for t in others],
+                             mode="markers", name="neighbours", marker={"color": "#aaa", "size": 5},
+                             hovertext=[trial_label(t) for t in others], hoverinfo="text"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[t.user_attrs["step"] for t in centres], y=[100 * t.value for t in centres],
+                             mode="lines+markers", name="centre", line={"color": "#1f3b73"},
+                             hovertext=[trial_label(t) for t in centres], hoverinfo="text"), row=1, col=1)
+    coords = [(t.user_attrs["step"], genome_coords(t.user_attrs["genome"]))
+              for t in centres if t.user_attrs.get("genome")]
+    names = list(dict.fromkeys(n for _, c in coords for n in c))
+    for i, name in enumerate(names):
+        fig.add_trace(go.Scatter(x=[step for step, _ in coords], y=[c.get(name) for _, c in coords],
+                                 mode="lines+markers", name=name, legendgroup="coords",
+                                 line={"color": COLORS[i % len(COLORS)]}, marker={"size": 4}),
+                      row=2, col=1)
+    _integer_axis(fig, max((t.user_attrs["step"] for t in steps), default=1))
+    fig.update_xaxes(title="fdpg step", row=2, col=1)
+    fig.update_yaxes(title="score", ticksuffix="%", row=1, col=1)
+    fig.update_yaxes(title="value (log)", type="log", row=2, col=1)
+    return _layout(fig, f"Path of the fdpg search — {s.name}", 640)
+
+
+# ---------------------------------------------------------------- page
+
+def plot_div(fig: go.Figure, div_id: str) -> str:
+    # plotly.js is inlined once in <head>; each figure only carries its data.
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "study"
+
+
+def summary_line(studies: list[StudyView]) -> str:
+    if not studies:
+        return "No studies in this storage yet."
+    trials = [t for s in studies for t in s.trials]
+    parts = [f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}",
+             f"{len(trials)} trials ({state_counts(trials) or 'none'})"]
+    best = [f"{budget_str(s.budget)}: {pct(s.best.value)}" + (f" (test {pct(s.final['test_acc'])})"
+            if s.final and s.final.get("test_acc") is not None else "")
+            for s in studies if s.best]
+    if best:
+        parts.append("best per budget " + ", ".join(best))
+    return html.escape(" · ".join(parts))
+
+
+def winners_table(studies: list[StudyView]) -> str:
+    head = ("<tr><th>study</th><th>budget</th><th>genome</th><th>params</th><th>FLOPs</th>"
+            "<th>val acc</th><th>test acc</th><th>epochs</th><th>training time</th><th>device</th></tr>")
+    rows = []
+    for s in studies:
+        name = f'<a href="#study-{slug(s.name)}">{html.escape(s.name)}</a>'
+        if s.final:
+            f, note = s.final, ""
+        elif s.best:  # not final-trained yet: show the search's best, marked as such
+            f = {**s.best.user_attrs, "val_acc": s.best.user_attrs.get("val_acc", s.best.value)}
+            note = ' <span class="note">(search best; no final training yet)</span>'
+        else:
+            rows.append(f'<tr><td>{name}</td><td>{budget_str(s.budget)}</td>'
+                        f'<td colspan="8" class="note">{html.escape(s.status() or "")}</td></tr>')
+            continue
+        rows.append(
+            f"<tr><td>{name}</td><td>{budget_str(s.budget)}</td>"
+            f"<td><code>{html.escape(str(f.get('genome_str', '?')))}</code>{note}</td>"
+            f"<td>{count_str(f.get('params'))}</td><td>{count_str(f.get('flops'))}</td>"
+            f"<td>{pct(f.get('val_acc'))}</td><td>{pct(f.get('test_acc'))}</td>"
+            f"<td>{f.get('epochs', '—') if s.final else '—'}</td>"
+            f"<td>{duration_str(f.get('wall_time_s'))}</td><td>{html.escape(str(f.get('device', '—')))}</td></tr>")
+    if not rows:
+        return '<p class="note">No studies, so no winners yet.</p>'
+    return f'<table class="winners">{head}{"".join(rows)}</table>'
+
+
+def study_section(s: StudyView) -> str:
+    """One budget: its record line, then its plots, or the reason there are none."""
+    attrs = [f"budget {budget_str(s.budget)}", f"searcher {s.attrs.get('searcher', '?')}",
+             f"space {s.attrs.get('space', '?')}", f"{len(s.trials)} trials ({state_counts(s.trials) or 'none'})"]
+    out = [f'<section class="study" id="study-{slug(s.name)}">',
+           f"<h3>{html.escape(s.name)}</h3>", f'<p class="meta">{html.escape(" · ".join(attrs))}</p>']
+    status = s.status()
+    if status:
+        out.append(f'<p class="status">{html.escape(status)}</p>')
+        if s.failed:
+            reasons = sorted({str(t.user_attrs.get("failure", "no reason recorded")) for t in s.failed})
+            out.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>")
+    else:
+        key = slug(s.name)
+        out.append(plot_div(fig_search_progress(s), f"progress-{key}"))
+        out.append(plot_div(fig_learning_curves(s), f"curves-{key}"))
+        if s.is_fdpg:
+            out.append(plot_div(fig_fdpg_path(s), f"fdpg-{key}"))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def reference_list() -> str:
+    items = [f"<li>{html.escape(reference.REFERENCE_STUDY_SOURCE)}: "
+             + ", ".join(f"{p.model} {count_str(p.params)} → {pct(p.test_acc)}" for p in reference.REFERENCE_STUDY)
+             + "</li>"]
+    for source in reference.public_sources():
+        pts = [p for p in reference.PUBLIC_POINTS if p.source == source]
+        items.append(f'<li><a href="https://github.com/{html.escape(source)}">{html.escape(source)}</a>: '
+                     + ", ".join(html.escape(f"{p.model} ~{count_str(p.params)} → {pct(p.test_acc)}"
+                                             + (f" ({p.recipe})" if p.recipe else "")) for p in pts)
+                     + "</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 0 24px 48px; color: #222; }
+header { border-bottom: 2px solid #1f3b73; padding: 16px 0 8px; margin-bottom: 8px; }
+h1 { margin: 0 0 4px; color: #1f3b73; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
+.meta, .note { color: #666; } .status { font-weight: bold; color: #a33; }
+nav a { margin-right: 14px; }
+table.winners { border-collapse: collapse; width: 100%; font-size: 14px; }
+table.winners th, table.winners td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; }
+table.winners th { background: #f3f5f9; }
+code { font-size: 13px; }
+section.study { margin: 16px 0 28px; }
+"""
+
+
+def render_html(studies: list[StudyView], storage: str, title: str) -> str:
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    sections = "\n".join(study_section(s) for s in studies) or '<p class="status">No studies in this storage yet.</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>
+<body>
+<header>
+<h1>{html.escape(title)}</h1>
+<p class="meta">storage <code>{html.escape(storage)}</code> · generated {html.escape(now)}</p>
+<p class="summary">{summary_line(studies)}</p>
+<nav><a href="#curve">accuracy vs parameters</a><a href="#winners">winners</a>
+<a href="#budgets">per budget</a><a href="#references">references</a></nav>
+</header>
+<h2 id="curve">Accuracy vs parameters</h2>
+<p class="note">Trial points and the best-per-budget curve show the search score (validation accuracy or
+its fitted asymptote); stars are the winners' test accuracy after final training; grey and purple
+points are published test accuracies (see <a href="#references">references</a>).</p>
+{plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params")}
+<h2 id="winners">Winners</h2>
+{winners_table(studies)}
+<h2 id="budgets">Per budget</h2>
+{sections}
+<h2 id="references">References</h2>
+{reference_list()}
+</body>
+</html>
+"""
+
+
+def write_report(storage: str, out: str | Path, title: str | None = None) -> Path:
+    """Write the HTML report over every study in `storage` to `out`; returns the path written."""
+    studies = load_studies(storage)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page = render_html(studies, storage, title or f"nas report — {default_report_path(storage).stem}")
+    tmp = out.with_name(out.name + ".tmp")  # write then rename: a reader never sees half a page
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
