@@ -1,0 +1,339 @@
+"""The training recipe (plain data) and the training loop, in one readable file.
+
+The loop follows the spirit of Keller Jordan's airbench: the dataset sits on the device as
+uint8, each batch is augmented there with tensor ops, and nothing forces a device sync per step
+except where the CPU makes syncs free. On CUDA it trains in bf16 autocast with channels_last and
+optionally torch.compile; on the CPU the same code runs in float32 and is reproducible for a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nas.data import CifarData, augment, batches, load_cifar100, normalize
+from nas.errors import NasError
+from nas.models import build_model
+from nas.spaces import Genome, parse_genome
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine")
+# Not part of the recipe's identity: compiling changes speed, not what is learned.
+_UNTAGGED = frozenset({"compile"})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a genome is trained. Defaults follow the brief's training lessons: SGD with Nesterov
+    momentum 0.9 at lr 0.1, weight decay 5e-4 (not on BatchNorm or biases), label smoothing 0.1,
+    random crop + flip."""
+
+    optimizer: str = "sgd"        # "sgd" (Nesterov, momentum 0.9) or "adamw"
+    lr: float = 0.1               # peak learning rate
+    schedule: str = "onecycle"    # "onecycle": linear up, linear down to 0; "cosine": linear up, cosine to 0
+    warmup: float = 0.2           # fraction of all steps spent ramping the learning rate up
+    label_smoothing: float = 0.1
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    epochs: int = 15
+    crop: bool = True             # random 32x32 crop of the 4-px zero-padded image
+    flip: bool = True             # random horizontal flip
+    cutout: int = 0               # side of the cutout square, 0 = off
+    compile: bool = False         # torch.compile the model (CUDA only)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        checks = (("lr", self.lr > 0), ("warmup", 0 <= self.warmup < 1),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("weight_decay", self.weight_decay >= 0),
+                  ("batch_size", self.batch_size >= 1), ("epochs", self.epochs >= 1), ("cutout", self.cutout >= 0))
+        bounds = {"lr": "> 0", "warmup": "in [0, 1)", "label_smoothing": "in [0, 1)", "weight_decay": ">= 0",
+                  "batch_size": ">= 1", "epochs": ">= 1", "cutout": ">= 0"}
+        problems += [f"{name} must be {bounds[name]}, got {getattr(self, name)!r}" for name, ok in checks if not ok]
+        if problems:
+            raise NasError(f"recipe: {problems[0]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """A recipe from (possibly partial) data; missing fields take their defaults."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise NasError(f"recipe: unknown field '{unknown[0]}' (fields: {', '.join(names)})")
+        values = {}
+        for key, value in d.items():
+            kind = type(getattr(cls, key))  # the default's type
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not kind:
+                raise NasError(f"recipe: {key} must be a {kind.__name__}, got {value!r}")
+            values[key] = value
+        return cls(**values)
+
+    @property
+    def tag(self) -> str:
+        """Short stable name, e.g. `e15-sgd-3f9a1c`, for naming studies: equal recipes (up to
+        `compile`) give equal tags."""
+        ident = {k: v for k, v in self.to_dict().items() if k not in _UNTAGGED}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
+        return f"e{self.epochs}-{self.optimizer}-{digest}"
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced. `curve` has one entry per completed epoch;
+    `val_acc` is the last completed epoch's validation accuracy (0.0 if none completed)."""
+
+    curve: list[dict[str, float]]
+    val_acc: float
+    status: str                   # "ok" or "failed"
+    failure: str | None
+    epochs: int                   # epochs completed
+    stopped_early: bool           # the callback asked to stop
+    wall_time_s: float
+    train_time_s: float           # time in training steps, without the per-epoch evaluation
+    images_seen: int
+    device: str
+    params: int
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+
+
+# ---------------------------------------------------------------- pieces of the loop
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based) of `total`."""
+    ramp = max(1, round(warmup * total)) if warmup > 0 else 0
+    if step < ramp:
+        return (step + 1) / ramp
+    progress = (step - ramp) / max(1, total - ramp)
+    if schedule == "onecycle":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights only: BatchNorm scales/shifts and biases are the
+    1-D parameters, and decaying them only fights the normalisation."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    groups = param_groups(model, recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of `model` on uint8 images `x` with labels `y` (no augmentation),
+    normalised with `data`'s statistics. One device sync at the end."""
+    if len(x) == 0:
+        raise NasError("evaluate: no images")
+    was_training = model.training
+    model.eval()
+    cuda = x.device.type == "cuda"
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i:i + batch_size], data.mean, data.std)
+        if cuda:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
+    model.train(was_training)
+    return correct.item() / len(x)
+
+
+class _Diverged(Exception):
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"loss became {value} at epoch {epoch} step {step}")
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
+          device: str | torch.device | None = None,
+          callback: Callable[[int, float], bool | None] | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train for `recipe.epochs` epochs on `data.train_*`, evaluating on `data.val_*` after each.
+
+    `callback(epoch, val_acc)` (epoch 1-based) runs after each epoch; returning False stops the
+    run early (status "ok", `stopped_early`). Exceptions it raises propagate unchanged. A NaN or
+    infinite loss, or CUDA running out of memory, ends the run with status "failed" and a reason.
+    """
+    dev = torch.device(device) if device is not None else default_device()
+    if data.device != dev:
+        data = data.to(dev)
+    cuda = dev.type == "cuda"
+    if isinstance(model_or_genome, Genome):
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(recipe.seed)
+            model = build_model(model_or_genome)
+    else:
+        model = model_or_genome
+    model = model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    forward = torch.compile(model) if recipe.compile and cuda else model
+    params = sum(p.numel() for p in model.parameters())
+
+    optimizer = make_optimizer(model, recipe)
+    n, bs = len(data.train_y), recipe.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = steps_per_epoch * recipe.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, recipe.schedule, recipe.warmup))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    gen = torch.Generator(device=dev).manual_seed(recipe.seed)
+    # Checking the loss needs a sync: free on the CPU, so every step; on CUDA every 32 steps.
+    check_every = 32 if cuda else 1
+
+    curve: list[dict[str, float]] = []
+    status, failure, stopped_early = "ok", None, False
+    train_time, images_seen, epoch = 0.0, 0, 0
+    start = time.perf_counter()
+    with tqdm(range(1, recipe.epochs + 1), disable=not progress, unit="epoch", leave=False,
+              desc=str(model_or_genome) if isinstance(model_or_genome, Genome) else "train") as bar:
+        try:
+            for epoch in bar:
+                model.train()
+                t0 = time.perf_counter()
+                losses = torch.zeros(steps_per_epoch, device=dev)
+                checked = 0
+                for step, idx in enumerate(batches(n, bs, gen, dev), 1):
+                    x = augment(data.train_x[idx], data.mean, data.std, crop=recipe.crop, flip=recipe.flip,
+                                cutout_size=recipe.cutout, generator=gen)
+                    if cuda:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                        loss = loss_fn(forward(x), data.train_y[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    losses[step - 1] = loss.detach()
+                    if step % check_every == 0 or step == steps_per_epoch:
+                        bad = (~torch.isfinite(losses[checked:step])).nonzero()
+                        if len(bad):
+                            s = checked + int(bad[0])
+                            raise _Diverged(epoch, s + 1, losses[s].item())
+                        checked = step
+                images_seen += n
+                train_loss = losses.mean().item()  # also waits for the device, for train_time
+                train_time += time.perf_counter() - t0
+                val_acc = evaluate(forward, data.val_x, data.val_y, data)
+                curve.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc})
+                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.4f}")
+                if callback is not None and callback(epoch, val_acc) is False:
+                    stopped_early = True
+                    break
+        except _Diverged as e:
+            status, failure = "failed", str(e)
+        except torch.cuda.OutOfMemoryError:
+            status = "failed"
+            failure = f"CUDA out of memory at epoch {epoch} (batch size {bs}, {params} parameters)"
+    if status == "failed" and cuda:
+        # Drop this run's tensors before returning the cached blocks, so the next run has them.
+        x = loss = losses = None  # noqa: F841
+        optimizer.state.clear()
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+    return TrainResult(curve=curve, val_acc=curve[-1]["val_acc"] if curve else 0.0, status=status,
+                       failure=failure, epochs=len(curve), stopped_early=stopped_early,
+                       wall_time_s=time.perf_counter() - start, train_time_s=train_time,
+                       images_seen=images_seen, device=describe_device(dev), params=params,
+                       model=model if status == "ok" else None)
+
+
+# ---------------------------------------------------------------- `nas train GENOME`
+
+def _run_dir(genome: Genome) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(genome)).strip("_")
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def train_genome_command(genome: Genome | str, epochs: int, data_dir: str | Path | None = None,
+                         out_dir: str | Path | None = None, *, device: str | None = None,
+                         val_size: int = 5000, subset: int | None = None, progress: bool = True,
+                         **recipe_overrides: Any) -> dict[str, Any]:
+    """Train one genome (a Genome or a GENOME argument: preset, .json file or inline JSON),
+    report val and test accuracy, and save `model.pt` (state_dict), `genome.json` and
+    `result.json` in `out_dir` (default `runs/<genome>-<timestamp>/`). `recipe_overrides` are
+    Recipe fields (lr=..., optimizer=..., ...). Returns the summary written to result.json;
+    a failed run still writes result.json, then raises NasError with the reason."""
+    g = parse_genome(genome) if isinstance(genome, str) else genome
+    recipe = Recipe.from_dict({**recipe_overrides, "epochs": epochs})
+    dev = torch.device(device) if device else default_device()
+    data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
+    result = train(g, data, recipe, dev, progress=progress)
+    out = Path(out_dir) if out_dir else _run_dir(g)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "genome.json").write_text(g.to_json() + "\n")
+    summary: dict[str, Any] = {
+        "run_dir": str(out), "genome": g.to_dict(), "genome_str": str(g), "params": result.params,
+        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": val_size, "train_size": len(data.train_y),
+        "val_acc": result.val_acc, "test_acc": None, **{k: v for k, v in result.to_dict().items()
+                                                        if k not in ("val_acc", "params")},
+    }
+    if result.ok:
+        summary["test_acc"] = evaluate(result.model, data.test_x, data.test_y, data)
+        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out / "model.pt")
+    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not result.ok:
+        raise NasError(f"training failed: {result.failure} (details in {out / 'result.json'})")
+    return summary
+
+
+def load_trained(run_dir: str | Path) -> tuple[Genome, nn.Module]:
+    """The genome and trained model (in eval mode, on the CPU) saved by `train_genome_command`."""
+    run = Path(run_dir)
+    for name in ("genome.json", "model.pt"):
+        if not (run / name).is_file():
+            raise NasError(f"{run} is not a finished training run: {name} is missing")
+    genome = Genome.from_json((run / "genome.json").read_text(), str(run / "genome.json"))
+    model = build_model(genome)
+    try:
+        model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, EOFError) as e:
+        raise NasError(f"{run / 'model.pt'} does not fit genome {genome}: {str(e).splitlines()[0]}") from None
+    return genome, model.eval()
