@@ -326,16 +326,22 @@ def _parse_gene(name: str, spec: Any, role: str, where: str) -> Gene:
 # ---------------------------------------------------------------- reading a GENOME argument
 
 def parse_genome(text: str, space: Space | None = None) -> Genome:
-    """A GENOME argument: a preset name (`seed-m4` or `mbconv:seed-m4`), a JSON file, or inline JSON."""
+    """A GENOME argument: a preset name (`seed-m4` or `mbconv:seed-m4`), a JSON file, or inline JSON.
+
+    The genome must lie inside its space (`space`, else the one its JSON names)."""
     text = text.strip()
     if text.startswith("{"):
-        return Genome.from_json(text, "inline genome")
-    p = Path(text)
-    if p.suffix == ".json" or p.is_file():
+        where = "inline genome"
+        genome = Genome.from_json(text, where)
+    else:
+        p = Path(text)
+        if not (p.suffix == ".json" or p.is_file()):
+            return find_preset(text, space)
         if not p.is_file():
             raise NasError(f"genome file {p} does not exist")
-        return Genome.from_json(p.read_text(), str(p))
-    return find_preset(text, space)
+        where = str(p)
+        genome = Genome.from_json(p.read_text(), where)
+    return (space or load_space(genome.space)).check(genome, where)
 
 
 def find_preset(name: str, space: Space | None = None) -> Genome:
