@@ -377,8 +377,9 @@ def summary_line(studies: list[StudyView]) -> str:
     trials = [t for s in studies for t in s.trials]
     parts = [f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}",
              f"{len(trials)} trials ({state_counts(trials) or 'none'})"]
-    best = [f"{budget_str(s.budget)}: {pct(s.best.value)}" + (f" (test {pct(s.final['test_acc'])})"
-            if s.final and s.final.get("test_acc") is not None else "")
+    several = len({s.series for s in studies}) > 1  # then a budget alone does not say which study
+    best = [(f"{s.series} " if several else "") + f"{budget_str(s.budget)}: {pct(s.best.value)}"
+            + (f" (test {pct(s.final['test_acc'])})" if s.final and s.final.get("test_acc") is not None else "")
             for s in studies if s.best]
     if best:
         parts.append("best per budget " + ", ".join(best))
