@@ -1,0 +1,466 @@
+"""Optuna studies of a search: storage, naming, trial records, liveness and de-duplication.
+
+What a study and its trials contain is the contract in docs/design.md ("Study and trial
+records"); this module is the only writer of it. A genome is evaluated through an `Objective`
+(`Callable[[Genome, optuna.Trial | None], float]`): `TrainingObjective` trains it, tests and
+benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one trial: it records
+the genome, reuses the result when the genome was already evaluated in the study, keeps a
+heartbeat while it runs, and marks the trial failed or pruned when it ends badly.
+
+Liveness: a running trial writes a heartbeat (a system attr) every `NAS_HEARTBEAT_SECONDS`
+(default 30). A RUNNING trial whose heartbeat is older than twice that belongs to a dead
+process: `fail_stale_trials` marks it FAIL (user attr `failure`) and enqueues a retry with the
+same parameters, as Optuna's RetryFailedTrialCallback does. The same code serves SQLite/RDB and
+journal-file storages (Optuna's own heartbeat covers RDB only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.counting import count_flops, count_params
+from nas.errors import NasError
+from nas.spaces import Genome, Space
+
+if TYPE_CHECKING:
+    from nas.data import CifarData
+    from nas.training import Recipe
+
+DEFAULT_STORAGE = "sqlite:///studies/nas.db"
+JOURNAL_SUFFIXES = (".log", ".jsonl")
+HEARTBEAT_ENV = "NAS_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT_S = 30.0
+HEARTBEAT_ATTR = "nas:heartbeat"
+MAX_RETRY = 2
+INTERRUPTED = "interrupted"
+DIED = "process died during the trial (heartbeat lost)"
+SCORES = ("val", "asymptote")
+# Attrs that describe what a trial evaluates; a retry inherits them, results are not inherited.
+IDENTITY_ATTRS = ("genome", "genome_str", "params", "flops", "recipe", "searcher", "role", "step")
+RESULT_ATTRS = ("curve", "val_acc", "asymptote", "asymptote_std", "wall_time_s", "device")
+
+Objective = Callable[[Genome, "optuna.Trial | None"], float]
+
+
+class EvaluationFailed(Exception):
+    """An objective could not score a genome (e.g. training diverged); the trial is marked FAIL."""
+
+
+# ---------------------------------------------------------------- storage
+
+def is_journal(storage: str) -> bool:
+    return "://" not in storage and storage.endswith(JOURNAL_SUFFIXES)
+
+
+def resolve_storage(storage: str | None = None) -> str:
+    """The storage as Optuna takes it: the default SQLite file under `studies/`, any Optuna
+    storage URL, or a path ending in .log/.jsonl for a journal file shared by several processes.
+    Creates the folder of a SQLite or journal file."""
+    url = storage or DEFAULT_STORAGE
+    if "://" not in url:
+        if not is_journal(url):
+            raise NasError(f"storage '{url}' is neither a storage URL (e.g. sqlite:///studies/nas.db, "
+                           f"postgresql://...) nor a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}")
+        Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return str(Path(url).expanduser())
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `storage` (see `resolve_storage`), or a one-line NasError."""
+    url = resolve_storage(storage)
+    try:
+        if is_journal(url):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        # SQLite serialises writers: wait for the lock instead of failing when processes share it.
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:  # bad URL, missing driver, unreachable server: all the user's to fix
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NasError(f"cannot open storage '{url}': {reason}") from None
+
+
+def dashboard_command(storage: str | None = None) -> str:
+    """The shell command that opens the storage in optuna-dashboard (absolute SQLite path)."""
+    url = resolve_storage(storage)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            url = "sqlite:///" + str(Path(path).resolve())
+    return f"optuna-dashboard {url}"
+
+
+# ---------------------------------------------------------------- studies
+
+DEFAULT_VAL_SIZE = 5000
+
+
+def study_name(space: str, budget: int, recipe: Recipe, score: str = "val", subset: int | None = None,
+               val_size: int = DEFAULT_VAL_SIZE) -> str:
+    """`{space}-b{budget}-{recipe.tag}`. Scores by the asymptote, or from a training subset or
+    another validation split, must not be mixed with plain ones: those get a suffix
+    (`-asym`, `-sub{N}`, `-val{N}`)."""
+    name = f"{space}-b{budget}-{recipe.tag}"
+    if score == "asymptote":
+        name += "-asym"
+    if subset:
+        name += f"-sub{subset}"
+    if val_size != DEFAULT_VAL_SIZE:
+        name += f"-val{val_size}"
+    return name
+
+
+def open_study(storage: str | optuna.storages.BaseStorage | None, space: Space, budget: int, recipe: Recipe, *,
+               tol: float, searcher: str, score: str = "val", subset: int | None = None,
+               val_size: int = DEFAULT_VAL_SIZE, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or resume the study of (space, budget, recipe) and record its user attrs."""
+    if score not in SCORES:
+        raise NasError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    st = storage if isinstance(storage, optuna.storages.BaseStorage) else open_storage(storage)
+    name = study_name(space.name, budget, recipe, score, subset, val_size)
+    study = optuna.create_study(storage=st, study_name=name, direction="maximize", load_if_exists=True,
+                                sampler=sampler, pruner=pruner)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise NasError(f"study '{name}' exists and minimises; use another --storage")
+    attrs = dict(study.user_attrs)
+    if "tol" in attrs and not math.isclose(float(attrs["tol"]), tol):
+        raise NasError(f"study '{name}' was searched with --tol {attrs['tol']}; rerun with that "
+                       f"tolerance or use another --storage")
+    wanted = {"space": space.name, "family": space.family.name, "budget": budget, "tol": tol,
+              "recipe": recipe.to_dict(), "score": score, "train_subset": subset, "val_size": val_size}
+    for key, value in wanted.items():
+        if attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    # Several searchers may work on one study (they share its results): all are listed.
+    used = [s for s in str(attrs.get("searcher", "")).split(",") if s]
+    if searcher not in used:
+        study.set_user_attr("searcher", ",".join([*used, searcher]))
+    return study
+
+
+def genome_attrs(genome: Genome) -> dict[str, Any]:
+    return {"genome": genome.to_json(), "genome_str": str(genome), "params": count_params(genome),
+            "flops": count_flops(genome)}
+
+
+def trial_genome(t: FrozenTrial) -> Genome | None:
+    text = t.user_attrs.get("genome")
+    return Genome.from_json(text) if isinstance(text, str) else None
+
+
+def counts_as_done(t: FrozenTrial) -> bool:
+    """Finished for good: complete, pruned, or failed for a reason that a rerun would not fix
+    (interrupted and dead-process trials are not done: a rerun evaluates them again)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and t.user_attrs.get("failure") not in (INTERRUPTED, DIED, None)
+
+
+def searcher_trials(study: optuna.Study, searcher: str, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("searcher") == searcher]
+
+
+def in_budget(t: FrozenTrial, budget: int) -> bool:
+    return isinstance(t.user_attrs.get("params"), int) and t.user_attrs["params"] <= budget
+
+
+def top_trials(study: optuna.Study, budget: int, n: int = 10) -> list[FrozenTrial]:
+    """The best completed trials within the budget, one per genome, best first."""
+    seen, out = set(), []
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and in_budget(t, budget)]
+    for t in sorted(done, key=lambda t: (-t.value, t.number)):
+        if t.user_attrs.get("genome") not in seen:
+            seen.add(t.user_attrs.get("genome"))
+            out.append(t)
+    return out[:n]
+
+
+# ---------------------------------------------------------------- liveness
+
+def heartbeat_seconds() -> float:
+    text = os.environ.get(HEARTBEAT_ENV)
+    if not text:
+        return DEFAULT_HEARTBEAT_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise NasError(f"{HEARTBEAT_ENV} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise NasError(f"{HEARTBEAT_ENV} must be positive, got {text!r}")
+    return value
+
+
+def _trial_id(t: optuna.Trial | FrozenTrial) -> int:
+    return t._trial_id  # Optuna exposes no public id; the storage API needs it
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> Iterator[None]:
+    """Write the trial's heartbeat now and every `interval` seconds until the block ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            except UpdateFinishedTrialError:
+                return
+            if stop.wait(interval):
+                return
+
+    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> list[int]:
+    """Mark RUNNING trials whose heartbeat stopped as FAIL (`failure` = DIED) and enqueue a retry
+    of each (at most MAX_RETRY per original trial); returns the failed trial numbers."""
+    grace = 2 * (interval or heartbeat_seconds())
+    storage = study._storage  # the storage API is the only way to write another process's trial
+    now, failed = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.system_attrs.get(HEARTBEAT_ATTR)
+        if not isinstance(beat, (int, float)) or now - beat <= grace:
+            continue  # alive, or not a nas trial
+        try:
+            storage.set_trial_user_attr(_trial_id(t), "failure", DIED)
+            if not storage.set_trial_state_values(_trial_id(t), TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another process got there first
+        failed.append(t.number)
+        enqueue_retry(study, t)
+    return failed
+
+
+def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
+    """A WAITING copy of `t` (params and identity attrs), marked like RetryFailedTrialCallback's."""
+    history = [*t.system_attrs.get("retry_history", []), t.number]
+    if len(history) > MAX_RETRY:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+        user_attrs={k: t.user_attrs[k] for k in IDENTITY_ATTRS if k in t.user_attrs},
+        system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history}))
+
+
+# ---------------------------------------------------------------- evaluating genomes as trials
+
+@dataclass
+class Outcome:
+    """One evaluation: the trial's state and value (None unless complete or pruned)."""
+
+    number: int
+    state: TrialState
+    value: float | None
+    genome: Genome
+    reused_from: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == TrialState.COMPLETE and self.value is not None
+
+
+@dataclass
+class Evaluator:
+    """Evaluates genomes as trials of one study, never training a genome twice.
+
+    `evaluate` is thread-safe: concurrent evaluations of one genome wait for the first."""
+
+    study: optuna.Study
+    objective: Objective
+    searcher: str
+    recipe: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _inflight: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
+    _running: dict[int, optuna.Trial] = field(default_factory=dict, init=False, repr=False)
+    _keys: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+
+    def ask(self) -> optuna.Trial:
+        """A new trial of this searcher (a WAITING retry first, if one is queued)."""
+        fail_stale_trials(self.study)
+        trial = self.study.ask()
+        trial.set_user_attr("searcher", self.searcher)
+        return trial
+
+    def running_numbers(self) -> list[int]:
+        """Numbers of the trials this process is evaluating now."""
+        with self._lock:
+            return list(self._running)
+
+    def finished(self, genome: Genome) -> FrozenTrial | None:
+        """The earliest complete or pruned trial of this genome in the study."""
+        key = genome.key()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number not in self._keys:
+                g = trial_genome(t)
+                self._keys[t.number] = g.key() if g is not None else ""
+            if self._keys[t.number] == key:
+                return t
+        return None
+
+    def evaluate(self, genome: Genome, *, role: str, step: int | None = None,
+                 trial: optuna.Trial | None = None) -> Outcome:
+        """Evaluate `genome` in `trial` (else a new trial), recording the design.md trial attrs."""
+        trial = trial or self.ask()
+        attrs = {**genome_attrs(genome), "recipe": self.recipe, "searcher": self.searcher, "role": role,
+                 "step": trial.number if step is None else step}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        key = genome.key()
+        while True:
+            with self._lock:
+                source = self.finished(genome)
+                wait = self._inflight.get(key) if source is None else None
+                if source is None and wait is None:
+                    self._inflight[key] = threading.Event()
+                    self._running[trial.number] = trial
+                    break
+            if source is not None:
+                return self._reuse(trial, genome, source)
+            wait.wait()
+        try:
+            return self._run(trial, genome)
+        finally:
+            with self._lock:
+                self._running.pop(trial.number, None)
+                self._inflight.pop(key).set()
+
+    def _reuse(self, trial: optuna.Trial, genome: Genome, source: FrozenTrial) -> Outcome:
+        trial.set_user_attr("reused_from", source.number)
+        for k in RESULT_ATTRS:
+            if k in source.user_attrs:
+                trial.set_user_attr(k, source.user_attrs[k])
+        for step, value in sorted(source.intermediate_values.items()):
+            trial.report(value, step)
+        value = source.value if source.state == TrialState.COMPLETE else None
+        frozen = self.study.tell(trial, value, state=source.state)
+        return Outcome(trial.number, frozen.state, frozen.value, genome, source.number)
+
+    def _run(self, trial: optuna.Trial, genome: Genome) -> Outcome:
+        try:
+            with heartbeat(self.study._storage, _trial_id(trial), heartbeat_seconds()):
+                value = float(self.objective(genome, trial))
+        except optuna.TrialPruned:
+            frozen = self.study.tell(trial, state=TrialState.PRUNED)
+            return Outcome(trial.number, frozen.state, frozen.value, genome)
+        except EvaluationFailed as e:
+            self._fail(trial, str(e) or "evaluation failed")
+            return Outcome(trial.number, TrialState.FAIL, None, genome)
+        except KeyboardInterrupt:
+            self._fail(trial, INTERRUPTED)
+            raise
+        except BaseException as e:
+            self._fail(trial, f"{type(e).__name__}: {e}")
+            raise
+        if not math.isfinite(value):
+            self._fail(trial, f"objective returned {value}")
+            return Outcome(trial.number, TrialState.FAIL, None, genome)
+        frozen = self.study.tell(trial, value)
+        return Outcome(trial.number, frozen.state, frozen.value, genome)
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        try:
+            trial.set_user_attr("failure", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            pass  # already ended, e.g. by interrupt_running from the main thread
+
+    def interrupt_running(self) -> list[int]:
+        """Mark this process's running trials FAIL with failure "interrupted" (after Ctrl-C,
+        from the main thread while workers may still be running them)."""
+        with self._lock:
+            running = list(self._running.values())
+        for trial in running:
+            self._fail(trial, INTERRUPTED)
+        return [t.number for t in running]
+
+
+# ---------------------------------------------------------------- the training objective
+
+@dataclass
+class TrainingObjective:
+    """Trains a genome with `recipe` on `data`; scores it by the last-epoch validation accuracy
+    (`score="val"`) or the fitted learning-curve asymptote (`score="asymptote"`). Reports every
+    epoch to the trial, stops early when the trial's pruner says so, and records the curve."""
+
+    data: CifarData
+    recipe: Recipe
+    score: str = "val"
+    device: str | None = None
+    progress: bool = False
+
+    def __call__(self, genome: Genome, trial: optuna.Trial | None = None) -> float:
+        from tqdm.auto import tqdm
+
+        from nas.curves import fit_asymptote
+        from nas.training import train
+
+        pruned = False
+        label = f"#{trial.number} " if trial is not None else ""
+        with tqdm(total=self.recipe.epochs, unit="epoch", leave=False, disable=not self.progress,
+                  desc=f"{label}{genome}") as bar:
+            def on_epoch(epoch: int, val_acc: float) -> bool | None:
+                nonlocal pruned
+                bar.update(1)
+                bar.set_postfix(val=f"{val_acc:.4f}")
+                if trial is None:
+                    return None
+                trial.report(val_acc, epoch)
+                if trial.should_prune():
+                    pruned = True
+                    return False
+                return None
+
+            result = train(genome, self.data, self.recipe, self.device, callback=on_epoch)
+        epochs = [c["epoch"] for c in result.curve]
+        accs = [c["val_acc"] for c in result.curve]
+        asym = fit_asymptote(epochs, accs) if result.curve else None
+        attrs = {"curve": result.curve, "val_acc": result.val_acc,
+                 "asymptote": asym.alpha if asym else None, "asymptote_std": asym.alpha_std if asym else None,
+                 "wall_time_s": result.wall_time_s, "device": result.device}
+        if trial is not None:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+        if not result.ok:
+            raise EvaluationFailed(result.failure or "training failed")
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
+        return asym.alpha if self.score == "asymptote" and asym is not None else result.val_acc
+
+
+def training_objective(recipe: Recipe, *, data_dir: str | Path | None = None, score: str = "val",
+                       subset: int | None = None, val_size: int = DEFAULT_VAL_SIZE, device: str | None = None,
+                       progress: bool = False) -> TrainingObjective:
+    """Load CIFAR-100 onto the training device once and return the objective that trains on it."""
+    from nas.data import load_cifar100
+    from nas.training import default_device
+
+    dev = str(device or default_device())
+    data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
+    return TrainingObjective(data, recipe, score=score, device=dev, progress=progress)
+

@@ -1,0 +1,188 @@
+"""nas.study: storage, study naming and attrs, trial records, de-duplication, liveness."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.budget import project
+from nas.errors import NasError
+from nas.spaces import load_space
+from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator, TrainingObjective,
+                       counts_as_done, dashboard_command, fail_stale_trials, open_storage, open_study,
+                       resolve_storage, study_name)
+from nas.training import Recipe
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def space():
+    return load_space("mbconv")
+
+
+@pytest.fixture
+def genome(space):
+    return project(space.presets["seed-m4"], space, 10_000)
+
+
+def _study(tmp_path, space, **kw):
+    return open_study(f"sqlite:///{tmp_path}/s.db", space, 10_000, Recipe(epochs=2), tol=0.1,
+                      searcher=kw.pop("searcher", "tpe"), **kw)
+
+
+class Counting:
+    """A stand-in objective that counts its calls."""
+
+    def __init__(self, value=0.5):
+        self.calls, self.value = [], value
+
+    def __call__(self, genome, trial):
+        self.calls.append(genome)
+        if trial is not None:
+            trial.report(self.value / 2, 1)
+            trial.report(self.value, 2)
+        return self.value
+
+
+def test_default_storage_is_sqlite_under_studies(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_storage(None) == "sqlite:///studies/nas.db"
+    assert (tmp_path / "studies").is_dir()
+    assert dashboard_command(None) == f"optuna-dashboard sqlite:///{tmp_path}/studies/nas.db"
+
+
+def test_journal_path_and_bad_storage(tmp_path):
+    path = tmp_path / "j" / "nas.log"
+    st = open_storage(str(path))
+    assert isinstance(st, optuna.storages.JournalStorage) and path.parent.is_dir()
+    with pytest.raises(NasError, match="neither a storage URL"):
+        resolve_storage(str(tmp_path / "nas.txt"))
+    with pytest.raises(NasError, match="cannot open storage"):
+        open_storage("nosuchdb://x/y")
+
+
+def test_study_name_and_attrs(tmp_path, space):
+    r = Recipe(epochs=2)
+    assert study_name("mbconv", 10_000, r) == f"mbconv-b10000-{r.tag}"
+    assert study_name("mbconv", 10_000, r, "asymptote", 500, 200) == f"mbconv-b10000-{r.tag}-asym-sub500-val200"
+    study = _study(tmp_path, space)
+    assert study.study_name == f"mbconv-b10000-{r.tag}"
+    a = study.user_attrs
+    assert (a["space"], a["family"], a["budget"], a["tol"], a["searcher"]) == ("mbconv", "mbconv", 10_000, 0.1, "tpe")
+    assert a["recipe"] == r.to_dict()
+    again = _study(tmp_path, space, searcher="fdpg")  # resumes, and lists both searchers
+    assert again.user_attrs["searcher"] == "tpe,fdpg"
+    assert len(optuna.get_all_study_names(f"sqlite:///{tmp_path}/s.db")) == 1
+    with pytest.raises(NasError, match="--tol 0.1"):
+        open_study(f"sqlite:///{tmp_path}/s.db", space, 10_000, r, tol=0.2, searcher="tpe")
+
+
+def test_evaluate_records_attrs_and_reuses_genomes(tmp_path, space, genome):
+    study = _study(tmp_path, space)
+    obj = Counting(0.4)
+    ev = Evaluator(study, obj, "tpe", {"epochs": 2})
+    first = ev.evaluate(genome, role="sample")
+    assert first.ok and first.value == 0.4 and first.reused_from is None
+    t = study.trials[first.number]
+    a = t.user_attrs
+    assert a["genome_str"] == str(genome) and a["params"] <= 10_000 and a["flops"] > 0
+    assert (a["role"], a["step"], a["searcher"], a["recipe"]) == ("sample", first.number, "tpe", {"epochs": 2})
+    assert t.intermediate_values == {1: 0.2, 2: 0.4}
+
+    second = ev.evaluate(genome, role="neighbour", step=3)
+    assert len(obj.calls) == 1, "the same genome must not be evaluated twice in one study"
+    assert second.reused_from == first.number and second.value == 0.4
+    t2 = study.trials[second.number]
+    assert t2.user_attrs["reused_from"] == first.number and t2.intermediate_values == {1: 0.2, 2: 0.4}
+    # another process (a new Evaluator) reuses it too
+    third = Evaluator(study, obj, "fdpg").evaluate(genome, role="centre", step=0)
+    assert third.reused_from == first.number and len(obj.calls) == 1
+
+
+def test_failed_pruned_and_interrupted_trials(tmp_path, space, genome):
+    study = _study(tmp_path, space)
+
+    def failing(g, trial):
+        raise EvaluationFailed("loss became nan at epoch 1 step 3")
+
+    out = Evaluator(study, failing, "tpe").evaluate(genome, role="sample")
+    t = study.trials[out.number]
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"].startswith("loss became nan")
+    assert counts_as_done(t)
+
+    def pruned(g, trial):
+        trial.report(0.1, 1)
+        raise optuna.TrialPruned()
+
+    g2 = project(space.presets["seed-m5"], space, 10_000)
+    out = Evaluator(study, pruned, "tpe").evaluate(g2, role="sample")
+    assert study.trials[out.number].state == TrialState.PRUNED
+    # a pruned genome is not trained again: its record is reused as pruned
+    obj = Counting()
+    again = Evaluator(study, obj, "tpe").evaluate(g2, role="sample")
+    assert not obj.calls and again.state == TrialState.PRUNED and again.reused_from == out.number
+
+    def interrupted(g, trial):
+        raise KeyboardInterrupt
+
+    g3 = project(space.presets["seed-m6"], space, 10_000)
+    with pytest.raises(KeyboardInterrupt):
+        Evaluator(study, interrupted, "tpe").evaluate(g3, role="sample")
+    t = study.trials[-1]
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"] == INTERRUPTED and not counts_as_done(t)
+
+
+def test_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")
+    study = _study(tmp_path, space)
+    storage = study._storage
+    dead = study.ask()
+    dead.suggest_int("stem", 4, 128, log=True)
+    dead.set_user_attr("searcher", "tpe")
+    dead.set_user_attr("curve", [{"epoch": 1}])
+    storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 1.5)
+    alive = study.ask()
+    storage.set_trial_system_attr(alive._trial_id, HEARTBEAT_ATTR, time.time())
+    foreign = study.ask()  # no heartbeat: not a nas trial, left alone
+    assert fail_stale_trials(study) == []  # 1.5 s is within the 2 s grace
+    storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 5)
+    assert fail_stale_trials(study) == [dead.number]
+    trials = study.get_trials()
+    t = trials[dead.number]
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"] == DIED and not counts_as_done(t)
+    assert trials[alive.number].state == TrialState.RUNNING and trials[foreign.number].state == TrialState.RUNNING
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == dead.number
+    assert "curve" not in retry.user_attrs and retry.user_attrs["searcher"] == "tpe"
+    popped = study.ask()  # the retry is asked first and suggests the same value
+    assert popped.number == retry.number
+    assert popped.suggest_int("stem", 4, 128, log=True) == t.params["stem"]
+
+
+def test_training_objective_records_curve_and_prunes(tmp_path, space, cifar_data):
+    genome = project(space.presets["seed-m4"], space, 3_000)
+    recipe = Recipe(epochs=2, batch_size=128)
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    study = open_study(f"sqlite:///{tmp_path}/t.db", space, 3_000, recipe, tol=0.5, searcher="tpe",
+                       pruner=AlwaysPrune())
+    obj = TrainingObjective(cifar_data, recipe, score="asymptote", device="cpu")
+    out = Evaluator(study, obj, "tpe", recipe.to_dict()).evaluate(genome, role="sample")
+    t = study.trials[out.number]
+    assert t.state == TrialState.PRUNED
+    assert [c["epoch"] for c in t.user_attrs["curve"]] == [1], "a pruned trial keeps the curve it got"
+    assert t.intermediate_values == {1: t.user_attrs["val_acc"]}
+    assert {"asymptote", "asymptote_std", "wall_time_s", "device"} <= set(t.user_attrs)
+
+    study2 = open_study(f"sqlite:///{tmp_path}/t2.db", space, 3_000, recipe, tol=0.5, searcher="tpe")
+    out = Evaluator(study2, obj, "tpe").evaluate(genome, role="sample")
+    t = study2.trials[out.number]
+    assert t.state == TrialState.COMPLETE and len(t.user_attrs["curve"]) == 2
+    assert t.value == pytest.approx(t.user_attrs["asymptote"]) and 0 <= t.user_attrs["val_acc"] <= 1
