@@ -1,0 +1,46 @@
+"""`nas sweep` on fixture data: one study per budget, final test accuracy, resume without redoing."""
+
+import optuna
+import pytest
+
+from nas.errors import NasError
+from nas.report import write_report
+from nas.sweep import parse_budgets, sweep
+
+OPTS = dict(searcher="random", trials=2, epochs=1, val_size=200, pruner="none", progress=False)
+
+
+def test_parse_budgets():
+    assert parse_budgets("1000, 5k,1M,5000") == [1000, 5000, 1_000_000]
+    for bad in ("", "10,abc", "0", "-5"):
+        with pytest.raises(NasError):
+            parse_budgets(bad)
+
+
+def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path}/sweep.db"
+    runs = tmp_path / "runs"
+    outcomes = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
+                     runs_dir=runs, **OPTS)
+    assert [o.budget for o in outcomes] == [3000, 8000]
+    summaries = optuna.get_all_study_summaries(storage)
+    assert len(summaries) == 2
+    for o in outcomes:
+        final = o.final
+        assert not o.final_reused and final is not None
+        assert final["params"] <= o.budget and 0 <= final["test_acc"] <= 1
+        assert final["epochs"] == 2 and len(final["curve"]) == 2
+        assert (runs / o.search.study_name / "model.pt").is_file()
+        study = optuna.load_study(study_name=o.search.study_name, storage=storage)
+        assert study.user_attrs["final"]["test_acc"] == final["test_acc"]
+    trials_before = {s.study_name: s.n_trials for s in summaries}
+
+    again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
+                  runs_dir=runs, **OPTS)
+    assert all(o.final_reused for o in again)
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
+
+    html = write_report(storage, tmp_path / "sweep.html").read_text()
+    for o in outcomes:
+        assert o.final["genome_str"] in html
+    assert "Accuracy vs parameters" in html or "accuracy vs parameters" in html.lower()
