@@ -172,9 +172,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData
     cuda = x.device.type == "cuda"
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch_size):
-        xb = normalize(x[i:i + batch_size], data.mean, data.std)
-        if cuda:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = normalize(x[i:i + batch_size], data.mean, data.std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
             correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
     model.train(was_training)
@@ -208,7 +206,8 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
             model = build_model(model_or_genome)
     else:
         model = model_or_genome
-    model = model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    # channels_last on the CPU too: oneDNN's NHWC kernels trained these small nets ~1.3-1.7x faster.
+    model = model.to(dev, memory_format=torch.channels_last)
     forward = torch.compile(model) if recipe.compile and cuda else model
     params = sum(p.numel() for p in model.parameters())
 
@@ -238,8 +237,7 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                 for step, idx in enumerate(batches(n, bs, gen, dev), 1):
                     x = augment(data.train_x[idx], data.mean, data.std, crop=recipe.crop, flip=recipe.flip,
                                 cutout_size=recipe.cutout, generator=gen)
-                    if cuda:
-                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
                         loss = loss_fn(forward(x), data.train_y[idx])
                     optimizer.zero_grad(set_to_none=True)
