@@ -88,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"E={args.epochs}, fit on the first {k} epochs; {len(data.train_y)} training / {len(data.val_y)} "
           f"validation images; recipe {recipe.tag}; device {device}; load average {os.getloadavg()[0]:.1f}",
           flush=True)
-    rows = []
+    rows: list[dict] = []
     start = time.perf_counter()
+
+    def save(rows: list[dict], summary: dict | None) -> None:
+        with open(args.out, "w") as f:
+            json.dump({"epochs": args.epochs, "k": k, "subset": args.subset, "recipe": recipe.to_dict(),
+                       "rows": rows, "summary": summary}, f, indent=2)
+
     for genome in GENOMES:
         r = train(genome, data, recipe, device)
         accs = [c["val_acc"] for c in r.curve]
@@ -99,11 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rows[-1]['genome']:<48} {rows[-1]['params']:>6} params  final {accs[-1]:.4f}  "
               f"raw@{k} {accs[k - 1]:.4f}  alpha@{k} {a.alpha:.4f} +- {a.alpha_std:.4f} ({a.method} {a.reason})  "
               f"{r.wall_time_s:.0f}s", flush=True)
-    summary = summarize(rows, args.epochs)
+        save(rows, None)  # after every genome: a long run that dies keeps what it measured
+    save(rows, summarize(rows, args.epochs))
     print(f"total {time.perf_counter() - start:.0f}s")
-    with open(args.out, "w") as f:
-        json.dump({"epochs": args.epochs, "k": k, "subset": args.subset, "recipe": recipe.to_dict(),
-                   "rows": rows, "summary": summary}, f, indent=2)
     return 0
 
 
