@@ -89,12 +89,30 @@ def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage:
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url))
-        # SQLite serialises writers: wait for the lock instead of failing when processes share it.
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        kwargs = None
+        if url.startswith("sqlite"):
+            _sqlite_wal(url)
+            # SQLite serialises writers: wait for the lock instead of failing when processes share it.
+            kwargs = {"connect_args": {"timeout": 60}}
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:  # bad URL, missing driver, unreachable server: all the user's to fix
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NasError(f"cannot open storage '{url}': {reason}") from None
+
+
+def _sqlite_wal(url: str) -> None:
+    """Switch a SQLite file to write-ahead logging (persistent in the file): with the default
+    rollback journal, a reader (a heartbeat, another job's query) stalls every writer's commit."""
+    import sqlite3
+
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
 
 
 def dashboard_command(storage: str | None = None) -> str:
@@ -306,11 +324,6 @@ class Evaluator:
         trial = self.study.ask()
         trial.set_user_attr("searcher", self.searcher)
         return trial
-
-    def running_numbers(self) -> list[int]:
-        """Numbers of the trials this process is evaluating now."""
-        with self._lock:
-            return list(self._running)
 
     def finished(self, genome: Genome) -> FrozenTrial | None:
         """The earliest complete or pruned trial of this genome in the study."""

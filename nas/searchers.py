@@ -1,0 +1,538 @@
+"""Searchers: the finite-difference projected gradient walk (fdpg) and Optuna's samplers.
+
+Both evaluate genomes through `nas.study.Evaluator`, so every evaluation is a trial of the
+study of (space, budget, recipe), and both only ever evaluate genomes inside the budget band
+[(1 - tol) * B, B]: sampled genes are projected before training, and fdpg's probes and steps
+are projected too. `search()` is what `nas search` runs.
+
+fdpg (the reference study's method, see docs/brief.md): at a centre genome c, probe each integer
+coordinate q_i by a forward step (one grid step; about 12% for widths, since +1 channel is
+noise) and project the probe back onto the band. In normalised coordinates u = log(q) the
+probes' displacements D and accuracy differences dA give grad Acc by least squares
+(D g = dA); grad N comes from the exact counter. The step is eta along
+P(g) = g - (<g, n> / <n, n>) n with n = grad N, rounded to the grid and projected onto the band.
+A step that does not beat its centre is taken back and eta halved. The walk stops when the
+trial budget is spent, when `patience` steps in a row found nothing better, or when no step
+leaves the centre. A rerun replays the walk from the study's records without training again.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.budget import band, check_budget, param_gradient, project
+from nas.errors import NasError
+from nas.spaces import Genome, Space, load_space
+from nas.study import (Evaluator, Objective, Outcome, counts_as_done, fail_stale_trials, heartbeat_seconds,
+                       open_study, resolve_storage, searcher_trials, top_trials, training_objective)
+
+if TYPE_CHECKING:
+    from nas.training import Recipe
+
+SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
+SEARCHERS = ("fdpg", *SAMPLERS)
+PRUNERS = ("hyperband", "median", "none")
+FDPG_ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of one gene)
+FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
+FDPG_PATIENCE = 3
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- Optuna samplers
+
+def suggest_genome(trial: optuna.Trial, space: Space) -> Genome:
+    """A genome of `space` whose genes are suggested through the trial, one parameter per
+    coordinate (named as `space.coord_name`), with the gene's grid, log scale or choices."""
+    values = []
+    for coord in space.coords:
+        gene, name = space.genes[coord[0]], space.coord_name(coord)
+        if gene.choices is not None:
+            values.append(trial.suggest_categorical(name, list(gene.choices)))
+        else:
+            values.append(trial.suggest_int(name, gene.low, gene.high_on_grid, step=gene.step, log=gene.log))
+    return space.from_vector(values)
+
+
+def propose(trial: optuna.Trial, space: Space, budget: int, tol: float) -> Genome:
+    """The sampler's genome, projected into the budget band (the suggested values stay in
+    trial.params; the projected genome is what gets trained and recorded)."""
+    return project(suggest_genome(trial, space), space, budget, tol)
+
+
+def make_sampler(name: str, seed: int = 0, trials: int = 40) -> optuna.samplers.BaseSampler:
+    startup = max(3, min(10, trials // 4))  # short searches should not be all random start-up
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CmaEsSampler imports it lazily, failing mid-search)
+        except ImportError:
+            raise NasError("searcher cmaes needs the 'cmaes' package: pip install cmaes") from None
+        # The kernel gene is categorical: CMA-ES leaves it to the independent sampler.
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
+    raise NasError(f"unknown searcher '{name}' (known: {', '.join(SEARCHERS)})")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Multi-fidelity pruning on epochs (the intermediate values are per-epoch val accuracy)."""
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(0, epochs // 3))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise NasError(f"unknown pruner '{name}' (known: {', '.join(PRUNERS)})")
+
+
+# ---------------------------------------------------------------- the trial budget
+
+class TrialBudget:
+    """Hands out trials of one searcher until `trials` of them are done, counting the trials
+    already in the study (so a rerun finishes the remaining ones) and those running elsewhere."""
+
+    def __init__(self, evaluator: Evaluator, trials: int, on_wait: Callable[[int], None] | None = None):
+        self.ev, self.trials, self.on_wait = evaluator, trials, on_wait
+        self._lock = threading.Lock()
+        self._mine: set[int] = set()  # trials this process asked for
+
+    def done(self) -> int:
+        return sum(counts_as_done(t) for t in searcher_trials(self.ev.study, self.ev.searcher))
+
+    def claim(self) -> optuna.Trial | None:
+        """A new trial, or None when the budget is spent. Waits while the remaining trials are
+        running in other processes (or in dead ones, until their heartbeat expires)."""
+        while True:
+            with self._lock:
+                fail_stale_trials(self.ev.study)
+                mine = searcher_trials(self.ev.study, self.ev.searcher)
+                done = sum(counts_as_done(t) for t in mine)
+                running = sum(t.state == TrialState.RUNNING for t in mine)
+                if done >= self.trials:
+                    return None
+                if done + running < self.trials:
+                    trial = self.ev.ask()
+                    self._mine.add(trial.number)
+                    return trial
+                foreign = sum(t.state == TrialState.RUNNING and t.number not in self._mine for t in mine)
+            if foreign <= 0:  # all running trials are this process's: they will finish the budget
+                return None
+            if self.on_wait:
+                self.on_wait(foreign)
+            time.sleep(heartbeat_seconds())
+
+
+def parallel_map(fn: Callable[[T], Any], items: Iterable[T], jobs: int) -> list[Any]:
+    """`[fn(x) for x in items]` on up to `jobs` daemon threads (daemon: after Ctrl-C the process
+    exits without waiting for a training run; its trial is marked by the main thread)."""
+    items = list(items)
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    nxt = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not errors:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(items)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_trials: TrialBudget,
+                   jobs: int = 1, on_outcome: Callable[[Outcome], None] | None = None) -> str:
+    """Run the study's sampler until the trial budget is spent; returns why it stopped."""
+
+    def worker(_: int) -> None:
+        while (trial := budget_trials.claim()) is not None:
+            try:
+                genome = propose(trial, space, budget, tol)
+            except NasError as e:  # a corner of the space the band cannot be reached from
+                trial.set_user_attr("failure", f"projection: {e}")
+                ev.study.tell(trial, state=TrialState.FAIL)
+                continue
+            out = ev.evaluate(genome, role="sample", trial=trial)
+            if on_outcome:
+                on_outcome(out)
+
+    parallel_map(worker, range(jobs), jobs)
+    return f"{budget_trials.trials} trials done"
+
+
+# ---------------------------------------------------------------- fdpg
+
+def log_offsets(space: Space) -> np.ndarray:
+    """Per coordinate, what to add before taking the log (1 for genes that may be 0)."""
+    return np.array([1.0 if space.genes[n].minimum == 0 else 0.0 for n, _ in space.coords])
+
+
+def to_log(space: Space, genome: Genome) -> np.ndarray:
+    """Normalised coordinates u = log(q): equal steps are equal relative changes of any gene."""
+    return np.log(np.array(space.vector(genome), dtype=float) + log_offsets(space))
+
+
+def from_log(space: Space, u: np.ndarray, options: dict[str, Any]) -> Genome:
+    return space.from_vector(list(np.exp(u) - log_offsets(space)), options)
+
+
+def midpoint(space: Space) -> Genome:
+    """The centre of every gene's range (geometric for log-scale genes)."""
+    values = []
+    for name, _ in space.coords:
+        g = space.genes[name]
+        values.append(math.sqrt(g.minimum * g.maximum) if g.log else (g.minimum + g.maximum) / 2)
+    return space.from_vector(values)
+
+
+def tangent(g: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """P(g) = g - (<g, n> / <n, n>) n: the part of g along the surface N = const."""
+    nn = float(n @ n)
+    return g - (float(g @ n) / nn) * n if nn > 0 else g
+
+
+def log_param_gradient(space: Space, genome: Genome) -> np.ndarray:
+    """dN/du_i = dN/dq_i * dq_i/du_i, with u = log(q + offset)."""
+    q = np.array(space.vector(genome), dtype=float) + log_offsets(space)
+    return np.array(param_gradient(space, genome)) * q
+
+
+def estimate_gradient(displacements: np.ndarray, differences: np.ndarray) -> np.ndarray:
+    """grad Acc in u from probes: least squares D g = dA. Projected probes all lie near the
+    surface N = const, so D is nearly rank-deficient along grad N; singular values below 5% of
+    the largest are cut instead of amplifying noise (that direction is projected out anyway)."""
+    g, *_ = np.linalg.lstsq(displacements, differences, rcond=0.05)
+    return g
+
+
+def probe_genomes(space: Space, centre: Genome, budget: int, tol: float,
+                  rel_step: float = FDPG_REL_STEP) -> list[Genome]:
+    """One projected probe per coordinate, distinct from the centre and from each other. Widths
+    step up by `rel_step`; depth, expansion and kernel step one grid point down where they can
+    (the projection then widens the model: that is the trade-off the budget forces), else up."""
+    v = space.vector(centre)
+    out: list[Genome] = []
+    for i, (name, _) in enumerate(space.coords):
+        gene = space.genes[name]
+        width = gene.role == "width" and gene.choices is None
+        h = max(1, round(rel_step * v[i] / gene.step)) if width else 1
+        for steps in (h, 2 * h, 4 * h):  # a small step can round back onto the centre
+            first, second = (steps, -steps) if width else (-steps, steps)
+            moved = gene.shift(v[i], first)
+            if moved is None:
+                moved = gene.shift(v[i], second)
+            if moved is None:
+                break
+            w = list(v)
+            w[i] = moved
+            try:
+                p = project(space.from_vector(w, centre.options), space, budget, tol)
+            except NasError:
+                break
+            if p != centre and p not in out:
+                out.append(p)
+                break
+    return out
+
+
+def gradient_step(space: Space, centre: Genome, direction: np.ndarray, eta: float, budget: int, tol: float,
+                  seen: set[Genome] | frozenset[Genome] = frozenset()) -> tuple[Genome, float] | None:
+    """The point centre + eta * direction (in u), rounded and projected, and the eta used.
+    While rounding lands on the centre, eta doubles (at most 3 times); when it lands on a genome
+    already evaluated (`seen`), shorter steps are tried. None when no new point is found."""
+    u = to_log(space, centre)
+
+    def at(scale: float) -> Genome | None:
+        try:
+            return project(from_log(space, u + eta * scale * direction, centre.options), space, budget, tol)
+        except NasError:
+            return None
+
+    for scale in (1, 2, 4, 8):
+        x = at(scale)
+        if x is None or x == centre:
+            continue
+        if x not in seen:
+            return x, eta * scale
+        for shorter in (scale / 2, scale / 4, scale / 8):
+            y = at(shorter)
+            if y is not None and y != centre and y not in seen:
+                return y, eta * shorter
+        return None
+    return None
+
+
+@dataclass
+class _Replay:
+    """fdpg's finished evaluations in the study, by (step, role, genome): a rerun walks the same
+    path and takes these values instead of training again."""
+
+    done: dict[tuple[int, str, str], FrozenTrial]
+
+    @classmethod
+    def of(cls, ev: Evaluator) -> _Replay:
+        done = {}
+        for t in searcher_trials(ev.study, ev.searcher):
+            if counts_as_done(t) and isinstance(t.user_attrs.get("genome"), str):
+                g = Genome.from_json(t.user_attrs["genome"])
+                done.setdefault((t.user_attrs.get("step"), t.user_attrs.get("role"), g.key()), t)
+        return cls(done)
+
+    def get(self, genome: Genome, role: str, step: int) -> Outcome | None:
+        t = self.done.get((step, role, genome.key()))
+        if t is None:
+            return None
+        value = t.value if t.state == TrialState.COMPLETE else None
+        return Outcome(t.number, t.state, value, genome, t.user_attrs.get("reused_from"))
+
+
+class _Exhausted(Exception):
+    pass
+
+
+def fdpg_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_trials: TrialBudget, *,
+                start: Genome | None = None, jobs: int = 1, eta: float = FDPG_ETA,
+                rel_step: float = FDPG_REL_STEP, patience: int = FDPG_PATIENCE,
+                on_outcome: Callable[[Outcome], None] | None = None) -> str:
+    """The finite-difference projected-gradient walk (module docstring); returns why it stopped."""
+    replay = _Replay.of(ev)
+
+    def run(genome: Genome, role: str, step: int) -> Outcome:
+        out = replay.get(genome, role, step)
+        if out is None:
+            trial = budget_trials.claim()
+            if trial is None:
+                raise _Exhausted
+            out = ev.evaluate(genome, role=role, step=step, trial=trial)
+            if on_outcome:
+                on_outcome(out)
+        return out
+
+    centre = project(start or midpoint(space), space, budget, tol)
+    step, seen = 0, {centre}
+    try:
+        first = run(centre, "centre", step)
+        if not first.ok:
+            raise NasError(f"fdpg: the start genome {centre} could not be evaluated (trial #{first.number}: "
+                           f"{first.state.name.lower()}); pick another with --start")
+        value, best, since_best = first.value, first.value, 0
+        direction: np.ndarray | None = None
+        probed: list[Outcome] = []
+        while True:
+            if direction is None:  # a new centre: probe every coordinate
+                probes = probe_genomes(space, centre, budget, tol, rel_step)
+                seen.update(probes)
+                probed = [o for o in parallel_map(lambda p: run(p, "neighbour", step), probes, jobs) if o.ok]
+                if not probed:
+                    return "no neighbour of the centre could be evaluated"
+                u0 = to_log(space, centre)
+                disp = np.array([to_log(space, o.genome) - u0 for o in probed])
+                diff = np.array([o.value - value for o in probed])
+                p = tangent(estimate_gradient(disp, diff), log_param_gradient(space, centre))
+                if not np.linalg.norm(p) > 0:
+                    return "the projected gradient vanished"
+                direction = p / np.linalg.norm(p)
+            found = gradient_step(space, centre, direction, eta, budget, tol, seen)
+            if found is None:
+                return "no new step from the centre (converged on the grid)"
+            x, eta = found
+            seen.add(x)
+            step += 1
+            out = run(x, "centre", step)
+            # The next centre is the best genome evaluated around this one, the step first.
+            cands = [o for o in (out, *probed) if o.ok]
+            top = max(cands, key=lambda o: o.value, default=None)
+            if top is not None and top.value > value:
+                centre, value, direction = top.genome, top.value, None
+            else:
+                eta /= 2  # take the step back and try a shorter one along the same direction
+            probed = []
+            if value > best:
+                best, since_best = value, 0
+            else:
+                since_best += 1
+            if since_best >= patience:
+                return f"no improvement in {patience} steps"
+    except _Exhausted:
+        return f"{budget_trials.trials} trials done"
+
+
+# ---------------------------------------------------------------- search()
+
+@dataclass
+class SearchResult:
+    """What a search left in its study: the best in-budget trials, best first."""
+
+    study_name: str
+    storage: str
+    searcher: str
+    budget: int
+    score: str
+    trials: int             # finished evaluations of this searcher in the study
+    top: list[FrozenTrial]
+    stopped: str            # why the search ended
+    wall_time_s: float
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        return self.top[0] if self.top else None
+
+
+@contextmanager
+def _torch_threads_per_job(jobs: int) -> Iterator[None]:
+    """Concurrent CPU training runs share the cores instead of each claiming all of them."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // jobs))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _LazyObjective:
+    """Builds the training objective (loading CIFAR-100) at the first evaluation, so resuming a
+    finished search does not load the data set."""
+
+    def __init__(self, make: Callable[[], Objective]):
+        self._make, self._objective, self._lock = make, None, threading.Lock()
+
+    def __call__(self, genome: Genome, trial: optuna.Trial | None) -> float:
+        with self._lock:
+            if self._objective is None:
+                self._objective = self._make()
+        return self._objective(genome, trial)
+
+
+class _Progress:
+    """Trial n of N with the current best (tqdm), and one line per finished trial."""
+
+    def __init__(self, total: int, done: int, enabled: bool, best: float | None):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="trials", disable=not enabled)
+        self.enabled, self.best, self._lock = enabled, best, threading.Lock()
+        self._set_best()
+
+    def _set_best(self) -> None:
+        if self.best is not None:
+            self.bar.set_postfix_str(f"best {self.best:.4f}")
+
+    def outcome(self, out: Outcome) -> None:
+        with self._lock:
+            if out.ok and (self.best is None or out.value > self.best):
+                self.best = out.value
+            self._set_best()
+            if not self.enabled:
+                return
+            self.bar.update(1)
+            what = (f"{out.value:.4f}" if out.value is not None else "-") + f" {out.state.name.lower()}"
+            reused = f" (reused #{out.reused_from})" if out.reused_from is not None else ""
+            self._tqdm.write(f"trial #{out.number}: {out.genome}  {what}{reused}")
+
+    def wait(self, n: int) -> None:
+        if self.enabled:
+            self._tqdm.write(f"waiting for {n} trial(s) running in another process "
+                             f"(or a dead one, until its heartbeat expires)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int = 40, epochs: int | None = None,
+           jobs: int = 1, storage: str | None = None, data_dir: str | Path | None = None, score: str = "val",
+           pruner: str = "hyperband", seed: int = 0, tol: float = 0.1, recipe: Recipe | None = None,
+           objective: Objective | None = None, progress: bool = True, *, subset: int | None = None,
+           val_size: int = 5000, start: Genome | None = None, device: str | None = None) -> SearchResult:
+    """Search `space` for the genome with the best score under `budget` parameters.
+
+    Every evaluation is a trial of the study of (space, budget, recipe) in `storage`; trials
+    already there count toward `trials`, so rerunning the same call resumes. `objective`
+    replaces training (tests, benchmarks); by default genomes are trained on CIFAR-100 from
+    `data_dir` (`subset` training images, `val_size` held out) for `epochs` epochs."""
+    from nas.training import Recipe
+
+    sp = load_space(space) if isinstance(space, (str, Path)) else space
+    budget = check_budget(budget)
+    if searcher not in SEARCHERS:
+        raise NasError(f"unknown searcher '{searcher}' (known: {', '.join(SEARCHERS)})")
+    for name, value in (("trials", trials), ("jobs", jobs)):
+        if value < 1:
+            raise NasError(f"{name} must be at least 1, got {value}")
+    recipe = recipe or Recipe()
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
+    if start is not None:
+        sp.check(start, "start genome")
+    project(start or midpoint(sp), sp, budget, tol)  # a budget the space cannot meet fails here, in one line
+    url = resolve_storage(storage)
+    with warnings.catch_warnings():  # samplers flag their newer options as experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = make_sampler(searcher, seed, trials) if searcher != "fdpg" else None
+        # fdpg needs complete curves for its differences: no pruning
+        prune = make_pruner(pruner if searcher != "fdpg" else "none", recipe.epochs)
+    study = open_study(url, sp, budget, recipe, tol=tol, searcher=searcher, score=score, subset=subset,
+                       val_size=val_size, sampler=sampler, pruner=prune)
+    if objective is None:
+        objective = _LazyObjective(lambda: training_objective(recipe, data_dir=data_dir, score=score, subset=subset,
+                                                              val_size=val_size, device=device, progress=progress))
+    ev = Evaluator(study, objective, searcher, recipe.to_dict())
+    budget_trials = TrialBudget(ev, trials)
+    done = budget_trials.done()
+    tops = top_trials(study, budget, 1)
+    bar = _Progress(trials, done, progress, tops[0].value if tops else None)
+    budget_trials.on_wait = bar.wait
+    if progress:
+        lo, hi = band(budget, tol)
+        bar.bar.write(f"search: {searcher} on {sp.name}, budget {budget:,} (band {lo:,}..{hi:,}), {trials} trials "
+                      f"of {recipe.epochs} epochs; study '{study.study_name}' in {url} ({done} done)")
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), _torch_threads_per_job(jobs):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if searcher == "fdpg":
+                stopped = fdpg_search(ev, sp, budget, tol, budget_trials, start=start, jobs=jobs,
+                                      on_outcome=bar.outcome)
+            else:
+                stopped = sampler_search(ev, sp, budget, tol, budget_trials, jobs, on_outcome=bar.outcome)
+    except KeyboardInterrupt:
+        ev.interrupt_running()
+        raise
+    finally:
+        bar.close()
+    return SearchResult(study.study_name, url, searcher, budget, score, budget_trials.done(),
+                        top_trials(study, budget), stopped, time.perf_counter() - t0)

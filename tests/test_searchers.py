@@ -1,0 +1,193 @@
+"""nas.searchers: fdpg on a planted objective, samplers stay in budget, resume and replay."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.budget import band, project
+from nas.counting import count_params
+from nas.errors import NasError
+from nas.searchers import (SAMPLERS, estimate_gradient, gradient_step, log_param_gradient, make_sampler, midpoint,
+                           probe_genomes, propose, search, tangent, to_log)
+from nas.spaces import Genome, load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SMALL = """
+family = "conv"
+[options]
+stages = 2
+[genes]
+depth = {low = 1, high = 3}
+width = {low = 4, high = 96, step = 4}
+"""
+BUDGET, TOL = 20_000, 0.1
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spaces") / "small.toml"
+    path.write_text(SMALL)
+    return load_space(path)
+
+
+class Planted:
+    """A smooth concave score of log-coordinates whose unconstrained maximum (depth 3, 2; width
+    96, 64) is far over the budget, so the constrained maximum lies on the band."""
+
+    target = np.log([3, 2, 96, 64])
+    weights = np.array([0.02, 0.05, 0.3, 0.1])
+
+    def __init__(self, space):
+        self.space, self.calls = space, []
+
+    def score(self, genome: Genome) -> float:
+        u = np.log(np.array(self.space.vector(genome), dtype=float))
+        return float(-np.sum(self.weights * (u - self.target) ** 2))
+
+    def __call__(self, genome, trial):
+        self.calls.append(genome)
+        return self.score(genome)
+
+
+def brute_force_optimum(space, budget, tol):
+    lo, hi = band(budget, tol)
+    planted = Planted(space)
+    genomes = (space.from_vector(list(v)) for v in itertools.product(*[space.genes[n].values() for n, _ in space.coords]))
+    return max(planted.score(g) for g in genomes if lo <= count_params(g) <= hi)
+
+
+def test_projection_removes_the_budget_normal():
+    rng = np.random.default_rng(0)
+    g, n = rng.normal(size=6), rng.normal(size=6)
+    p = tangent(g, n)
+    assert abs(p @ n) < 1e-12
+    assert np.allclose(tangent(p, n), p)  # a projection
+    # least squares recovers an exact linear model's gradient from probe displacements
+    disp = np.eye(6) + 0.1 * rng.normal(size=(6, 6))
+    assert np.allclose(estimate_gradient(disp, disp @ g), g)
+
+
+def test_probes_and_steps_stay_in_the_band(small):
+    lo, hi = band(BUDGET, TOL)
+    centre = project(midpoint(small), small, BUDGET, TOL)
+    probes = probe_genomes(small, centre, BUDGET, TOL)
+    assert len(probes) == len(small.coords) and len(set(probes)) == len(probes) and centre not in probes
+    n = log_param_gradient(small, centre)
+    assert (n > 0).all()  # every gene adds parameters
+    for p in probes:
+        small.check(p)
+        assert lo <= count_params(p) <= hi
+    direction = tangent(np.array([0.0, -1.0, 1.0, 0.5]), n)
+    direction /= np.linalg.norm(direction)
+    x, eta = gradient_step(small, centre, direction, 0.5, BUDGET, TOL)
+    small.check(x)
+    assert lo <= count_params(x) <= hi and x != centre
+    # the step moved along the direction: its displacement has a positive component on it
+    assert (to_log(small, x) - to_log(small, centre)) @ direction > 0
+    assert gradient_step(small, centre, direction, 0.5, BUDGET, TOL, seen={x}) != (x, eta)
+
+
+def test_fdpg_reaches_the_planted_constrained_optimum(small, tmp_path):
+    best_possible = brute_force_optimum(small, BUDGET, TOL)
+    planted = Planted(small)
+    start = planted.score(project(midpoint(small), small, BUDGET, TOL))
+    r = search(small, BUDGET, "fdpg", trials=40, storage=f"sqlite:///{tmp_path}/f.db", objective=planted,
+               progress=False, tol=TOL)
+    assert len(planted.calls) <= 40
+    assert best_possible - r.best.value < 0.01 * (best_possible - start), (r.best.value, best_possible, start)
+    lo, hi = band(BUDGET, TOL)
+    study = optuna.load_study(study_name=r.study_name, storage=r.storage)
+    trials = study.get_trials()
+    assert all(lo <= t.user_attrs["params"] <= hi for t in trials)
+    roles = {t.user_attrs["role"] for t in trials}
+    assert roles == {"centre", "neighbour"}
+    assert all(isinstance(t.user_attrs["step"], int) for t in trials)
+    assert [t.user_attrs["step"] for t in trials if t.user_attrs["role"] == "centre"][:2] == [0, 1]
+    assert len({g.key() for g in planted.calls}) == len(planted.calls), "a genome was trained twice"
+
+
+def test_fdpg_rerun_replays_without_training_and_continues(small, tmp_path):
+    storage = f"sqlite:///{tmp_path}/r.db"
+    first = Planted(small)
+    r1 = search(small, BUDGET, "fdpg", trials=8, storage=storage, objective=first, progress=False)
+    assert r1.trials == 8 and len(first.calls) <= 8
+    again = Planted(small)
+    assert search(small, BUDGET, "fdpg", trials=8, storage=storage, objective=again, progress=False).trials == 8
+    assert again.calls == []
+    more = Planted(small)
+    r3 = search(small, BUDGET, "fdpg", trials=14, storage=storage, objective=more, progress=False)
+    assert r3.trials == 14 and 0 < len(more.calls) <= 6
+    assert not {g.key() for g in more.calls} & {g.key() for g in first.calls}
+    # the same walk in one go ends where the resumed one did
+    fresh = search(small, BUDGET, "fdpg", trials=14, storage=f"sqlite:///{tmp_path}/one.db",
+                   objective=Planted(small), progress=False)
+    assert fresh.best.value == r3.best.value
+
+
+def test_fdpg_parallel_probes_match_serial(small, tmp_path):
+    serial = search(small, BUDGET, "fdpg", trials=12, storage=f"sqlite:///{tmp_path}/s.db",
+                    objective=Planted(small), progress=False)
+    par = search(small, BUDGET, "fdpg", trials=12, jobs=3, storage=f"sqlite:///{tmp_path}/p.db",
+                 objective=Planted(small), progress=False)
+    assert par.trials == 12 and par.best.value == serial.best.value
+
+
+def _mbconv_score(space, g):
+    u = np.log(np.array(space.vector(g), dtype=float))
+    return float(-np.sum((u - np.log(np.array(space.vector(space.presets["seed-m5"]), dtype=float))) ** 2))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_samplers_propose_only_in_budget_genomes(name):
+    if name == "cmaes":
+        pytest.importorskip("cmaes")
+    space = load_space("mbconv")
+    budget = 20_000
+    lo, hi = band(budget, 0.1)
+    # GP refits its model at every suggestion (seconds each on 2 cores): fewer for it.
+    n = 16 if name == "gp" else 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(name, seed=0, trials=n))
+        seen = set()
+        for _ in range(n):
+            trial = study.ask()
+            g = propose(trial, space, budget, 0.1)
+            space.check(g)
+            assert lo <= count_params(g) <= hi
+            seen.add(g)
+            study.tell(trial, _mbconv_score(space, g))
+    assert len(seen) > n // 4, "the sampler should explore"
+    assert set(study.trials[-1].params) == {space.coord_name(c) for c in space.coords}
+
+
+def test_sampler_search_resumes_and_dedups(small, tmp_path):
+    storage = f"sqlite:///{tmp_path}/t.db"
+    calls = Planted(small)
+    r = search(small, BUDGET, "tpe", trials=6, storage=storage, objective=calls, progress=False)
+    assert r.trials == 6
+    before = {t.number: t.value for t in optuna.load_study(study_name=r.study_name, storage=storage).trials}
+    r2 = search(small, BUDGET, "tpe", trials=10, jobs=2, storage=storage, objective=calls, progress=False)
+    study = optuna.load_study(study_name=r2.study_name, storage=storage)
+    assert r2.trials == 10 and len(study.trials) == 10
+    assert {t.number: t.value for t in study.trials if t.number in before} == before
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({g.key() for g in calls.calls}) == len(calls.calls), "a genome was trained twice"
+    reused = [t for t in study.trials if "reused_from" in t.user_attrs]
+    assert len(calls.calls) + len(reused) == 10
+    assert all(t.user_attrs["role"] == "sample" and t.user_attrs["searcher"] == "tpe" for t in study.trials)
+
+
+def test_search_rejects_bad_arguments(small, tmp_path):
+    with pytest.raises(NasError, match="unknown searcher"):
+        search(small, BUDGET, "sgd", storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small))
+    with pytest.raises(NasError, match="below what space"):
+        search(small, 100, "tpe", trials=2, storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small),
+               progress=False)
