@@ -444,7 +444,9 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
-        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="trials", disable=not enabled)
+        # Bars only on a terminal (None); logs get the per-trial lines alone.
+        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="trials",
+                        disable=None if enabled else True)
         self.enabled, self.best, self._lock = enabled, best, threading.Lock()
         self._set_best()
 

@@ -435,7 +435,7 @@ class TrainingObjective:
 
         pruned = False
         label = f"#{trial.number} " if trial is not None else ""
-        with tqdm(total=self.recipe.epochs, unit="epoch", leave=False, disable=not self.progress,
+        with tqdm(total=self.recipe.epochs, unit="epoch", leave=False, disable=None if self.progress else True,
                   desc=f"{label}{genome}") as bar:
             def on_epoch(epoch: int, val_acc: float) -> bool | None:
                 nonlocal pruned

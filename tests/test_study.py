@@ -164,6 +164,9 @@ def test_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
 
 
 def test_training_objective_records_curve_and_prunes(tmp_path, space, cifar_data):
+    import dataclasses
+
+    data = dataclasses.replace(cifar_data, train_x=cifar_data.train_x[:400], train_y=cifar_data.train_y[:400])
     genome = project(space.presets["seed-m4"], space, 3_000)
     recipe = Recipe(epochs=2, batch_size=128)
 
@@ -173,7 +176,7 @@ def test_training_objective_records_curve_and_prunes(tmp_path, space, cifar_data
 
     study = open_study(f"sqlite:///{tmp_path}/t.db", space, 3_000, recipe, tol=0.5, searcher="tpe",
                        pruner=AlwaysPrune())
-    obj = TrainingObjective(cifar_data, recipe, score="asymptote", device="cpu")
+    obj = TrainingObjective(data, recipe, score="asymptote", device="cpu")
     out = Evaluator(study, obj, "tpe", recipe.to_dict()).evaluate(genome, role="sample")
     t = study.trials[out.number]
     assert t.state == TrialState.PRUNED

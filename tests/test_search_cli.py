@@ -1,0 +1,157 @@
+"""`nas search` end to end on the fixture CIFAR-100: output, report, Ctrl-C and SIGKILL resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.study import DIED, INTERRUPTED
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Small, fast trials: a 3k-parameter model, 600 of the fixture's training images, 200 for validation.
+BASE = ["search", "--budget", "3000", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
+
+# The fixture files have their own md5s: a subprocess must patch torchvision's checksums too.
+LAUNCHER = """
+import json, sys
+from torchvision.datasets import CIFAR100
+md5 = json.loads(sys.argv[1])
+CIFAR100.train_list = [["train", md5["train"]]]
+CIFAR100.test_list = [["test", md5["test"]]]
+CIFAR100.meta = {**CIFAR100.meta, "md5": md5["meta"]}
+from nas.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1
+    return optuna.load_study(study_name=names[0], storage=storage).get_trials()
+
+
+def test_search_end_to_end(cifar_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/e2e.db"
+    args = [*BASE, "--searcher", "tpe", "--trials", "2", "--epochs", "2", "--storage", storage,
+            "--data-dir", str(cifar_dir)]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "search: tpe on mbconv, budget 3,000" in out.out
+    assert out.out.count("trial #") == 2  # a line per trial (bars only on a terminal)
+    lines = out.out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "trial", "genome"])
+    assert lines[head].split()[-4:] == ["params", "FLOPs", "val", "acc"]
+    assert lines[head + 1].split()[0] == "1" and "mbconv:" in lines[head + 1]
+    assert f"dashboard: optuna-dashboard sqlite:///{tmp_path}/e2e.db" in out.out
+    assert (tmp_path / "reports" / "e2e.html").is_file()
+    trials = _trials(storage)
+    assert len(trials) == 2
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            a = t.user_attrs
+            assert a["params"] <= 3000 and len(a["curve"]) == 2 and a["val_acc"] == t.value
+            assert sorted(t.intermediate_values) == [1, 2] and a["searcher"] == "tpe" and "cpu" in a["device"]
+    # rerun: nothing left to do, same trials
+    assert main(args) == 0
+    assert len(_trials(storage)) == 2
+
+
+def test_fdpg_asymptote_through_the_cli(cifar_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/f.db"
+    assert main([*BASE, "--searcher", "fdpg", "--start", "seed-m4", "--trials", "3", "--epochs", "1", "--score", "asymptote",
+                 "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "asymptote" in out and "fdpg trials" in out
+    trials = _trials(storage)
+    assert [t.user_attrs["role"] for t in trials] == ["centre", "neighbour", "neighbour"]
+    assert all(t.value == pytest.approx(t.user_attrs["asymptote"]) for t in trials)
+    assert optuna.get_all_study_names(storage)[0].endswith("-asym-sub600-val200")
+
+
+def test_search_errors_are_one_line(tmp_path, capsys):
+    assert main(["search", "--budget", "10", "--storage", f"sqlite:///{tmp_path}/x.db"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nas: error: budget 10 is below")
+    assert main(["search", "--budget", "3000", "--storage", f"{tmp_path}/x.txt"]) == 2
+    assert "neither a storage URL" in capsys.readouterr().err
+
+
+def _launch(md5: dict, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    launcher = cwd / "launch.py"
+    launcher.write_text(LAUNCHER)
+    env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "1"}
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, str(launcher), json.dumps(md5), *args], cwd=cwd, env=env,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, timeout: float = 120) -> None:
+    """Until a trial is RUNNING (heartbeat written) after `completed` trials completed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the search ended before it could be stopped"
+        try:
+            trials = _trials(storage)
+        except (AssertionError, KeyError, optuna.exceptions.OptunaError, Exception):
+            trials = []
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        if done >= completed and any(t.state == TrialState.RUNNING and "nas:heartbeat" in t.system_attrs
+                                     for t in trials):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no running trial to stop")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
+def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifar_files, tmp_path):
+    _, md5 = _cifar_files
+    storage = f"sqlite:///{tmp_path}/k.db"
+    args = [*BASE, "--searcher", "random", "--trials", "3", "--epochs", "3", "--pruner", "none",
+            "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]
+    log = tmp_path / "log.txt"
+    proc = _launch(md5, args, tmp_path, log)
+    try:
+        _wait_for_running(storage, proc, completed=1)
+        os.kill(proc.pid, sig)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {t.number: t for t in _trials(storage)}
+    stopped = [t for t in before.values() if t.state != TrialState.COMPLETE]
+    completed = {n: t.value for n, t in before.items() if t.state == TrialState.COMPLETE}
+    assert len(stopped) == 1 and completed
+    if sig == signal.SIGINT:
+        assert code == 130
+        last = log.read_text().strip().splitlines()[-1]
+        assert last.startswith("nas: interrupted: finished trials are kept")
+        assert stopped[0].state == TrialState.FAIL and stopped[0].user_attrs["failure"] == INTERRUPTED
+    else:
+        assert stopped[0].state == TrialState.RUNNING  # until a rerun sees its heartbeat expire
+
+    rerun = _launch(md5, args, tmp_path, log)
+    assert rerun.wait(timeout=300) == 0, log.read_text()
+    after = _trials(storage)
+    assert {t.number: t.value for t in after if t.number in completed} == completed
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 3
+    killed = after[stopped[0].number]
+    assert killed.state == TrialState.FAIL
+    if sig == signal.SIGKILL:
+        assert killed.user_attrs["failure"] == DIED
+        retry = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
+        assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+        assert retry[0].params == killed.params and retry[0].user_attrs["genome"] == killed.user_attrs["genome"]
