@@ -320,7 +320,6 @@ class Evaluator:
 
     def ask(self) -> optuna.Trial:
         """A new trial of this searcher (a WAITING retry first, if one is queued)."""
-        fail_stale_trials(self.study)
         trial = self.study.ask()
         trial.set_user_attr("searcher", self.searcher)
         return trial

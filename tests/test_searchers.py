@@ -185,6 +185,14 @@ def test_sampler_search_resumes_and_dedups(small, tmp_path):
     assert all(t.user_attrs["role"] == "sample" and t.user_attrs["searcher"] == "tpe" for t in study.trials)
 
 
+def test_search_on_a_journal_file_resumes(small, tmp_path):
+    path = str(tmp_path / "nas.log")
+    r = search(small, BUDGET, "random", trials=3, storage=path, objective=Planted(small), progress=False)
+    assert r.storage == path and r.trials == 3
+    r = search(small, BUDGET, "random", trials=5, storage=path, objective=Planted(small), progress=False)
+    assert r.trials == 5 and len(r.top) >= 1
+
+
 def test_search_rejects_bad_arguments(small, tmp_path):
     with pytest.raises(NasError, match="unknown searcher"):
         search(small, BUDGET, "sgd", storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small))
