@@ -181,8 +181,7 @@ def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_
             try:
                 genome = propose(trial, space, budget, tol)
             except NasError as e:  # a corner of the space the band cannot be reached from
-                trial.set_user_attr("failure", f"projection: {e}")
-                ev.study.tell(trial, state=TrialState.FAIL)
+                ev.fail(trial, f"projection: {e}")
                 continue
             out = ev.evaluate(genome, role="sample", trial=trial)
             if on_outcome:

@@ -319,9 +319,14 @@ class Evaluator:
     _keys: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def ask(self) -> optuna.Trial:
-        """A new trial of this searcher (a WAITING retry first, if one is queued)."""
+        """A new trial of this searcher (a WAITING retry first, if one is queued). It carries a
+        heartbeat from the start, so it is failed and retried if this process dies before or
+        during its evaluation, and `interrupt_running` marks it after Ctrl-C."""
         trial = self.study.ask()
+        self.study._storage.set_trial_system_attr(_trial_id(trial), HEARTBEAT_ATTR, time.time())
         trial.set_user_attr("searcher", self.searcher)
+        with self._lock:
+            self._running[trial.number] = trial
         return trial
 
     def finished(self, genome: Genome) -> FrozenTrial | None:
@@ -353,7 +358,11 @@ class Evaluator:
                     self._running[trial.number] = trial
                     break
             if source is not None:
-                return self._reuse(trial, genome, source)
+                try:
+                    return self._reuse(trial, genome, source)
+                finally:
+                    with self._lock:
+                        self._running.pop(trial.number, None)
             wait.wait()
         try:
             return self._run(trial, genome)
@@ -381,21 +390,24 @@ class Evaluator:
             frozen = self.study.tell(trial, state=TrialState.PRUNED)
             return Outcome(trial.number, frozen.state, frozen.value, genome)
         except EvaluationFailed as e:
-            self._fail(trial, str(e) or "evaluation failed")
+            self.fail(trial, str(e) or "evaluation failed")
             return Outcome(trial.number, TrialState.FAIL, None, genome)
         except KeyboardInterrupt:
-            self._fail(trial, INTERRUPTED)
+            self.fail(trial, INTERRUPTED)
             raise
         except BaseException as e:
-            self._fail(trial, f"{type(e).__name__}: {e}")
+            self.fail(trial, f"{type(e).__name__}: {e}")
             raise
         if not math.isfinite(value):
-            self._fail(trial, f"objective returned {value}")
+            self.fail(trial, f"objective returned {value}")
             return Outcome(trial.number, TrialState.FAIL, None, genome)
         frozen = self.study.tell(trial, value)
         return Outcome(trial.number, frozen.state, frozen.value, genome)
 
-    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+    def fail(self, trial: optuna.Trial, reason: str) -> None:
+        """End a trial as FAIL with user attr `failure` = reason (if it has not ended already)."""
+        with self._lock:
+            self._running.pop(trial.number, None)
         try:
             trial.set_user_attr("failure", reason)
             self.study.tell(trial, state=TrialState.FAIL)
@@ -408,7 +420,7 @@ class Evaluator:
         with self._lock:
             running = list(self._running.values())
         for trial in running:
-            self._fail(trial, INTERRUPTED)
+            self.fail(trial, INTERRUPTED)
         return [t.number for t in running]
 
 

@@ -99,7 +99,7 @@ def _launch(md5: dict, args: list[str], cwd: Path, log: Path) -> subprocess.Pope
 
 
 def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, timeout: float = 120) -> None:
-    """Until a trial is RUNNING (heartbeat written) after `completed` trials completed."""
+    """Until a trial is being evaluated (RUNNING, genome recorded) after `completed` trials completed."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "the search ended before it could be stopped"
@@ -108,7 +108,7 @@ def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, time
         except (AssertionError, KeyError, optuna.exceptions.OptunaError, Exception):
             trials = []
         done = sum(t.state == TrialState.COMPLETE for t in trials)
-        if done >= completed and any(t.state == TrialState.RUNNING and "nas:heartbeat" in t.system_attrs
+        if done >= completed and any(t.state == TrialState.RUNNING and "genome" in t.user_attrs
                                      for t in trials):
             return
         time.sleep(0.2)
