@@ -38,6 +38,16 @@ def _tol(text: str) -> float:
     return tol
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return n
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -165,7 +175,7 @@ def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
 
     d = Recipe()
     g = p.add_argument_group("training recipe")
-    g.add_argument("--epochs", "-e", type=_epochs, default=epochs_default, help=f"epochs per training (default {epochs_default})")
+    g.add_argument("--epochs", "-e", type=_positive, default=epochs_default, help=f"epochs per training (default {epochs_default})")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer, help="sgd = SGD, Nesterov momentum 0.9")
     g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     g.add_argument("--schedule", choices=["onecycle", "cosine"], default=d.schedule, help="learning-rate schedule")
@@ -182,16 +192,6 @@ def recipe_from_args(args, epochs: int | None = None):
     return Recipe(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, batch_size=args.batch_size,
                   weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, cutout=args.cutout,
                   compile=args.compile, epochs=epochs or args.epochs)
-
-
-def _epochs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return n
 
 
 # ---------------------------------------------------------------- nas train
@@ -226,19 +226,7 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------- nas search
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return n
-
-
 def add_search(sub) -> None:
-    from nas.searchers import PRUNERS, SEARCHERS
-
     p = sub.add_parser(
         "search", help="search a space for the best genome under a parameter budget",
         description="Search a space for the genome with the best validation accuracy under a parameter "
@@ -253,6 +241,16 @@ def add_search(sub) -> None:
                "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
                "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.")
     p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help="parameter budget, e.g. 50000")
+    p.add_argument("--start", metavar="GENOME", help="fdpg start genome (default: the middle of the space's ranges), "
+                                                    "projected to the budget")
+    p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
+    add_search_options(p)
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """Options of `nas search` that `nas sweep` passes on to every budget's search."""
+    from nas.searchers import PRUNERS, SEARCHERS
+
     p.add_argument("--space", default="mbconv", help="search space name or .toml file (default mbconv)")
     p.add_argument("--searcher", choices=SEARCHERS, default="tpe", help="default tpe")
     p.add_argument("--trials", type=_positive, default=40,
@@ -267,12 +265,9 @@ def add_search(sub) -> None:
     p.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="prune on epochs (samplers only; default hyperband)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
-    p.add_argument("--start", metavar="GENOME", help="fdpg start genome (default: the middle of the space's ranges), "
-                                                    "projected to the budget")
     p.add_argument("--subset", type=_positive, help="train on only this many training images (quick runs)")
     p.add_argument("--val-size", type=_positive, default=5000, help="validation images carved from the training set")
     p.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output, only the final table")
     add_recipe_options(p, epochs_default=15)
 
@@ -284,7 +279,7 @@ def cmd_search(args) -> int:
     from nas.report import default_report_path, write_report
     from nas.searchers import search
     from nas.spaces import load_space, parse_genome
-    from nas.study import dashboard_command, is_journal
+    from nas.study import dashboard_command
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what happens
     space = load_space(args.space)
@@ -312,10 +307,81 @@ def cmd_search(args) -> int:
     else:
         print("no completed trial within the budget yet")
     print(f"dashboard: {dashboard_command(result.storage)}")
-    if is_journal(result.storage):
-        print("report:    not written (nas.report reads database storages, not journal files)")
-    else:
-        print(f"report:    {write_report(result.storage, default_report_path(result.storage))}")
+    print(f"report:    {write_report(result.storage, default_report_path(result.storage))}")
+    return 0
+
+
+# ---------------------------------------------------------------- nas sweep
+
+def add_sweep(sub) -> None:
+    from nas.sweep import DEFAULT_BUDGETS, DEFAULT_FINAL_EPOCHS
+
+    p = sub.add_parser(
+        "sweep", help="search several budgets, then train each winner longer and test it",
+        description="Run one search per budget (each its own study in --storage), then retrain each budget's "
+                    "best genome with the same recipe for --final-epochs epochs and record its validation and "
+                    "test accuracy in the study. Rerunning resumes: finished searches add no trials and final "
+                    "trainings already recorded are not redone. Ends by writing the HTML report.")
+    p.add_argument("--budgets", default=",".join(str(b) for b in DEFAULT_BUDGETS),
+                   help="comma-separated budgets, searched in this order; 5k and 1M work too "
+                        f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")
+    p.add_argument("--final-epochs", type=_positive, default=DEFAULT_FINAL_EPOCHS,
+                   help=f"epochs of each winner's final training (default {DEFAULT_FINAL_EPOCHS})")
+    p.add_argument("--out", help="report file (default reports/<storage name>.html)")
+    add_search_options(p)
+
+
+def cmd_sweep(args) -> int:
+    import optuna
+
+    from nas.report import default_report_path, write_report
+    from nas.study import dashboard_command, resolve_storage
+    from nas.sweep import parse_budgets, sweep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budgets = parse_budgets(args.budgets)
+    storage = resolve_storage(args.storage)
+    try:
+        outcomes = sweep(args.space, budgets, final_epochs=args.final_epochs, storage=storage,
+                         data_dir=args.data_dir, recipe=recipe_from_args(args), val_size=args.val_size,
+                         device=args.device, progress=not args.quiet, searcher=args.searcher,
+                         trials=args.trials, jobs=args.jobs, score=args.score, pruner=args.pruner,
+                         seed=args.seed, tol=args.tol, subset=args.subset)
+    except KeyboardInterrupt:
+        print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
+              f"rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(f"\n{'budget':>10}  {'params':>10}  {'val acc':>8}  {'test acc':>8}  genome")
+    for o in outcomes:
+        f = o.final
+        if f is None:
+            print(f"{o.budget:>10,}  {'-':>10}  {'-':>8}  {'-':>8}  no completed trial")
+        else:
+            print(f"{o.budget:>10,}  {f['params']:>10,}  {f['val_acc']:>8.2%}  {f['test_acc']:>8.2%}  {f['genome_str']}")
+    print(f"dashboard: {dashboard_command(storage)}")
+    print(f"report:    {write_report(storage, args.out or default_report_path(storage))}")
+    return 0
+
+
+# ---------------------------------------------------------------- nas report
+
+def add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write the HTML report of every study in a storage",
+        description="Write one self-contained HTML file (plotly inlined, opens offline): accuracy vs "
+                    "parameters with the reference curves, per-budget search progress and learning curves, "
+                    "the fdpg path, and a table of winners.")
+    p.add_argument("--storage", help="Optuna storage URL or journal file (default sqlite:///studies/nas.db)")
+    p.add_argument("--out", help="output file (default reports/<storage name>.html)")
+    p.add_argument("--title", help="page title")
+
+
+def cmd_report(args) -> int:
+    from nas.report import default_report_path, write_report
+    from nas.study import resolve_storage
+
+    storage = resolve_storage(args.storage)
+    print(write_report(storage, args.out or default_report_path(storage), title=args.title))
     return 0
 
 
@@ -327,6 +393,8 @@ COMMANDS: list[tuple[Callable, Callable]] = [
     (add_space, cmd_space),
     (add_train, cmd_train),
     (add_search, cmd_search),
+    (add_sweep, cmd_sweep),
+    (add_report, cmd_report),
 ]
 
 

@@ -26,6 +26,7 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.errors import NasError
 from nas.families import FAMILIES
+from nas.study import is_journal, open_storage
 
 TOP_CURVES = 5  # learning curves drawn per budget
 COLORS = qualitative.Plotly  # one per study
@@ -94,18 +95,19 @@ def state_counts(trials: list[FrozenTrial]) -> str:
 
 
 def _check_storage_exists(storage: str) -> None:
-    # Optuna silently creates a missing sqlite file; a report on a typo'd path should fail.
-    if storage.startswith("sqlite:///"):
-        path = storage[len("sqlite:///"):].split("?", 1)[0]
-        if path and path != ":memory:" and not Path(path).exists():
-            raise NasError(f"no study storage at '{path}' (from {storage})")
+    # Optuna silently creates a missing sqlite or journal file; a report on a typo'd path should fail.
+    path = storage[len("sqlite:///"):].split("?", 1)[0] if storage.startswith("sqlite:///") else None
+    if is_journal(storage):
+        path = storage
+    if path and path != ":memory:" and not Path(path).exists():
+        raise NasError(f"no study storage at '{path}' (from {storage})")
 
 
 def load_studies(storage: str | optuna.storages.BaseStorage) -> list[StudyView]:
     """Every study in `storage`, ordered by space, budget and name, each with its own colour."""
     if isinstance(storage, str):
         _check_storage_exists(storage)
-        storage = optuna.storages.RDBStorage(storage)  # one connection for all studies
+        storage = open_storage(storage)  # one connection for all studies; journal files too
     views = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -44,3 +44,22 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
     for o in outcomes:
         assert o.final["genome_str"] in html
     assert "Accuracy vs parameters" in html or "accuracy vs parameters" in html.lower()
+
+
+def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
+    from nas.cli import main
+
+    monkeypatch.chdir(tmp_path)  # default runs/ and reports/ folders land here
+    storage = f"sqlite:///{tmp_path}/cli.db"
+    argv = ["sweep", "--budgets", "3k", "--space", "conv", "--searcher", "random", "--trials", "2",
+            "--epochs", "1", "--final-epochs", "1", "--val-size", "200", "--pruner", "none", "--quiet",
+            "--storage", storage, "--data-dir", str(cifar_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3,000" in out and "test acc" in out and "optuna-dashboard sqlite:///" in out
+    assert (tmp_path / "reports" / "cli.html").is_file()
+    assert main(["report", "--storage", storage, "--out", str(tmp_path / "r.html")]) == 0
+    assert "3,000" in (tmp_path / "r.html").read_text()
+    # a mistyped storage is an error, not a new empty study
+    code = main(["report", "--storage", str(tmp_path / "missing.log")])
+    assert code == 2 and "no study storage" in capsys.readouterr().err
