@@ -74,7 +74,8 @@ class StudyView:
 
     @property
     def is_fdpg(self) -> bool:
-        return self.attrs.get("searcher") == "fdpg"
+        # several searchers may share a study: its attr lists them all, e.g. "tpe,fdpg"
+        return "fdpg" in str(self.attrs.get("searcher", "")).split(",")
 
     def status(self) -> str | None:
         """Why the study has nothing to plot, or None when it has completed trials."""
@@ -337,7 +338,8 @@ def fig_fdpg_path(s: StudyView) -> go.Figure:
     """The walk: centre score per step (neighbours faint) above the centre's coordinates per step."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("score by step", "centre genome coordinates by step"))
-    steps = [t for t in s.complete if t.user_attrs.get("step") is not None]
+    steps = [t for t in s.complete if t.user_attrs.get("searcher", "fdpg") == "fdpg"
+             and t.user_attrs.get("step") is not None]
     centres = sorted((t for t in steps if t.user_attrs.get("role") == "centre"),
                      key=lambda t: (t.user_attrs["step"], t.number))
     others = [t for t in steps if t.user_attrs.get("role") != "centre"]
