@@ -26,7 +26,8 @@ from torch import nn
 
 from nas.data import load_cifar100, resolve_data_dir
 from nas.models import build_model
-from nas.spaces import parse_genome
+from nas.budget import project
+from nas.spaces import load_space, parse_genome
 from nas.training import Recipe, default_device, describe_device, train
 
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: NAS_DATA_DIR, else the cache)")
     p.add_argument("--genome", default="seed-m4", help="GENOME (preset, .json file or inline JSON)")
+    p.add_argument("--budget", type=int, default=50_000,
+                   help="project the genome into this budget first (the target is stated for <= 50k parameters)")
+    p.add_argument("--no-bf16", action="store_true", help="train nas's side in float32 (the plain loop always is)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--images", type=int, help="training images per round (default 4096 on CPU, 45000 on CUDA)")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per side (median reported)")
@@ -75,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device) if args.device else default_device()
     genome = parse_genome(args.genome)
+    genome = project(genome, load_space(genome.space), args.budget)
     cores = os.cpu_count() or 1
     workers = ([int(w) for w in args.workers.split(",")] if args.workers
                else sorted({0, cores if device.type == "cpu" else min(8, cores)}))
     images = args.images or (45000 if device.type == "cuda" else 4096)
-    recipe = Recipe(epochs=1, batch_size=args.batch_size)
+    recipe = Recipe(epochs=1, batch_size=args.batch_size, bf16=not args.no_bf16)
 
     data = load_cifar100(args.data_dir, device=device, subset=images)
     data = dataclasses.replace(data, val_x=data.val_x[:1000], val_y=data.val_y[:1000])

@@ -184,6 +184,8 @@ def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     g.add_argument("--cutout", type=int, default=d.cutout, help="cutout square side in pixels, 0 = off")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    g.add_argument("--no-bf16", action="store_true",
+                   help="train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
 
 
 def recipe_from_args(args, epochs: int | None = None):
@@ -191,7 +193,7 @@ def recipe_from_args(args, epochs: int | None = None):
 
     return Recipe(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, batch_size=args.batch_size,
                   weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, cutout=args.cutout,
-                  compile=args.compile, epochs=epochs or args.epochs)
+                  compile=args.compile, bf16=not args.no_bf16, epochs=epochs or args.epochs)
 
 
 # ---------------------------------------------------------------- nas train

@@ -176,3 +176,13 @@ def test_one_epoch_on_real_data_beats_chance():
     data = load_cifar100(root, device="cpu", val_size=2000, subset=15000, download=False)
     r = train(SMALL, data, Recipe(epochs=1, lr=0.2, batch_size=128), device="cpu")
     assert r.ok and r.val_acc > 0.04, r.curve  # chance is 0.01
+
+
+def test_bf16_is_part_of_the_recipe_identity_and_can_be_turned_off():
+    import torch
+
+    from nas.training import Recipe, bf16_autocast
+
+    assert Recipe(bf16=True).tag != Recipe(bf16=False).tag
+    assert not bf16_autocast(torch.device("cpu"), wanted=False)
+    assert bf16_autocast(torch.device("cuda"), wanted=True)
