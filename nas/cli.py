@@ -48,6 +48,23 @@ def _positive(text: str) -> int:
     return n
 
 
+def _print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns right-aligned, except the genome column, left-aligned."""
+    left = head.index("genome")
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(v.ljust(w) if c == left else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip())
+
+
+def _print_dashboard_and_report(storage: str, out: str | None = None) -> None:
+    """The closing lines of search and sweep: how to browse the study, and the refreshed report."""
+    from nas.report import default_report_path, write_report
+    from nas.study import dashboard_command
+
+    print(f"dashboard: {dashboard_command(storage)}")
+    print(f"report:    {write_report(storage, out or default_report_path(storage))}")
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -279,10 +296,8 @@ def cmd_search(args) -> int:
     import optuna
 
     from nas.counting import count_flops
-    from nas.report import default_report_path, write_report
     from nas.searchers import search
     from nas.spaces import load_space, parse_genome
-    from nas.study import dashboard_command
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what happens
     space = load_space(args.space)
@@ -303,14 +318,10 @@ def cmd_search(args) -> int:
         rows = [(str(i), f"#{t.number}", t.user_attrs.get("genome_str", "?"), f"{t.user_attrs['params']:,}",
                  f"{t.user_attrs.get('flops') or count_flops(parse_genome(t.user_attrs['genome'])):,}",
                  f"{t.value:.2%}") for i, t in enumerate(result.top[:args.top], 1)]
-        head = ("rank", "trial", "genome", "params", "FLOPs", score)
-        widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-        for r in [head, *rows]:
-            print("  ".join(v.ljust(w) if c == 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))))
+        _print_table(("rank", "trial", "genome", "params", "FLOPs", score), rows)
     else:
         print("no completed trial within the budget yet")
-    print(f"dashboard: {dashboard_command(result.storage)}")
-    print(f"report:    {write_report(result.storage, default_report_path(result.storage))}")
+    _print_dashboard_and_report(result.storage)
     return 0
 
 
@@ -337,8 +348,7 @@ def add_sweep(sub) -> None:
 def cmd_sweep(args) -> int:
     import optuna
 
-    from nas.report import default_report_path, write_report
-    from nas.study import dashboard_command, resolve_storage
+    from nas.study import resolve_storage
     from nas.sweep import parse_budgets, sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -354,15 +364,12 @@ def cmd_sweep(args) -> int:
         print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
               f"rerun the same command to continue", file=sys.stderr)
         return 130
-    print(f"\n{'budget':>10}  {'params':>10}  {'val acc':>8}  {'test acc':>8}  genome")
-    for o in outcomes:
-        f = o.final
-        if f is None:
-            print(f"{o.budget:>10,}  {'-':>10}  {'-':>8}  {'-':>8}  no completed trial")
-        else:
-            print(f"{o.budget:>10,}  {f['params']:>10,}  {f['val_acc']:>8.2%}  {f['test_acc']:>8.2%}  {f['genome_str']}")
-    print(f"dashboard: {dashboard_command(storage)}")
-    print(f"report:    {write_report(storage, args.out or default_report_path(storage))}")
+    rows = [(f"{o.budget:,}", "-", "-", "-", "no completed trial") if o.final is None else
+            (f"{o.budget:,}", f"{o.final['params']:,}", f"{o.final['val_acc']:.2%}", f"{o.final['test_acc']:.2%}",
+             o.final["genome_str"]) for o in outcomes]
+    print()
+    _print_table(("budget", "params", "val acc", "test acc", "genome"), rows)
+    _print_dashboard_and_report(storage, args.out)
     return 0
 
 

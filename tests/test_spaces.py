@@ -1,6 +1,5 @@
 """Space files, genomes and their errors, as a user meets them."""
 
-import json
 import textwrap
 
 import pytest
