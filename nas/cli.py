@@ -261,7 +261,7 @@ def add_search(sub) -> None:
                "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
                "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.")
     p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help="parameter budget, e.g. 50000")
-    p.add_argument("--start", metavar="GENOME", help="fdpg start genome (default: the middle of the space's ranges), "
+    p.add_argument("--start", metavar="GENOME", help="fdpg start genome (default: one block per stage, widths doubling per stage, expansion 4), "
                                                     "projected to the budget")
     p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
     add_search_options(p)

@@ -216,6 +216,23 @@ def midpoint(space: Space) -> Genome:
     return space.from_vector(values)
 
 
+def default_start(space: Space) -> Genome:
+    """fdpg's default start, from the brief's design lessons: one block per stage (the reference
+    study's best plain member), widths doubling stage by stage ("wider blocks deeper in"),
+    expansion 4 and the smallest kernel. Only proportions matter: projection sets the scale."""
+    base = {"stem": 16, "width_base": 16, "width_slope": 16, "expand": 4}
+    values = []
+    for name, stage in space.coords:
+        g = space.genes[name]
+        if name == "width":
+            values.append(16 * 2 ** stage)
+        elif name in base:
+            values.append(base[name])
+        else:  # depth, kernel and any gene a user's family adds
+            values.append(g.minimum)
+    return space.from_vector(values)
+
+
 def tangent(g: np.ndarray, n: np.ndarray) -> np.ndarray:
     """P(g) = g - (<g, n> / <n, n>) n: the part of g along the surface N = const."""
     nn = float(n @ n)
@@ -339,7 +356,7 @@ def fdpg_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_tri
                 on_outcome(out)
         return out
 
-    centre = project(start or midpoint(space), space, budget, tol)
+    centre = project(start or default_start(space), space, budget, tol)
     step, seen = 0, {centre}
     try:
         first = run(centre, "centre", step)
@@ -499,7 +516,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int =
         recipe = replace(recipe, epochs=epochs)
     if start is not None:
         sp.check(start, "start genome")
-    project(start or midpoint(sp), sp, budget, tol)  # a budget the space cannot meet fails here, in one line
+    project(start or default_start(sp), sp, budget, tol)  # a budget the space cannot meet fails here, in one line
     url = resolve_storage(storage)
     with warnings.catch_warnings():  # samplers flag their newer options as experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
