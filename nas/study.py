@@ -189,7 +189,8 @@ def counts_as_done(t: FrozenTrial) -> bool:
     (interrupted and dead-process trials are not done: a rerun evaluates them again)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return t.state == TrialState.FAIL and t.user_attrs.get("failure") not in (INTERRUPTED, DIED, None)
+    return (t.state == TrialState.FAIL and t.user_attrs.get("failure") not in (INTERRUPTED, DIED, None)
+            and not t.user_attrs.get("retryable"))
 
 
 def searcher_trials(study: optuna.Study, searcher: str, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
@@ -396,7 +397,9 @@ class Evaluator:
             self.fail(trial, INTERRUPTED)
             raise
         except BaseException as e:
-            self.fail(trial, f"{type(e).__name__}: {e}")
+            # Not the genome's fault (missing data, a bug, a full disk): the search stops, and the
+            # trial must not count as done, so a rerun after the fix evaluates it again.
+            self.fail(trial, f"{type(e).__name__}: {e}", retryable=True)
             raise
         if not math.isfinite(value):
             self.fail(trial, f"objective returned {value}")
@@ -404,12 +407,15 @@ class Evaluator:
         frozen = self.study.tell(trial, value)
         return Outcome(trial.number, frozen.state, frozen.value, genome)
 
-    def fail(self, trial: optuna.Trial, reason: str) -> None:
-        """End a trial as FAIL with user attr `failure` = reason (if it has not ended already)."""
+    def fail(self, trial: optuna.Trial, reason: str, retryable: bool = False) -> None:
+        """End a trial as FAIL with user attr `failure` = reason (if it has not ended already);
+        a `retryable` failure does not count toward --trials."""
         with self._lock:
             self._running.pop(trial.number, None)
         try:
             trial.set_user_attr("failure", reason)
+            if retryable:
+                trial.set_user_attr("retryable", True)
             self.study.tell(trial, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError):
             pass  # already ended, e.g. by interrupt_running from the main thread

@@ -136,6 +136,24 @@ def test_failed_pruned_and_interrupted_trials(tmp_path, space, genome):
     assert t.state == TrialState.FAIL and t.user_attrs["failure"] == INTERRUPTED and not counts_as_done(t)
 
 
+def test_environment_error_stops_the_search_and_is_retried_on_rerun(tmp_path, space, genome):
+    """Missing data is not the genome's fault: the error reaches the user, and the trial does not
+    count as done, so the rerun after the fix trains it."""
+    study = _study(tmp_path, space)
+
+    def no_data(g, trial):
+        raise NasError("CIFAR-100 not found (…/train is missing)")
+
+    with pytest.raises(NasError, match="CIFAR-100 not found"):
+        Evaluator(study, no_data, "tpe").evaluate(genome, role="sample")
+    t = study.trials[-1]
+    assert t.state == TrialState.FAIL and "CIFAR-100 not found" in t.user_attrs["failure"]
+    assert not counts_as_done(t)
+    obj = Counting()
+    out = Evaluator(study, obj, "tpe").evaluate(genome, role="sample")
+    assert obj.calls and out.state == TrialState.COMPLETE
+
+
 def test_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
     monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")
     study = _study(tmp_path, space)
