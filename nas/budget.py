@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from nas.counting import count_params
+from nas.counting import architecture_params
 from nas.errors import NasError
 from nas.spaces import Genome, Space
 
@@ -33,16 +33,21 @@ def band(budget: int, tol: float = DEFAULT_TOL) -> tuple[int, int]:
 
 
 class _Counter:
-    """Counts parameters of coordinate vectors of one space with fixed options."""
+    """Counts parameters of coordinate vectors of one space with fixed options, cached by the
+    vector itself (cheaper than a genome's JSON key; bisection revisits the same vectors)."""
 
     def __init__(self, space: Space, options: dict):
         self.space, self.options = space, options
+        self.cache: dict[tuple[int, ...], int] = {}
 
     def genome(self, v: list[int]) -> Genome:
         return self.space.from_vector(v, self.options)
 
     def __call__(self, v: list[int]) -> int:
-        return count_params(self.genome(v))
+        key = tuple(v)
+        if key not in self.cache:
+            self.cache[key] = architecture_params(self.genome(v))
+        return self.cache[key]
 
 
 def min_params(space: Space, options: dict | None = None) -> int:
@@ -125,20 +130,22 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
     target = math.exp(a_hi)
     while n < lo:
         best = None
-        for i in widths + others + depths:
-            nxt = genes[i].shift(v[i], +1)
-            if nxt is None:
-                continue
-            trial = list(v)
-            trial[i] = nxt
-            m = count(trial)
-            if m > hi:
-                continue
-            is_width = genes[i].role == "width"
-            lag = v[i] / max(base[i] * target, 1e-9) if is_width else math.inf
-            key = (not is_width, lag, -m)
-            if best is None or key < best[0]:
-                best = (key, trial, m)
+        # widths first; the other genes only when no width step fits (counting them is the cost)
+        for group in (widths, others + depths):
+            for i in group:
+                nxt = genes[i].shift(v[i], +1)
+                if nxt is None:
+                    continue
+                trial = list(v)
+                trial[i] = nxt
+                m = count(trial)
+                if m > hi:
+                    continue
+                lag = v[i] / max(base[i] * target, 1e-9) if genes[i].role == "width" else 0.0
+                if best is None or (lag, -m) < best[0]:
+                    best = ((lag, -m), trial, m)
+            if best is not None:
+                break
         if best is None:
             raise NasError(f"cannot land in [{lo:,}, {hi:,}] from {count.genome(v)} ({n:,} parameters); "
                            f"try a larger --tol")

@@ -41,9 +41,14 @@ def block_params(spec: BlockSpec) -> int:
     raise TypeError(f"no parameter formula for block spec {spec!r}")
 
 
+def architecture_params(genome: Genome) -> int:
+    """The count itself, uncached (callers with their own cache key use this)."""
+    return sum(block_params(b) for b in architecture(genome))
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _count_key(key: str, genome: Genome) -> int:
-    return sum(block_params(b) for b in architecture(genome))
+    return architecture_params(genome)
 
 
 def count_params(genome: Genome) -> int:
