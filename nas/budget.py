@@ -87,11 +87,11 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
             out[i] = getattr(genes[i], which)
         return out
 
-    smallest = count(at(v, range(len(v)), "minimum"))  # type: ignore[arg-type]
+    smallest = min_params(space, options)
     if smallest > hi:
         raise NasError(f"budget {budget:,} is below what space '{space.name}' can meet: its smallest "
                        f"model has {smallest:,} parameters")
-    largest = count(at(v, range(len(v)), "maximum"))  # type: ignore[arg-type]
+    largest = max_params(space, options)
     if largest < lo:
         raise NasError(f"budget {budget:,} is above what space '{space.name}' can meet with tolerance "
                        f"{tol}: its largest model has {largest:,} parameters")

@@ -296,7 +296,6 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
 def cmd_search(args) -> int:
     import optuna
 
-    from nas.counting import count_flops
     from nas.searchers import search
     from nas.spaces import load_space, parse_genome
 
@@ -317,7 +316,7 @@ def cmd_search(args) -> int:
           f"{result.wall_time_s:.0f} s")
     if result.top:
         rows = [(str(i), f"#{t.number}", t.user_attrs.get("genome_str", "?"), f"{t.user_attrs['params']:,}",
-                 f"{t.user_attrs.get('flops') or count_flops(parse_genome(t.user_attrs['genome'])):,}",
+                 f"{t.user_attrs['flops']:,}",
                  f"{t.value:.2%}") for i, t in enumerate(result.top[:args.top], 1)]
         _print_table(("rank", "trial", "genome", "params", "FLOPs", score), rows)
     else:

@@ -87,5 +87,5 @@ def layer_table(genome: Genome, max_depth: int = 3) -> str:
     """fvcore's per-module table of parameters and FLOPs."""
     from fvcore.nn import flop_count_table
 
-    model, analysis = _flop_analysis(genome)
+    _, analysis = _flop_analysis(genome)
     return flop_count_table(analysis, max_depth=max_depth)

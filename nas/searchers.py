@@ -35,7 +35,8 @@ from nas.budget import band, check_budget, param_gradient, project
 from nas.errors import NasError
 from nas.spaces import Genome, Space, load_space
 from nas.study import (Evaluator, Objective, Outcome, counts_as_done, fail_stale_trials, heartbeat_seconds,
-                       open_study, resolve_storage, searcher_trials, top_trials, training_objective)
+                       open_study, resolve_storage, searcher_trials, top_trials, training_objective,
+                       trial_genome)
 
 if TYPE_CHECKING:
     from nas.training import Recipe
@@ -321,8 +322,8 @@ class _Replay:
     def of(cls, ev: Evaluator) -> _Replay:
         done = {}
         for t in searcher_trials(ev.study, ev.searcher):
-            if counts_as_done(t) and isinstance(t.user_attrs.get("genome"), str):
-                g = Genome.from_json(t.user_attrs["genome"])
+            g = trial_genome(t)
+            if counts_as_done(t) and g is not None:
                 done.setdefault((t.user_attrs.get("step"), t.user_attrs.get("role"), g.key()), t)
         return cls(done)
 
