@@ -105,10 +105,14 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
 
     base = list(v)
 
-    def scaled(alpha: float) -> list[int]:
+    scales = {i for i, c in enumerate(space.coords) if space.is_scale(c)}
+
+    def scaled(alpha: float) -> list[float]:
         out = list(base)
         for i in widths:
-            out[i] = genes[i].snap(base[i] * alpha)
+            # A scale coordinate stays fractional, so the widths derived from it round one by one
+            # and the count moves in steps of one channel of one stage, not of every stage at once.
+            out[i] = base[i] * alpha if i in scales else genes[i].snap(base[i] * alpha)
         return out
 
     # Bisection on log(alpha): the count is monotone in alpha.

@@ -47,6 +47,7 @@ PRUNERS = ("hyperband", "median", "none")
 FDPG_ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of one gene)
 FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
 FDPG_PATIENCE = 3
+SCALE_PLACEHOLDER = 16  # the value a sampler leaves in a scale coordinate before projection
 
 T = TypeVar("T")
 
@@ -59,7 +60,9 @@ def suggest_genome(trial: optuna.Trial, space: Space) -> Genome:
     values = []
     for coord in space.coords:
         gene, name = space.genes[coord[0]], space.coord_name(coord)
-        if gene.choices is not None:
+        if space.is_scale(coord):  # projection sets it: searching it would only add noise
+            values.append(SCALE_PLACEHOLDER)
+        elif gene.choices is not None:
             values.append(trial.suggest_categorical(name, list(gene.choices)))
         else:
             values.append(trial.suggest_int(name, gene.low, gene.high_on_grid, step=gene.step, log=gene.log))
@@ -221,7 +224,7 @@ def default_start(space: Space) -> Genome:
     """fdpg's default start, from the brief's design lessons: one block per stage (the reference
     study's best plain member), widths doubling stage by stage ("wider blocks deeper in"),
     expansion 4 and the smallest kernel. Only proportions matter: projection sets the scale."""
-    base = {"stem": 16, "width_base": 16, "width_slope": 16, "expand": 4}
+    base = {"stem": 16, "width_base": 16, "width_slope": 16, "expand": 4, "growth": 200}
     values = []
     for name, stage in space.coords:
         g = space.genes[name]

@@ -23,6 +23,9 @@ from nas.errors import NasError
 from nas.families import FAMILIES, Family
 
 BUILTIN_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# "absolute": one width gene per stage; "growth": the first stage's width (set by projection)
+# and a growth percentage per later stage, so the searcher chooses proportions, not a size.
+WIDTH_MODES = ("absolute", "growth")
 
 
 @dataclass(frozen=True)
@@ -146,38 +149,79 @@ class Space:
     description: str = ""
     presets: dict[str, Genome] = field(default_factory=dict)
     path: Path | None = None
+    widths: str = "absolute"  # how the searcher sees the stage widths, see WIDTH_MODES
 
     @property
     def stages(self) -> int:
         return int(self.options["stages"])
 
     @property
+    def growth(self) -> bool:
+        return self.widths == "growth"
+
+    @property
     def coords(self) -> list[tuple[str, int | None]]:
-        """The searchable integer coordinates, in a fixed order: (gene, stage index or None)."""
+        """The searchable integer coordinates, in a fixed order: (gene, stage index or None).
+
+        With `widths = "growth"` the per-stage widths are not coordinates: ("width", 0) is the
+        first stage's width (the scale, which budget projection sets) and ("growth", s) the
+        percentage stage s's width has of stage s-1's; the stem, if any, is as wide as stage 1.
+        The searcher then chooses a shape and projection its size."""
         out: list[tuple[str, int | None]] = []
         for name in self.family.gene_names(self.options):
-            if name in self.family.per_stage:
+            if self.growth and name == "width":
+                out.append(("width", 0))
+                out.extend(("growth", s) for s in range(1, self.stages))
+            elif self.growth and name == "stem":
+                continue
+            elif name in self.family.per_stage:
                 out.extend((name, s) for s in range(self.stages))
             else:
                 out.append((name, None))
         return out
+
+    def is_scale(self, coord: tuple[str, int | None]) -> bool:
+        """A coordinate that budget projection sets, so a sampler need not search it."""
+        return self.growth and coord == ("width", 0)
 
     def coord_name(self, coord: tuple[str, int | None]) -> str:
         name, s = coord
         return name if s is None else f"{name}{s + 1}"
 
     def vector(self, genome: Genome) -> list[int]:
-        return [genome.genes[n] if s is None else genome.genes[n][s] for n, s in self.coords]
+        out = []
+        for n, s in self.coords:
+            if n == "growth":  # the nearest allowed ratio of the genome's stage widths
+                w = genome.genes["width"]
+                out.append(self.genes["growth"].snap(100 * w[s] / max(w[s - 1], 1)))
+            else:
+                out.append(genome.genes[n] if s is None else genome.genes[n][s])
+        return out
 
     def from_vector(self, values: list[float] | tuple[float, ...], options: dict[str, Any] | None = None) -> Genome:
-        """The genome whose coordinates are `values`, each snapped onto its gene's grid."""
+        """The genome whose coordinates are `values`, each snapped onto its gene's grid (a scale
+        coordinate may be fractional: the widths derived from it are snapped instead)."""
         genes: dict[str, Any] = {}
+        ratios: list[int] = []
+        scale = 0.0
         for (name, s), v in zip(self.coords, values):
             snapped = self.genes[name].snap(v)
-            if s is None:
+            if self.is_scale((name, s)):  # kept fractional: every stage width rounds on its own
+                scale = min(max(float(v), self.genes[name].minimum), self.genes[name].maximum)
+            if name == "growth":
+                ratios.append(snapped)
+            elif s is None:
                 genes[name] = snapped
             else:
                 genes.setdefault(name, []).append(snapped)
+        if self.growth:
+            # Widths from the unrounded running product, so rounding does not compound.
+            width, exact = self.genes["width"], scale
+            for r in ratios:
+                exact *= r / 100
+                genes["width"].append(width.snap(exact))
+            if "stem" in self.genes:
+                genes["stem"] = self.genes["stem"].snap(genes["width"][0])
         return Genome(self.name, self.family.name, genes, dict(options or self.options))
 
     def extreme(self, which: str) -> Genome:
@@ -192,16 +236,17 @@ class Space:
                            f"'{self.name}' ({self.family.name})")
         if genome.options.get("stages") != self.stages:
             raise NasError(f"{where}: {genome.options.get('stages')} stages, space '{self.name}' has {self.stages}")
-        for name, s in self.coords:
+        for name in self.family.gene_names(genome.options):
             if name not in genome.genes:
                 raise NasError(f"{where}: gene '{name}' is missing (space '{self.name}')")
-            v = genome.genes[name] if s is None else genome.genes[name][s]
-            gene = self.genes[name]
-            if not gene.contains(v):
-                allowed = (f"one of {list(gene.choices)}" if gene.choices is not None
-                           else f"{gene.low}..{gene.high}" + (f" in steps of {gene.step}" if gene.step > 1 else ""))
-                raise NasError(f"{where}: gene '{self.coord_name((name, s))}' = {v} is outside space "
-                               f"'{self.name}' (allowed: {allowed})")
+            per_stage = name in self.family.per_stage
+            for s, v in enumerate(genome.genes[name] if per_stage else [genome.genes[name]]):
+                gene = self.genes[name]
+                if not gene.contains(v):
+                    allowed = (f"one of {list(gene.choices)}" if gene.choices is not None
+                               else f"{gene.low}..{gene.high}" + (f" in steps of {gene.step}" if gene.step > 1 else ""))
+                    raise NasError(f"{where}: gene '{self.coord_name((name, s if per_stage else None))}' = {v} "
+                                   f"is outside space '{self.name}' (allowed: {allowed})")
         return genome
 
     def genome(self, genes: dict[str, Any], options: dict[str, Any] | None = None) -> Genome:
@@ -253,7 +298,7 @@ def _parse_space_file(path: Path) -> Space:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise NasError(f"{where}: malformed TOML ({e})") from None
-    known = {"family", "description", "options", "genes", "presets"}
+    known = {"family", "description", "widths", "options", "genes", "presets"}
     for key in data:
         if key not in known:
             raise NasError(f"{where}: unknown field '{key}' (expected: {', '.join(sorted(known))})")
@@ -264,7 +309,15 @@ def _parse_space_file(path: Path) -> Space:
     genes_data = data.get("genes", {})
     if not isinstance(genes_data, dict):
         raise NasError(f"{where}: field 'genes' must be a table")
+    widths = data.get("widths", "absolute")
+    if widths not in WIDTH_MODES:
+        raise NasError(f"{where}: widths = {widths!r} must be one of {', '.join(map(repr, WIDTH_MODES))}")
     wanted = family.gene_names(options)
+    if widths == "growth":
+        if "width" not in wanted or "width" not in family.per_stage:
+            raise NasError(f"{where}: widths = 'growth' needs a per-stage 'width' gene "
+                           f"(family '{family.name}' with these options has: {', '.join(wanted)})")
+        wanted = [*wanted, "growth"]
     for name in genes_data:
         if name not in wanted:
             raise NasError(f"{where}: genes.{name} is not a gene of family '{family.name}' "
@@ -273,9 +326,10 @@ def _parse_space_file(path: Path) -> Space:
     for name in wanted:
         if name not in genes_data:
             raise NasError(f"{where}: missing field 'genes.{name}'")
-        genes[name] = _parse_gene(name, genes_data[name], family.gene_roles[name], f"{where}: genes.{name}")
+        genes[name] = _parse_gene(name, genes_data[name], family.gene_roles.get(name, "other"),
+                                  f"{where}: genes.{name}")
     space = Space(name=path.stem, family=family, options=options, genes=genes,
-                  description=str(data.get("description", "")), path=path)
+                  description=str(data.get("description", "")), path=path, widths=widths)
     presets = data.get("presets", {})
     if not isinstance(presets, dict):
         raise NasError(f"{where}: field 'presets' must be a table")

@@ -14,7 +14,7 @@ BUDGETS = sorted({int(b) for b in np.logspace(3, 7, 25)} | {1_000, 5_000, 10_000
                                                              500_000, 1_000_000, 10_000_000})
 
 
-@pytest.mark.parametrize("space_name", ["conv", "mbconv"])
+@pytest.mark.parametrize("space_name", ["conv", "mbconv", "conv-shape", "mbconv-shape"])
 def test_projection_lands_in_band_for_every_budget(space_name):
     sp = load_space(space_name)
     rng = random.Random(0)
