@@ -103,58 +103,92 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
     while count(at(v, widths, "maximum")) < lo:
         v = _step_structure(v, genes, depths, others, +1)
 
-    base = list(v)
-
     scales = {i for i, c in enumerate(space.coords) if space.is_scale(c)}
 
-    def scaled(alpha: float) -> list[float]:
-        out = list(base)
-        for i in widths:
-            # A scale coordinate stays fractional, so the widths derived from it round one by one
-            # and the count moves in steps of one channel of one stage, not of every stage at once.
-            out[i] = base[i] * alpha if i in scales else genes[i].snap(base[i] * alpha)
-        return out
+    def fit(base: list) -> list | None:
+        """Bisection on the width scale from `base`, then single steps into the band; None if the
+        grid has no point in the band near this structure."""
 
-    # Bisection on log(alpha): the count is monotone in alpha.
-    a_lo, a_hi = math.log(1e-4), math.log(1e4)
-    if count(scaled(math.exp(a_lo))) > hi:  # widths already at their minimum are the floor
-        a_lo = -math.inf
-    for _ in range(40):
-        mid = (a_lo + a_hi) / 2 if math.isfinite(a_lo) else a_hi - 20
-        if count(scaled(math.exp(mid))) <= hi:
-            a_lo = mid
-        else:
-            a_hi = mid
-        if a_hi - a_lo < 1e-4:
-            break
-    v = scaled(math.exp(a_lo)) if math.isfinite(a_lo) else at(base, widths, "minimum")
-    n = count(v)
-    # Rounding can leave the count under the band: add single width steps, always to the width
-    # furthest below its ideal scaled value, so proportions stay as close as the grid allows.
-    target = math.exp(a_hi)
-    while n < lo:
-        best = None
-        # widths first; the other genes only when no width step fits (counting them is the cost)
-        for group in (widths, others + depths):
-            for i in group:
-                nxt = genes[i].shift(v[i], +1)
-                if nxt is None:
-                    continue
-                trial = list(v)
-                trial[i] = nxt
-                m = count(trial)
-                if m > hi:
-                    continue
-                lag = v[i] / max(base[i] * target, 1e-9) if genes[i].role == "width" else 0.0
-                if best is None or (lag, -m) < best[0]:
-                    best = ((lag, -m), trial, m)
-            if best is not None:
+        def scaled(alpha: float) -> list[float]:
+            out = list(base)
+            for i in widths:
+                # A scale coordinate stays fractional, so the widths derived from it round one by one
+                # and the count moves in steps of one channel of one stage, not of every stage at once.
+                out[i] = base[i] * alpha if i in scales else genes[i].snap(base[i] * alpha)
+            return out
+
+        # Bisection on log(alpha): the count is monotone in alpha.
+        a_lo, a_hi = math.log(1e-4), math.log(1e4)
+        if count(scaled(math.exp(a_lo))) > hi:  # widths already at their minimum are the floor
+            a_lo = -math.inf
+        for _ in range(40):
+            mid = (a_lo + a_hi) / 2 if math.isfinite(a_lo) else a_hi - 20
+            if count(scaled(math.exp(mid))) <= hi:
+                a_lo = mid
+            else:
+                a_hi = mid
+            if a_hi - a_lo < 1e-4:
                 break
-        if best is None:
-            raise NasError(f"cannot land in [{lo:,}, {hi:,}] from {count.genome(v)} ({n:,} parameters); "
-                           f"try a larger --tol")
-        _, v, n = best
+        v = scaled(math.exp(a_lo)) if math.isfinite(a_lo) else at(base, widths, "minimum")
+        n = count(v)
+        # Rounding can leave the count under the band: add single width steps, always to the width
+        # furthest below its ideal scaled value, so proportions stay as close as the grid allows.
+        target = math.exp(a_hi)
+        while n < lo:
+            best = None
+            # widths first; the other genes only when no width step fits (counting them is the cost)
+            for group in (widths, others + depths):
+                for i in group:
+                    nxt = genes[i].shift(v[i], +1)
+                    if nxt is None:
+                        continue
+                    trial = list(v)
+                    trial[i] = nxt
+                    m = count(trial)
+                    if m > hi:
+                        continue
+                    lag = v[i] / max(base[i] * target, 1e-9) if genes[i].role == "width" else 0.0
+                    if best is None or (lag, -m) < best[0]:
+                        best = ((lag, -m), trial, m)
+                if best is not None:
+                    break
+            if best is None:
+                best = _exchange_step(v, genes, count, lo, hi)
+            if best is None:
+                return None
+            _, v, n = best
+        return v
+
+    # A structure whose width grid jumps over the band gives way to the next smaller structure
+    # (one depth step, else one other gene), as when even the narrowest widths overshoot.
+    start = list(v)
+    while (fitted := fit(v)) is None:
+        try:
+            v = _step_structure(v, genes, depths, others, -1)
+        except NasError:
+            raise NasError(f"cannot land in [{lo:,}, {hi:,}] from {count.genome(start)}; try a larger --tol") from None
+    v = fitted
     return count.genome(v)
+
+
+def _exchange_step(v: list, genes: list, count: _Counter, lo: int, hi: int) -> tuple | None:
+    """When no single step up fits under the band's top, one gene up and another down may land in
+    the band (e.g. a coarse width grid): the pair with the largest count in [lo, hi], else None."""
+    best = None
+    for i, up in enumerate(genes):
+        nxt = up.shift(v[i], +1)
+        if nxt is None:
+            continue
+        for j, down in enumerate(genes):
+            prv = down.shift(v[j], -1) if j != i else None
+            if prv is None:
+                continue
+            trial = list(v)
+            trial[i], trial[j] = nxt, prv
+            m = count(trial)
+            if lo <= m <= hi and (best is None or m > best[2]):
+                best = (None, trial, m)
+    return best
 
 
 def _step_structure(v: list[int], genes: list, depths: list[int], others: list[int], sign: int) -> list[int]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from nas.errors import NasError
+from nas.plan import CPU_DEFAULTS, CUDA_DEFAULTS, SWEEP_SEARCH_SHARE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,7 +194,9 @@ def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
 
     d = Recipe()
     g = p.add_argument_group("training recipe")
-    g.add_argument("--epochs", "-e", type=_positive, default=epochs_default, help=f"epochs per training (default {epochs_default})")
+    g.add_argument("--epochs", "-e", type=_positive, default=epochs_default,
+                   help=f"epochs per training (default {epochs_default})" if epochs_default else
+                   f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer, help="sgd = SGD, Nesterov momentum 0.9")
     g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     g.add_argument("--schedule", choices=["onecycle", "cosine"], default=d.schedule, help="learning-rate schedule")
@@ -237,7 +241,8 @@ def cmd_train(args) -> int:
     s = train_genome_command(args.genome, recipe.epochs, args.data_dir, args.out, device=args.device,
                              val_size=args.val_size, **overrides)
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
-    print(f"val acc:  {s['val_acc']:.2%}   test acc: {s['test_acc']:.2%}   "
+    val = "-" if s["val_acc"] is None else f"{s['val_acc']:.2%}"
+    print(f"val acc:  {val}   test acc: {s['test_acc']:.2%}   "
           f"({s['epochs']} epochs, {s['wall_time_s']:.0f} s on {s['device']})")
     print(f"saved:    {s['run_dir']}/ (model.pt, genome.json, result.json)")
     return 0
@@ -253,18 +258,23 @@ def add_search(sub) -> None:
                     "trial of the Optuna study '{space}-b{budget}-{recipe tag}' in --storage; rerunning "
                     "the same command resumes it (completed trials count toward --trials, trials of a "
                     "crashed run are retried). Ctrl-C stops cleanly. "
-                    "Time: the defaults (40 trials x 15 epochs) are meant for a GPU. On a CPU expect about a "
-                    "minute per epoch of a 50k-parameter model over the 45,000 training images (measured "
-                    "~1,000 images/s on 2 cores with bf16; several times slower on CPUs without native bf16), "
-                    "so the defaults take hours there: use --subset, 2-3 --epochs and 10-20 --trials (budget "
-                    "10k, --subset 5000, 3 epochs, 20 trials: about 2 minutes on 2 cores).",
+                    "Time: the defaults fit the device. On a CPU the search runs for "
+                    f"{CPU_DEFAULTS.time_limit_s / 60:.0f} minutes ({CPU_DEFAULTS.describe()}; a 50k-parameter "
+                    "plain conv trains ~5,000 images/s on 2 cores with bf16); on CUDA it runs "
+                    f"{CUDA_DEFAULTS.trials} trials of {CUDA_DEFAULTS.epochs} epochs on all training images in "
+                    f"{CUDA_DEFAULTS.space}. --time, --trials, --epochs and --subset override them; --plan "
+                    "prints the plan with its ETA without training.",
         epilog="fdpg: finite-difference projected gradient (probes every gene around a centre, steps along "
                "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
                "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.")
     p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help="parameter budget, e.g. 50000")
-    p.add_argument("--start", metavar="GENOME", help="fdpg start genome (default: one block per stage, widths doubling per stage, expansion 4), "
-                                                    "projected to the budget")
+    p.add_argument("--start", metavar="GENOME", help="the first genome evaluated, and fdpg's start (default: the "
+                                                    "space's hand design: one block per stage, widths doubling "
+                                                    "per stage, expansion 4), projected to the budget")
     p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
+    p.add_argument("--time", type=_duration, metavar="DURATION",
+                   help="stop the search after this long (90s, 30m, 2h): no trial starts after it and the "
+                        "running one stops at its next epoch boundary (it is retried on a rerun)")
     add_search_options(p)
 
 
@@ -272,10 +282,15 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     """Options of `nas search` that `nas sweep` passes on to every budget's search."""
     from nas.searchers import PRUNERS, SEARCHERS
 
-    p.add_argument("--space", default="mbconv", help="search space name or .toml file (default mbconv)")
+    p.add_argument("--space", help=f"search space name or .toml file (default: {CPU_DEFAULTS.space} on a CPU, "
+                                   f"{CUDA_DEFAULTS.space} on CUDA)")
     p.add_argument("--searcher", choices=SEARCHERS, default="tpe", help="default tpe")
-    p.add_argument("--trials", type=_positive, default=40,
-                   help="evaluations of this searcher in the study, including earlier runs' (default 40)")
+    p.add_argument("--trials", type=_positive,
+                   help="evaluations of this searcher in the study, including earlier runs' (default: as many as "
+                        f"--time allows on a CPU, {CUDA_DEFAULTS.trials} on CUDA)")
+    p.add_argument("--plan", action="store_true",
+                   help="print what the run would do (device, space, fidelity, trials, seconds per trial from a "
+                        "short calibration on this machine, ETA) and exit without training or creating trials")
     p.add_argument("--jobs", "-j", type=_positive, default=1,
                    help="trials trained at once (threads; fdpg: a step's probes) (default 1)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
@@ -286,27 +301,71 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="prune on epochs (samplers only; default hyperband)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
-    p.add_argument("--subset", type=_positive, help="train on only this many training images (quick runs)")
+    p.add_argument("--subset", type=_subset, metavar="N|all",
+                   help=f"train each trial on N of the training images, or 'all' (default: {CPU_DEFAULTS.subset:,} "
+                        f"on a CPU, all on CUDA)")
     p.add_argument("--val-size", type=_positive, default=5000, help="validation images carved from the training set")
     p.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output, only the final table")
-    add_recipe_options(p, epochs_default=15)
+    add_recipe_options(p, epochs_default=None)
+
+
+def _duration(text: str) -> float:
+    from nas.plan import parse_duration
+
+    try:
+        return parse_duration(text)
+    except NasError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _subset(text: str) -> int:
+    """--subset N or 'all' (0 stands for all)."""
+    return 0 if text.strip().lower() == "all" else _positive(text)
+
+
+def search_settings(args) -> dict[str, Any]:
+    """The search's space, fidelity, trials and time limit: what the user gave, the device's
+    defaults (nas.plan.device_defaults) for the rest."""
+    from nas.plan import device_defaults
+
+    d = device_defaults(args.device)
+    limit = getattr(args, "time", None)
+    trials = args.trials
+    if trials is None and limit is None:
+        trials, limit = (None, d.time_limit_s) if d.time_limit_s is not None else (d.trials, None)
+    subset = d.subset if args.subset is None else (args.subset or None)
+    return {"space": args.space or d.space, "trials": trials, "time_limit": limit, "subset": subset,
+            "epochs": args.epochs or d.epochs}
 
 
 def cmd_search(args) -> int:
     import optuna
 
-    from nas.searchers import search
+    from nas.searchers import make_plan, search
     from nas.spaces import load_space, parse_genome
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what happens
-    space = load_space(args.space)
+    settings = search_settings(args)
+    space = load_space(settings["space"])
     start = parse_genome(args.start, space) if args.start else None
+    recipe = recipe_from_args(args, settings["epochs"])
+    if args.plan:
+        from nas.budget import project
+        from nas.searchers import default_start
+
+        project(start or default_start(space), space, args.budget, args.tol)  # an unreachable budget: one line
+        plan = make_plan(space, args.budget, args.searcher, recipe, trials=settings["trials"],
+                         time_limit=settings["time_limit"], subset=settings["subset"], val_size=args.val_size,
+                         tol=args.tol, pruner=args.pruner, device=args.device)
+        print("\n".join(plan.lines()))
+        return 0
     try:
-        result = search(space, args.budget, args.searcher, trials=args.trials, jobs=args.jobs, storage=args.storage,
-                        data_dir=args.data_dir, score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
-                        recipe=recipe_from_args(args), progress=not args.quiet, subset=args.subset,
-                        val_size=args.val_size, start=start, device=args.device)
+        result = search(space, args.budget, args.searcher, trials=settings["trials"], jobs=args.jobs,
+                        storage=args.storage, data_dir=args.data_dir, score=args.score, pruner=args.pruner,
+                        seed=args.seed, tol=args.tol, recipe=recipe, progress=not args.quiet,
+                        subset=settings["subset"], val_size=args.val_size, start=start, device=args.device,
+                        time_limit=settings["time_limit"])
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials are kept in {args.storage or 'sqlite:///studies/nas.db'}; "
               f"rerun the same command to continue", file=sys.stderr)
@@ -328,48 +387,76 @@ def cmd_search(args) -> int:
 # ---------------------------------------------------------------- nas sweep
 
 def add_sweep(sub) -> None:
-    from nas.sweep import DEFAULT_BUDGETS, DEFAULT_FINAL_EPOCHS
+    from nas.sweep import DEFAULT_BUDGETS, DEFAULT_FINAL_EPOCHS, MAX_FINAL_EPOCHS
 
     p = sub.add_parser(
         "sweep", help="search several budgets, then train each winner longer and test it",
         description="Run one search per budget (each its own study in --storage), then retrain each budget's "
-                    "best genome with the same recipe for --final-epochs epochs and record its validation and "
-                    "test accuracy in the study. Rerunning resumes: finished searches add no trials and final "
-                    "trainings already recorded are not redone. Ends by writing the HTML report.")
+                    "best genome on all 50,000 training images and record its test accuracy in the study, beside "
+                    "two baselines trained with the same recipe and epochs: the space's hand design projected "
+                    "to the budget and the reference study's model for that budget (where there is one). "
+                    "Winners of the budgets searched first are tried at the next budget (budget transfer). "
+                    "Rerunning resumes: finished searches add no trials and final trainings already recorded "
+                    "are not redone. Ends by writing the HTML report and its JSON summary.")
     p.add_argument("--budgets", default=",".join(str(b) for b in DEFAULT_BUDGETS),
                    help="comma-separated budgets, searched in this order; 5k and 1M work too "
                         f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")
-    p.add_argument("--final-epochs", type=_positive, default=DEFAULT_FINAL_EPOCHS,
-                   help=f"epochs of each winner's final training (default {DEFAULT_FINAL_EPOCHS})")
-    p.add_argument("--out", help="report file (default reports/<storage name>.html)")
+    p.add_argument("--time", type=_duration, metavar="DURATION",
+                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE:.0%} goes to the searches, equally per "
+                        "budget (a rerun counts the time its studies already used), the rest to the final "
+                        "trainings, equally per budget, each budget's winner and baselines getting the most "
+                        f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "
+                        "budgets, whose epochs are cheap, get more")
+    p.add_argument("--final-epochs", type=_positive,
+                   help=f"epochs of each final training (default: from --time, else {DEFAULT_FINAL_EPOCHS})")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="train only the winners, not the hand design and the reference model beside them")
+    p.add_argument("--out", help="report file (default reports/<storage name>.html; the JSON summary goes "
+                                 "beside it)")
     add_search_options(p)
 
 
 def cmd_sweep(args) -> int:
     import optuna
 
+    from nas.report import default_report_path, write_summary_json
     from nas.study import resolve_storage
     from nas.sweep import parse_budgets, sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budgets = parse_budgets(args.budgets)
     storage = resolve_storage(args.storage)
+    settings = search_settings(args)
+    if args.time is not None and args.trials is None:
+        settings["trials"] = None  # the sweep's --time decides, budget by budget
+    if args.time is None and args.trials is None and settings["time_limit"] is not None:
+        # the device's search time for every budget, and as much again for the final trainings
+        settings["time_limit"] = settings["time_limit"] * len(budgets) / SWEEP_SEARCH_SHARE
+    if args.plan:
+        raise NasError("--plan is for nas search (run it per budget); nas sweep prints each search's plan")
     try:
-        outcomes = sweep(args.space, budgets, final_epochs=args.final_epochs, storage=storage,
-                         data_dir=args.data_dir, recipe=recipe_from_args(args), val_size=args.val_size,
-                         device=args.device, progress=not args.quiet, searcher=args.searcher,
-                         trials=args.trials, jobs=args.jobs, score=args.score, pruner=args.pruner,
-                         seed=args.seed, tol=args.tol, subset=args.subset)
+        outcomes = sweep(settings["space"], budgets, final_epochs=args.final_epochs, time_limit=settings["time_limit"],
+                         storage=storage, data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"]),
+                         val_size=args.val_size, device=args.device, progress=not args.quiet,
+                         baselines=not args.no_baselines, searcher=args.searcher, trials=settings["trials"],
+                         jobs=args.jobs, score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
+                         subset=settings["subset"])
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
               f"rerun the same command to continue", file=sys.stderr)
         return 130
-    rows = [(f"{o.budget:,}", "-", "-", "-", "no completed trial") if o.final is None else
-            (f"{o.budget:,}", f"{o.final['params']:,}", f"{o.final['val_acc']:.2%}", f"{o.final['test_acc']:.2%}",
-             o.final["genome_str"]) for o in outcomes]
+
+    def acc(record: dict | None) -> str:
+        return "-" if not record or record.get("test_acc") is None else f"{record['test_acc']:.2%}"
+
+    rows = [(f"{o.budget:,}", "-", "-", "-", "-", "no completed trial") if o.final is None else
+            (f"{o.budget:,}", f"{o.final['params']:,}", acc(o.final), acc(o.baselines.get("hand")),
+             acc(o.baselines.get("seed")), o.final["genome_str"]) for o in outcomes]
     print()
-    _print_table(("budget", "params", "val acc", "test acc", "genome"), rows)
-    _print_dashboard_and_report(storage, args.out)
+    _print_table(("budget", "params", "test acc", "hand design", "reference", "genome"), rows)
+    out = args.out or str(default_report_path(storage))
+    _print_dashboard_and_report(storage, out)
+    print(f"summary:   {write_summary_json(storage, Path(out).with_suffix('.json'))}")
     return 0
 
 

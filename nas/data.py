@@ -129,7 +129,7 @@ def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.nda
 def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device = "cpu", val_size: int = 5000,
                   seed: int = 0, download: bool = True, subset: int | None = None) -> CifarData:
     """CIFAR-100 as uint8 tensors on `device`, with `val_size` training images held out for
-    validation (seeded, stratified by class). `subset` keeps only that many of the remaining
+    validation (seeded, stratified by class; 0 holds none out). `subset` keeps only that many of the remaining
     training images (also stratified), for quick runs; validation and test are not reduced."""
     root = resolve_data_dir(data_dir)
     _check_files(root, download)
@@ -139,8 +139,8 @@ def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device
     except RuntimeError as e:  # torchvision's own md5 check, e.g. a file changed since ours
         raise NasError(f"CIFAR-100 in {root / FOLDER} could not be read: {e}") from None
     num_classes = len(classes)
-    if not 0 < val_size < len(y):
-        raise NasError(f"val_size must be between 1 and {len(y) - 1}, got {val_size}")
+    if not 0 <= val_size < len(y):  # 0: train on every training image (a final training)
+        raise NasError(f"val_size must be between 0 and {len(y) - 1}, got {val_size}")
     val_idx, train_idx = stratified_split(y, val_size, seed)
     if subset is not None:
         if not 0 < subset <= len(train_idx):

@@ -73,6 +73,23 @@ class StudyView:
         return f if isinstance(f, dict) else None
 
     @property
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """The sweep's baselines trained beside the winner: "hand" (the space's hand design) and
+        "seed" (the reference study's model), from user attrs `baseline:<kind>`."""
+        return {k.split(":", 1)[1]: v for k, v in self.attrs.items() if k.startswith("baseline:") and isinstance(v, dict)}
+
+    @property
+    def sigma(self) -> float | None:
+        """Seed-to-seed standard deviation of one genome's search score (user attr `score_noise`)."""
+        noise = self.attrs.get("score_noise")
+        return float(noise["sigma"]) if isinstance(noise, dict) and noise.get("sigma") is not None else None
+
+    @property
+    def search_seconds(self) -> float:
+        return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in self.trials
+                   if t.datetime_complete is not None and t.datetime_start is not None)
+
+    @property
     def is_fdpg(self) -> bool:
         # several searchers may share a study: its attr lists them all, e.g. "tpe,fdpg"
         return "fdpg" in str(self.attrs.get("searcher", "")).split(",")
@@ -239,6 +256,22 @@ def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
                 hovertext=[f"{html.escape(s.name)}<br>{html.escape(str(f.get('genome_str', '?')))}"
                            f"<br>{count_str(f['params'])} params<br>test {pct(f['test_acc'])}"
                            for s, f in finals], hoverinfo="text"))
+            fit = scaling_fit([(f["params"], f["test_acc"]) for _, f in finals])
+            if fit is not None:
+                xs = [min(f["params"] for _, f in finals) * 10 ** (k / 20) for k in range(0, 201)]
+                xs = [x for x in xs if x <= max(f["params"] for _, f in finals) * 1.5]
+                fig.add_trace(go.Scatter(
+                    x=xs, y=[100 * fit.accuracy(x) for x in xs], mode="lines",
+                    name=f"{series}: fit error = {fit.a:.3g}·N^-{fit.alpha:.3f}",
+                    line={"color": "#d62728", "width": 1}, hoverinfo="skip"))
+        sig = [(s.best.user_attrs["params"], 100 * s.best.value, 100 * s.sigma) for s in members
+               if s.best and s.sigma is not None and s.best.user_attrs.get("params")]
+        if sig:  # the noise band: differences inside it may be seed luck
+            fig.add_trace(go.Scatter(
+                x=[p for p, _, _ in sig], y=[v for _, v, _ in sig], mode="markers",
+                error_y={"type": "data", "array": [2 * e for _, _, e in sig], "visible": True},
+                marker={"size": 1, "color": "#555"}, name=f"{series}: ±2σ seed-to-seed (search score)",
+                hoverinfo="skip"))
     _add_reference_traces(fig)
     top = 1.1 * max(y for t in fig.data for y in t.y if y is not None)
     budgets = sorted({s.budget for s in studies if s.budget})
@@ -250,6 +283,156 @@ def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
     fig.update_xaxes(type="log", title="parameters (log scale)")
     fig.update_yaxes(**_percent_axis("CIFAR-100 accuracy"), range=[0, top])
     return _layout(fig, "Accuracy vs parameters", 620)
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """error(N) = a * N^-alpha, fitted to (params, test accuracy) points."""
+
+    a: float
+    alpha: float
+
+    def accuracy(self, params: float) -> float:
+        return 1 - self.a * params ** -self.alpha
+
+
+def scaling_fit(points: list[tuple[int, float]]) -> ScalingFit | None:
+    """Least squares of error = a * N^-alpha (scipy), or None with fewer than 3 points or no fit."""
+    import numpy as np
+    from scipy.optimize import curve_fit
+
+    pts = [(p, a) for p, a in points if p and a is not None and 0 < a < 1]
+    if len({p for p, _ in pts}) < 3:
+        return None
+    n = np.array([p for p, _ in pts], dtype=float)
+    err = np.array([1 - a for _, a in pts])
+    try:
+        # start from the log-log line, then fit the error itself (not its log) so each point counts
+        slope, icept = np.polyfit(np.log(n), np.log(err), 1)
+        (a, alpha), _ = curve_fit(lambda x, a, alpha: a * x ** -alpha, n, err, p0=(math.exp(icept), -slope),
+                                  maxfev=10_000)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    return ScalingFit(float(a), float(alpha)) if math.isfinite(a) and math.isfinite(alpha) else None
+
+
+def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
+    """Per budget, test accuracy of the winner, the hand design and the reference model, all
+    trained with the same final recipe: what the search added over a person's pick."""
+    rows = [s for s in studies if s.final and s.final.get("test_acc") is not None]
+    if not rows:
+        return None
+    fig = go.Figure()
+    labels = [budget_str(s.budget) for s in rows]
+    for key, name, color in (("final", "search winner", "#d62728"), ("hand", "hand design", "#1f77b4"),
+                             ("seed", "reference study's model", "#7f7f7f")):
+        recs = [s.final if key == "final" else s.baselines.get(key) for s in rows]
+        fig.add_trace(go.Bar(x=labels, y=[100 * r["test_acc"] if r and r.get("test_acc") is not None else None
+                                          for r in recs], name=name, marker_color=color,
+                             hovertext=[html.escape(str(r.get("genome_str"))) if r else "" for r in recs]))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title="budget")
+    fig.update_yaxes(**_percent_axis("test accuracy (same final recipe and epochs)"))
+    return _layout(fig, "What search added", 420)
+
+
+def search_added_table(studies: list[StudyView]) -> str:
+    rows = [s for s in studies if s.final]
+    if not rows:
+        return '<p class="note">No final trainings yet.</p>'
+    head = ("<tr><th>budget</th><th>winner</th><th>test</th><th>hand design</th><th>test</th>"
+            "<th>reference model</th><th>test</th><th>winner − hand</th><th>epochs</th></tr>")
+    out = []
+    for s in rows:
+        f, hand, seed = s.final, s.baselines.get("hand"), s.baselines.get("seed")
+
+        def cell(r: dict | None) -> str:
+            if not r:
+                return "<td>—</td><td>—</td>"
+            return (f"<td><code>{html.escape(str(r.get('genome_str')))}</code> ({count_str(r.get('params'))})</td>"
+                    f"<td>{pct(r.get('test_acc'))}</td>")
+
+        diff = (f"{100 * (f['test_acc'] - hand['test_acc']):+.2f} pts"
+                if hand and hand.get("test_acc") is not None and f.get("test_acc") is not None else "—")
+        out.append(f"<tr><td>{budget_str(s.budget)}</td>{cell(f)}{cell(hand)}{cell(seed)}<td>{diff}</td>"
+                   f"<td>{f.get('epochs', '—')}</td></tr>")
+    return f'<table class="winners">{head}{"".join(out)}</table>'
+
+
+def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
+    """(widths, depths) per stage of a genome, for comparing shapes across budgets."""
+    from nas.spaces import Genome
+
+    g = Genome.from_json(genome_json)
+    fam = FAMILIES[g.family]
+    widths = fam.widths(g) if hasattr(fam, "widths") else list(g.genes.get("width", []))
+    return list(widths), list(g.genes.get("depth", []))
+
+
+def fig_winner_shapes(studies: list[StudyView]) -> go.Figure | None:
+    """The winners' stage widths (line) and depths (text) across budgets, widths relative to the
+    first stage, so a reader sees how the best shape changes with scale."""
+    rows = [(s, (s.final or {}).get("genome") or (s.best.user_attrs.get("genome") if s.best else None))
+            for s in studies]
+    rows = [(s, g) for s, g in rows if g]
+    if not rows:
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("stage widths (channels, log scale)",
+                                                        "stage widths relative to stage 1"))
+    for i, (s, g) in enumerate(rows):
+        widths, depths = stage_shape(g)
+        stages = [f"stage {k + 1}" for k in range(len(widths))]
+        color = SERIES_COLORS[i % len(SERIES_COLORS)]
+        label = budget_str(s.budget)
+        text = [f"×{d}" for d in depths]
+        fig.add_trace(go.Scatter(x=stages, y=widths, mode="lines+markers+text", text=text, textposition="top center",
+                                 name=label, legendgroup=label, line={"color": color}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=stages, y=[w / widths[0] for w in widths], mode="lines+markers", name=label,
+                                 legendgroup=label, showlegend=False, line={"color": color}), row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=1)
+    return _layout(fig, "Winners' shapes across budgets (×k: blocks in the stage)", 440)
+
+
+def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
+    """Per study with a final training: what `reports/<name>.json` holds (issue: the curve)."""
+    out = []
+    for s in studies:
+        if not s.final:
+            continue
+        f = s.final
+        out.append({
+            "study": s.name, "budget": s.budget, "space": s.attrs.get("space"),
+            "winner": {"genome": json.loads(f["genome"]), "genome_str": f.get("genome_str"),
+                       "params": f.get("params"), "flops": f.get("flops"), "trial": f.get("trial"),
+                       "search_score": f.get("search_val_acc"), "val_acc": f.get("search_val_acc"),
+                       "test_acc": f.get("test_acc")},
+            "final_epochs": f.get("epochs"), "final_train_images": f.get("train_size"),
+            "search_minutes": round(s.search_seconds / 60, 2),
+            "search_trials": len(s.trials),
+            "final_training_minutes": round((f.get("wall_time_s") or 0) / 60, 2),
+            "score_sigma": s.sigma,
+            "baselines": {k: {"genome_str": b.get("genome_str"), "params": b.get("params"),
+                              "test_acc": b.get("test_acc"), "preset": b.get("preset")}
+                          for k, b in s.baselines.items()},
+            "final_recipe": f.get("recipe"), "device": f.get("device"),
+        })
+    return out
+
+
+def write_summary_json(storage: str, out: str | Path) -> Path:
+    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON."""
+    studies = load_studies(storage)
+    rows = sweep_summary(studies)
+    fit = scaling_fit([(r["winner"]["params"], r["winner"]["test_acc"]) for r in rows])
+    doc = {"storage": storage, "budgets": rows,
+           "scaling_fit": None if fit is None else {"form": "test error = a * params^-alpha", "a": fit.a,
+                                                    "alpha": fit.alpha}}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
 
 
 def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
@@ -371,6 +554,10 @@ def plot_div(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
 
 
+def _maybe_plot(fig: go.Figure | None, div_id: str) -> str:
+    return plot_div(fig, div_id) if fig is not None else '<p class="note">Nothing to show yet.</p>'
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "study"
 
@@ -483,7 +670,8 @@ def render_html(studies: list[StudyView], storage: str, title: str) -> str:
 <h1>{html.escape(title)}</h1>
 <p class="meta">storage <code>{html.escape(storage)}</code> · generated {html.escape(now)}</p>
 <p class="summary">{summary_line(studies)}</p>
-<nav><a href="#curve">accuracy vs parameters</a><a href="#winners">winners</a>
+<nav><a href="#curve">accuracy vs parameters</a><a href="#winners">winners</a><a href="#added">what search added</a>
+<a href="#shapes">shapes</a>
 <a href="#budgets">per budget</a><a href="#references">references</a></nav>
 </header>
 <h2 id="curve">Accuracy vs parameters</h2>
@@ -493,6 +681,14 @@ points are published test accuracies (see <a href="#references">references</a>).
 {plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params")}
 <h2 id="winners">Winners</h2>
 {winners_table(studies)}
+<h2 id="added">What search added</h2>
+<p class="note">Per budget, the search's winner beside the space's hand design (its default start
+projected to the budget) and the reference study's model for that budget, all trained with the same
+final recipe and epochs on all training images; test accuracy.</p>
+{search_added_table(studies)}
+{_maybe_plot(fig_search_added(studies), "search-added")}
+<h2 id="shapes">Winners' shapes</h2>
+{_maybe_plot(fig_winner_shapes(studies), "winner-shapes")}
 <h2 id="budgets">Per budget</h2>
 {sections}
 <h2 id="references">References</h2>

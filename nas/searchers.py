@@ -19,6 +19,7 @@ leaves the centre. A rerun replays the walk from the study's records without tra
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 import warnings
@@ -34,11 +35,12 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.budget import band, check_budget, param_gradient, project
 from nas.errors import NasError
 from nas.spaces import Genome, Space, load_space
-from nas.study import (Evaluator, Objective, Outcome, counts_as_done, fail_stale_trials, heartbeat_seconds,
-                       open_study, resolve_storage, searcher_trials, top_trials, training_objective,
-                       trial_genome)
+from nas.study import (Evaluator, Objective, Outcome, TrainingObjective, counts_as_done, fail_stale_trials,
+                       heartbeat_seconds, open_study, resolve_storage, searcher_trials, top_trials,
+                       training_objective, trial_genome)
 
 if TYPE_CHECKING:
+    from nas.plan import Plan
     from nas.training import Recipe
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
@@ -48,6 +50,7 @@ FDPG_ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of 
 FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
 FDPG_PATIENCE = 3
 SCALE_PLACEHOLDER = 16  # the value a sampler leaves in a scale coordinate before projection
+TRAIN_IMAGES = 50_000   # CIFAR-100's training set, before the validation split
 
 T = TypeVar("T")
 
@@ -113,18 +116,33 @@ class TrialBudget:
     """Hands out trials of one searcher until `trials` of them are done, counting the trials
     already in the study (so a rerun finishes the remaining ones) and those running elsewhere."""
 
-    def __init__(self, evaluator: Evaluator, trials: int, on_wait: Callable[[int], None] | None = None):
-        self.ev, self.trials, self.on_wait = evaluator, trials, on_wait
+    def __init__(self, evaluator: Evaluator, trials: int | None, on_wait: Callable[[int], None] | None = None,
+                 deadline: float | None = None):
+        # trials None: no count limit (a deadline ends the search); deadline: time.time() after
+        # which no trial starts
+        self.ev, self.on_wait, self.deadline = evaluator, on_wait, deadline
+        self.trials = trials if trials is not None else 2**62
         self._lock = threading.Lock()
         self._mine: set[int] = set()  # trials this process asked for
 
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
     def done(self) -> int:
         return sum(counts_as_done(t) for t in searcher_trials(self.ev.study, self.ev.searcher))
+
+    def why_stopped(self) -> str:
+        if self.expired():
+            return "time limit reached"
+        n = self.trials
+        return f"{n} trial{'s' * (n != 1)} done"
 
     def claim(self) -> optuna.Trial | None:
         """A new trial, or None when the budget is spent. Waits while the remaining trials are
         running in other processes (or in dead ones, until their heartbeat expires)."""
         while True:
+            if self.expired():
+                return None
             with self._lock:
                 fail_stale_trials(self.ev.study)
                 mine = searcher_trials(self.ev.study, self.ev.searcher)
@@ -187,12 +205,29 @@ def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_
             except NasError as e:  # a corner of the space the band cannot be reached from
                 ev.fail(trial, f"projection: {e}")
                 continue
-            out = ev.evaluate(genome, role="sample", trial=trial)
+            out = ev.evaluate(genome, role=trial.user_attrs.get("role", "sample"), trial=trial)
             if on_outcome:
                 on_outcome(out)
 
     parallel_map(worker, range(jobs), jobs)
-    return f"{budget_trials.trials} trials done"
+    return budget_trials.why_stopped()
+
+
+def enqueue_genomes(study: optuna.Study, space: Space, genomes: list[tuple[str, Genome]]) -> int:
+    """Queue (label, genome) pairs as the sampler's next trials, their coordinates as the trial's
+    params so the sampler learns from them like from its own proposals. A label already in the
+    study (user attr `seed`) is not queued again, so a resumed search does not repeat them.
+    Returns how many were queued."""
+    held = {t.user_attrs.get("seed") for t in study.get_trials(deepcopy=False)}
+    queued = 0
+    for label, genome in genomes:
+        if label in held:
+            continue
+        params = {space.coord_name(c): v for c, v in zip(space.coords, space.vector(genome)) if not space.is_scale(c)}
+        study.enqueue_trial(params, user_attrs={"seed": label, "role": label.split(":", 1)[0]})
+        held.add(label)
+        queued += 1
+    return queued
 
 
 # ---------------------------------------------------------------- fdpg
@@ -406,7 +441,7 @@ def fdpg_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_tri
             if since_best >= patience:
                 return f"no improvement in {patience} steps"
     except _Exhausted:
-        return f"{budget_trials.trials} trials done"
+        return budget_trials.why_stopped()
 
 
 # ---------------------------------------------------------------- search()
@@ -450,62 +485,165 @@ class _LazyObjective:
     def __init__(self, make: Callable[[], Objective]):
         self._make, self._objective, self._lock = make, None, threading.Lock()
 
-    def __call__(self, genome: Genome, trial: optuna.Trial | None) -> float:
+    def get(self) -> Objective:
         with self._lock:
             if self._objective is None:
                 self._objective = self._make()
-        return self._objective(genome, trial)
+        return self._objective
+
+    def __call__(self, genome: Genome, trial: optuna.Trial | None) -> float:
+        return self.get()(genome, trial)
+
+
+NOISE_SEEDS = (1, 2)  # besides the start trial's seed 0
+NOISE_ATTR = "score_noise"
+
+
+def measure_noise(study: optuna.Study, objective: TrainingObjective, genome: Genome) -> None:
+    """Train `genome` with other seeds at the search's fidelity and keep the scores, and their
+    standard deviation with the start trial's, in the study's user attr `score_noise`: how far
+    apart two trials of one genome land by luck alone (the report draws it as a band)."""
+    import statistics
+
+    noise = dict(study.user_attrs.get(NOISE_ATTR) or {})
+    if noise.get("genome") != genome.to_json():
+        noise = {"genome": genome.to_json(), "genome_str": str(genome), "values": {}}
+    values = dict(noise["values"])
+    for seed in NOISE_SEEDS:
+        if str(seed) not in values:
+            values[str(seed)] = TrainingObjective(objective.data, replace(objective.recipe, seed=seed),
+                                                  score=objective.score, device=objective.device)(genome, None)
+    start = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if t.user_attrs.get("seed") == "start" and t.user_attrs.get("genome") == genome.to_json()]
+    if start:
+        values["0"] = start[0].value
+    noise["values"] = values
+    noise["sigma"] = statistics.stdev(values.values()) if len(values) >= 2 else None
+    study.set_user_attr(NOISE_ATTR, noise)
 
 
 class _Progress:
-    """Trial n of N with the current best (tqdm), and one line per finished trial."""
+    """Progress a person can read. On a terminal: a bar over the trials with the ETA and the best
+    score so far (the running trial's own bar, over its batches, sits below it). In a log file: one
+    line per finished trial with its time, and an ETA line at least once a minute."""
 
-    def __init__(self, total: int, done: int, enabled: bool, best: float | None):
+    LOG_EVERY_S = 60.0
+
+    def __init__(self, total: int, done: int, enabled: bool, best: float | None, deadline: float | None,
+                 seconds_per_trial: float | None):
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
-        # Bars only on a terminal (None); logs get the per-trial lines alone.
-        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="trials",
-                        disable=None if enabled else True)
-        self.enabled, self.best, self._lock = enabled, best, threading.Lock()
-        self._set_best()
+        self.total, self.done, self.enabled, self.best = total, done, enabled, best
+        self.deadline, self.estimate = deadline, seconds_per_trial
+        self.started = time.time()
+        self.finished = 0
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="search",
+                        disable=not self.tty, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = None
+        if enabled and not self.tty:
+            self._ticker = threading.Thread(target=self._tick, daemon=True, name="progress")
+            self._ticker.start()
+        self._refresh()
 
-    def _set_best(self) -> None:
-        if self.best is not None:
-            self.bar.set_postfix_str(f"best {self.best:.4f}")
+    def eta_s(self) -> float | None:
+        """Seconds left: the remaining trials at the mean measured trial time (the calibrated
+        estimate until a trial has finished), cut at the deadline."""
+        per = (time.time() - self.started) / self.finished if self.finished else self.estimate
+        left = None if per is None else max(0, self.total - self.done) * per
+        if self.deadline is not None:
+            until = max(0.0, self.deadline - time.time())
+            left = until if left is None else min(left, until)
+        return left
+
+    def status(self) -> str:
+        from nas.plan import duration
+
+        best = f"best {self.best:.2%}" if self.best is not None else "no result yet"
+        return f"{best}, ETA {duration(self.eta_s())}"
+
+    def _refresh(self) -> None:
+        self.bar.set_postfix_str(self.status(), refresh=True)
+
+    def _tick(self) -> None:
+        from nas.plan import duration
+
+        while not self._stop.wait(self.LOG_EVERY_S):
+            with self._lock:
+                print(f"search: {self.done}/{self.total} trials, {duration(time.time() - self.started)} elapsed, "
+                      f"{self.status()}", file=sys.stderr, flush=True)
 
     def outcome(self, out: Outcome) -> None:
         with self._lock:
             if out.ok and (self.best is None or out.value > self.best):
                 self.best = out.value
-            self._set_best()
+            if out.reused_from is None:
+                self.finished += 1
+            self.done += 1
             if not self.enabled:
                 return
             self.bar.update(1)
-            what = (f"{out.value:.4f}" if out.value is not None else "-") + f" {out.state.name.lower()}"
+            self._refresh()
+            what = (f"{out.value:.2%}" if out.value is not None else "-") + f" {out.state.name.lower()}"
             reused = f" (reused #{out.reused_from})" if out.reused_from is not None else ""
-            self._tqdm.write(f"trial #{out.number}: {out.genome}  {what}{reused}")
+            took = f" in {out.seconds:.0f} s" if out.seconds is not None else ""
+            self._tqdm.write(f"trial #{out.number}: {out.genome}  {what}{took}{reused}", file=sys.stderr)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self._tqdm.write(text, file=sys.stderr)
 
     def wait(self, n: int) -> None:
-        if self.enabled:
-            self._tqdm.write(f"waiting for {n} trial(s) running in another process "
-                             f"(or a dead one, until its heartbeat expires)")
+        self.note(f"waiting for {n} trial(s) running in another process (or a dead one, until its heartbeat expires)")
 
     def close(self) -> None:
+        self._stop.set()
         self.bar.close()
 
 
-def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int = 40, epochs: int | None = None,
-           jobs: int = 1, storage: str | None = None, data_dir: str | Path | None = None, score: str = "val",
-           pruner: str = "hyperband", seed: int = 0, tol: float = 0.1, recipe: Recipe | None = None,
-           objective: Objective | None = None, progress: bool = True, *, subset: int | None = None,
-           val_size: int = 5000, start: Genome | None = None, device: str | None = None) -> SearchResult:
+def make_plan(space: Space, budget: int, searcher: str, recipe: Recipe, *, trials: int | None,
+              time_limit: float | None, subset: int | None, val_size: int, tol: float, pruner: str,
+              device: str | None, done: int = 0) -> Plan:
+    """The plan of a search (see nas.plan), calibrated on the budget's hand design."""
+    from nas.plan import Plan, calibrate
+    from nas.training import bf16_autocast, default_device
+
+    import torch
+
+    dev = torch.device(device) if device is not None else default_device()
+    hand = project(default_start(space), space, budget, tol)
+    cal = calibrate(hand, recipe, dev)
+    train_images = subset or (TRAIN_IMAGES - val_size)
+    return Plan(space=space.name, searcher=searcher, budget=budget, band=band(budget, tol), device=cal.device,
+                bf16=bf16_autocast(dev, recipe.bf16), train_images=train_images, val_images=val_size,
+                epochs=recipe.epochs, pruner=pruner, trials=trials, time_limit_s=time_limit, calibration=cal,
+                done=done)
+
+
+def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int | None = 40,
+           epochs: int | None = None, jobs: int = 1, storage: str | None = None, data_dir: str | Path | None = None,
+           score: str = "val", pruner: str = "hyperband", seed: int = 0, tol: float = 0.1,
+           recipe: Recipe | None = None, objective: Objective | None = None, progress: bool = True, *,
+           subset: int | None = None, val_size: int = 5000, start: Genome | None = None,
+           device: str | None = None, time_limit: float | None = None,
+           transfer: list[tuple[str, Genome]] | None = None, plan: bool | None = None,
+           noise_seeds: bool = True) -> SearchResult:
     """Search `space` for the genome with the best score under `budget` parameters.
 
     Every evaluation is a trial of the study of (space, budget, recipe) in `storage`; trials
-    already there count toward `trials`, so rerunning the same call resumes. `objective`
-    replaces training (tests, benchmarks); by default genomes are trained on CIFAR-100 from
-    `data_dir` (`subset` training images, `val_size` held out) for `epochs` epochs."""
+    already there count toward `trials`, so rerunning the same call resumes. The first trial is
+    the space's hand design (its default start, or `start`) projected to the budget, then the
+    `transfer` genomes (e.g. winners of other budgets, projected here), so the search can never
+    end below them. `time_limit` (seconds) ends the search: no trial starts after it, and the
+    running one stops at its next epoch boundary (recorded as failed, retried on a rerun);
+    `trials` None means no count limit. `objective` replaces training (tests, benchmarks); by
+    default genomes are trained on CIFAR-100 from `data_dir` (`subset` training images,
+    `val_size` held out) for `epochs` epochs. `plan` (default: when `progress`) calibrates and
+    prints the plan first; it is skipped when `objective` is given. `noise_seeds` trains the hand
+    design with two more seeds (see `measure_noise`) so the report can show the score's noise."""
     from nas.training import Recipe
 
     sp = load_space(space) if isinstance(space, (str, Path)) else space
@@ -513,44 +651,64 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int =
     if searcher not in SEARCHERS:
         raise NasError(f"unknown searcher '{searcher}' (known: {', '.join(SEARCHERS)})")
     for name, value in (("trials", trials), ("jobs", jobs)):
-        if value < 1:
+        if value is not None and value < 1:
             raise NasError(f"{name} must be at least 1, got {value}")
+    if trials is None and time_limit is None:
+        raise NasError("a search needs a number of trials, a time limit, or both")
     recipe = recipe or Recipe()
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
     if start is not None:
         sp.check(start, "start genome")
-    project(start or default_start(sp), sp, budget, tol)  # a budget the space cannot meet fails here, in one line
+    hand = project(start or default_start(sp), sp, budget, tol)  # a budget the space cannot meet fails here
+    t0 = time.perf_counter()
+    deadline = time.time() + time_limit if time_limit is not None else None
     url = resolve_storage(storage)
     with warnings.catch_warnings():  # samplers flag their newer options as experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = make_sampler(searcher, seed, trials) if searcher != "fdpg" else None
+        sampler = make_sampler(searcher, seed, trials or 40) if searcher != "fdpg" else None
         # fdpg needs complete curves for its differences: no pruning
         prune = make_pruner(pruner if searcher != "fdpg" else "none", recipe.epochs)
     study = open_study(url, sp, budget, recipe, tol=tol, searcher=searcher, score=score, subset=subset,
                        val_size=val_size, sampler=sampler, pruner=prune)
+    if searcher != "fdpg":  # fdpg starts its walk from the hand design itself
+        enqueue_genomes(study, sp, [("start", hand), *(transfer or [])])
+    own_objective = objective is None
     if objective is None:
         objective = _LazyObjective(lambda: training_objective(recipe, data_dir=data_dir, score=score, subset=subset,
-                                                              val_size=val_size, device=device, progress=progress))
+                                                              val_size=val_size, device=device, progress=progress,
+                                                              deadline=deadline))
     ev = Evaluator(study, objective, searcher, recipe.to_dict())
-    budget_trials = TrialBudget(ev, trials)
+    budget_trials = TrialBudget(ev, trials, deadline=deadline)
     done = budget_trials.done()
+    the_plan = None
+    no_time_left = time_limit is not None and time_limit <= 0  # e.g. a resumed sweep's budget whose share is used
+    if (plan if plan is not None else progress) and own_objective and not no_time_left:
+        the_plan = make_plan(sp, budget, searcher, recipe, trials=trials, time_limit=time_limit, subset=subset,
+                             val_size=val_size, tol=tol, pruner=pruner, device=device, done=done)
+        if progress:
+            for line in the_plan.lines():
+                print(line, file=sys.stderr, flush=True)
     tops = top_trials(study, budget, 1)
-    bar = _Progress(trials, done, progress, tops[0].value if tops else None)
+    total = trials if trials is not None else done + (the_plan.expected_trials if the_plan else 0)
+    bar = _Progress(total, done, progress, tops[0].value if tops else None, deadline,
+                    the_plan.seconds_per_trial if the_plan else None)
     budget_trials.on_wait = bar.wait
-    if progress:
-        lo, hi = band(budget, tol)
-        bar.bar.write(f"search: {searcher} on {sp.name}, budget {budget:,} (band {lo:,}..{hi:,}), {trials} trials "
-                      f"of {recipe.epochs} epochs; study '{study.study_name}' in {url} ({done} done)")
-    t0 = time.perf_counter()
+    bar.note(f"study '{study.study_name}' in {url} ({done} trial{'s' * (done != 1)} done)")
+    measure = own_objective and not no_time_left and noise_seeds
     try:
         with warnings.catch_warnings(), _torch_threads_per_job(jobs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if measure and len((study.user_attrs.get(NOISE_ATTR) or {}).get("values", {})) < len(NOISE_SEEDS):
+                bar.note(f"measuring the seed-to-seed noise of the score on {hand} (seeds {NOISE_SEEDS})")
+                measure_noise(study, objective.get(), hand)
             if searcher == "fdpg":
                 stopped = fdpg_search(ev, sp, budget, tol, budget_trials, start=start, jobs=jobs,
                                       on_outcome=bar.outcome)
             else:
                 stopped = sampler_search(ev, sp, budget, tol, budget_trials, jobs, on_outcome=bar.outcome)
+        if measure:
+            measure_noise(study, objective.get(), hand)  # adds the start trial's own score
     except KeyboardInterrupt:
         ev.interrupt_running()
         raise

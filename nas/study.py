@@ -57,6 +57,11 @@ class EvaluationFailed(Exception):
     """An objective could not score a genome (e.g. training diverged); the trial is marked FAIL."""
 
 
+class DeadlineReached(EvaluationFailed):
+    """The search's time limit passed during the trial, which stopped at an epoch boundary. The
+    trial is marked FAIL with this reason but not counted as done: a rerun trains it again."""
+
+
 # ---------------------------------------------------------------- storage
 
 def is_journal(storage: str) -> bool:
@@ -298,6 +303,7 @@ class Outcome:
     value: float | None
     genome: Genome
     reused_from: int | None = None
+    seconds: float | None = None  # wall time of the evaluation (None when reused)
 
     @property
     def ok(self) -> bool:
@@ -366,7 +372,10 @@ class Evaluator:
                         self._running.pop(trial.number, None)
             wait.wait()
         try:
-            return self._run(trial, genome)
+            t0 = time.perf_counter()
+            out = self._run(trial, genome)
+            out.seconds = time.perf_counter() - t0
+            return out
         finally:
             with self._lock:
                 self._running.pop(trial.number, None)
@@ -390,6 +399,9 @@ class Evaluator:
         except optuna.TrialPruned:
             frozen = self.study.tell(trial, state=TrialState.PRUNED)
             return Outcome(trial.number, frozen.state, frozen.value, genome)
+        except DeadlineReached as e:
+            self.fail(trial, str(e), retryable=True)
+            return Outcome(trial.number, TrialState.FAIL, None, genome)
         except EvaluationFailed as e:
             self.fail(trial, str(e) or "evaluation failed")
             return Outcome(trial.number, TrialState.FAIL, None, genome)
@@ -443,30 +455,29 @@ class TrainingObjective:
     score: str = "val"
     device: str | None = None
     progress: bool = False
+    deadline: float | None = None  # time.time() at which a running trial stops after its epoch
 
     def __call__(self, genome: Genome, trial: optuna.Trial | None = None) -> float:
-        from tqdm.auto import tqdm
-
         from nas.curves import fit_asymptote
         from nas.training import train
 
-        pruned = False
-        label = f"#{trial.number} " if trial is not None else ""
-        with tqdm(total=self.recipe.epochs, unit="epoch", leave=False, disable=None if self.progress else True,
-                  desc=f"{label}{genome}") as bar:
-            def on_epoch(epoch: int, val_acc: float) -> bool | None:
-                nonlocal pruned
-                bar.update(1)
-                bar.set_postfix(val=f"{val_acc:.4f}")
-                if trial is None:
-                    return None
+        pruned = late = False
+
+        def on_epoch(epoch: int, val_acc: float) -> bool | None:
+            nonlocal pruned, late
+            if trial is not None:
                 trial.report(val_acc, epoch)
                 if trial.should_prune():
                     pruned = True
                     return False
-                return None
+            if self.deadline is not None and epoch < self.recipe.epochs and time.time() >= self.deadline:
+                late = True
+                return False
+            return None
 
-            result = train(genome, self.data, self.recipe, self.device, callback=on_epoch)
+        label = f"#{trial.number} " if trial is not None else ""
+        result = train(genome, self.data, self.recipe, self.device, callback=on_epoch, progress=self.progress,
+                       desc=f"{label}{genome}")
         epochs = [c["epoch"] for c in result.curve]
         accs = [c["val_acc"] for c in result.curve]
         asym = fit_asymptote(epochs, accs) if result.curve else None
@@ -480,17 +491,19 @@ class TrainingObjective:
             raise EvaluationFailed(result.failure or "training failed")
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
+        if late:
+            raise DeadlineReached(f"stopped at the time limit after epoch {result.epochs} of {self.recipe.epochs}")
         return asym.alpha if self.score == "asymptote" and asym is not None else result.val_acc
 
 
 def training_objective(recipe: Recipe, *, data_dir: str | Path | None = None, score: str = "val",
                        subset: int | None = None, val_size: int = DEFAULT_VAL_SIZE, device: str | None = None,
-                       progress: bool = False) -> TrainingObjective:
+                       progress: bool = False, deadline: float | None = None) -> TrainingObjective:
     """Load CIFAR-100 onto the training device once and return the objective that trains on it."""
     from nas.data import load_cifar100
     from nas.training import default_device
 
     dev = str(device or default_device())
     data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
-    return TrainingObjective(data, recipe, score=score, device=dev, progress=progress)
+    return TrainingObjective(data, recipe, score=score, device=dev, progress=progress, deadline=deadline)
 

@@ -8,18 +8,23 @@ recorded for the same winner and recipe. The final result lives in the study's u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from nas.budget import check_budget
+from nas.budget import check_budget, project
 from nas.errors import NasError
-from nas.searchers import SearchResult, search
-from nas.spaces import Space, load_space
-from nas.study import open_storage, resolve_storage, trial_genome
-from nas.training import Recipe, train_genome_command
+from nas.plan import SWEEP_SEARCH_SHARE
+from nas.searchers import TRAIN_IMAGES, SearchResult, search
+from nas.spaces import Genome, Space, load_space
+from nas.study import open_storage, resolve_storage, study_name, trial_genome
+from nas.training import Recipe, default_device, train_genome_command
+
+if TYPE_CHECKING:
+    from nas.data import CifarData
 
 DEFAULT_BUDGETS = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
 DEFAULT_FINAL_EPOCHS = 60
@@ -52,49 +57,116 @@ class BudgetOutcome:
     search: SearchResult
     final: dict[str, Any] | None  # the study's `final` attr, None when no trial completed
     final_reused: bool            # True when an earlier run had already trained this winner
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # "hand", "seed" -> final record
 
 
-def final_train(study: optuna.Study, trial: optuna.trial.FrozenTrial, recipe: Recipe, *,
-                data_dir: str | Path | None, val_size: int, device: str | None, progress: bool,
-                runs_dir: Path) -> dict[str, Any]:
-    """Retrain the winner `trial` with `recipe` on the full training split, record val and test
-    accuracy as the study's `final` attr, and keep the weights under `runs_dir/<study>/`."""
-    genome = trial_genome(trial)
-    if genome is None:
-        raise NasError(f"trial {trial.number} of study '{study.study_name}' has no genome")
-    overrides = {k: v for k, v in recipe.to_dict().items() if k != "epochs"}
-    summary = train_genome_command(genome, recipe.epochs, data_dir, runs_dir / study.study_name, device=device,
-                                   val_size=val_size, progress=progress, **overrides)
-    final = {
-        "trial": trial.number, "genome": genome.to_json(), "genome_str": str(genome),
-        "params": trial.user_attrs.get("params", summary["params"]), "flops": trial.user_attrs.get("flops"),
-        "search_val_acc": trial.value, "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
-        "epochs": summary["epochs"], "recipe": recipe.to_dict(), "wall_time_s": summary["wall_time_s"],
-        "device": summary["device"], "curve": summary["curve"], "run_dir": summary["run_dir"],
+# The reference study's models 4-8 (mbconv presets) stand for the budgets they were built near.
+SEED_SPACE = "mbconv"
+SEED_MATCH = 1.15          # a seed model stands for budget B when its count is within B / 1.15 .. B * 1.15
+MAX_FINAL_EPOCHS = 200
+
+
+def seed_model(budget: int) -> tuple[str, Genome] | None:
+    """The reference study's model built for about `budget` parameters, if there is one."""
+    from nas.counting import count_params
+
+    presets = load_space(SEED_SPACE).presets
+    near = [(abs(math.log(count_params(g) / budget)), name, g) for name, g in presets.items()
+            if name.startswith("seed-") and abs(math.log(count_params(g) / budget)) <= math.log(SEED_MATCH)]
+    return min(near, key=lambda x: x[0])[1:] if near else None
+
+
+def split_time(total_s: float, budgets: int) -> tuple[float, float]:
+    """(search seconds, final-training seconds) per budget: SWEEP_SEARCH_SHARE of the total goes to the
+    searches and the rest to the final trainings (winner and baselines), equally per budget."""
+    return SWEEP_SEARCH_SHARE * total_s / budgets, (1 - SWEEP_SEARCH_SHARE) * total_s / budgets
+
+
+def search_seconds(study: optuna.Study) -> float:
+    """Time the study's finished trials took: what a rerun with the same --time has used up."""
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+               if t.datetime_complete is not None and t.datetime_start is not None)
+
+
+def final_epochs_for(genomes: list[Genome], recipe: Recipe, seconds: float, device: str | None) -> int:
+    """The most epochs over all 50,000 training images that `genomes` can each be trained for in
+    `seconds` together (calibrated on this machine, see nas.plan), between 1 and MAX_FINAL_EPOCHS."""
+    from nas.plan import calibrate
+
+    per_epoch = sum(TRAIN_IMAGES / calibrate(g, recipe, device).train_images_per_s for g in genomes)
+    return max(1, min(MAX_FINAL_EPOCHS, int(seconds // per_epoch)))
+
+
+def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: str, data: CifarData,
+                device: str | None, progress: bool, runs_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Train `genome` with `recipe` on all training images, test it, record it as the study's user
+    attr `attr` ("final" for the winner, "baseline:<kind>" for a baseline) and keep the weights
+    under `runs_dir/<study>/<attr>/`."""
+    from nas.counting import count_flops
+
+    out = runs_dir / study.study_name / attr.replace(":", "-")
+    summary = train_genome_command(genome, recipe.epochs, out_dir=out, device=device, progress=progress,
+                                   data=data, **{k: v for k, v in recipe.to_dict().items() if k != "epochs"})
+    record = {
+        **extra, "genome": genome.to_json(), "genome_str": str(genome), "params": summary["params"],
+        "flops": count_flops(genome), "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
+        "epochs": summary["epochs"], "train_size": summary["train_size"], "recipe": recipe.to_dict(),
+        "wall_time_s": summary["wall_time_s"], "device": summary["device"], "curve": summary["curve"],
+        "run_dir": summary["run_dir"],
     }
-    study.set_user_attr("final", final)
-    return final
+    study.set_user_attr(attr, record)
+    return record
 
 
-def sweep(space: str | Space, budgets: list[int], *, final_epochs: int = DEFAULT_FINAL_EPOCHS,
-          storage: str | None = None, data_dir: str | Path | None = None, recipe: Recipe | None = None,
-          val_size: int = 5000, device: str | None = None, progress: bool = True,
-          runs_dir: str | Path = "runs/final", **search_options: Any) -> list[BudgetOutcome]:
-    """Search every budget (in the order given), then final-train each winner for `final_epochs`.
+def sweep(space: str | Space, budgets: list[int], *, final_epochs: int | None = None,
+          time_limit: float | None = None, storage: str | None = None, data_dir: str | Path | None = None,
+          recipe: Recipe | None = None, val_size: int = 5000, device: str | None = None, progress: bool = True,
+          runs_dir: str | Path = "runs/final", baselines: bool = True, **search_options: Any) -> list[BudgetOutcome]:
+    """Search every budget (in the order given), then final-train each winner on all training images.
 
-    `search_options` go to `nas.searchers.search` (searcher, trials, jobs, score, pruner, seed, tol,
-    subset, objective, ...). A budget whose study already holds a final result for its current
-    winner and final recipe is not trained again."""
+    `time_limit` (seconds) is split by `split_time`: each budget's search gets its share (minus
+    what its study has already used, so a rerun resumes), and its final trainings get theirs, as
+    many epochs as fit (`final_epochs_for`) unless `final_epochs` is given. Winners of the budgets
+    searched before are queued as trials of the next (budget transfer). With `baselines`, the
+    space's hand design and the reference study's model for the budget are trained with the same
+    final recipe and epochs. `search_options` go to `nas.searchers.search`. Work already recorded
+    in a study (a final training of the same genome and recipe) is not redone."""
+    from nas.data import load_cifar100
+    from nas.searchers import default_start
+
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     recipe = recipe or Recipe()
-    final_recipe = replace(recipe, epochs=final_epochs)
+    if search_options.get("epochs") is not None:
+        recipe = replace(recipe, epochs=search_options.pop("epochs"))
+    search_options.pop("epochs", None)
+    if final_epochs is None and time_limit is None:
+        final_epochs = DEFAULT_FINAL_EPOCHS
+    search_s, final_s = split_time(time_limit, len(budgets)) if time_limit is not None else (None, None)
+    tol = search_options.get("tol", 0.1)
     url = resolve_storage(storage)
-    outcomes = []
+    data: CifarData | None = None  # all 50,000 training images, loaded at the first final training
+    outcomes: list[BudgetOutcome] = []
+    winners: dict[int, Genome] = {}
     for i, budget in enumerate(budgets, 1):
         if progress:
             print(f"== budget {budget:,} ({i} of {len(budgets)}) ==", flush=True)
+        transfer = []
+        for b, g in winners.items():
+            try:
+                transfer.append((f"transfer:{b}", project(g, sp, budget, tol)))
+            except NasError:
+                pass  # a shape that cannot be scaled into this budget
+        limit = None
+        if search_s is not None:
+            name = study_name(sp.name, budget, recipe, search_options.get("score", "val"),
+                              search_options.get("subset"), val_size)
+            try:
+                used = search_seconds(optuna.load_study(study_name=name, storage=open_storage(url)))
+            except KeyError:
+                used = 0.0
+            limit = max(0.0, search_s - used)
         result = search(sp, budget, storage=url, data_dir=data_dir, recipe=recipe, val_size=val_size,
-                        device=device, progress=progress, **search_options)
+                        device=device, progress=progress, time_limit=limit, transfer=transfer, **search_options)
         study = optuna.load_study(study_name=result.study_name, storage=open_storage(url))
         best = result.best
         if best is None:
@@ -102,14 +174,33 @@ def sweep(space: str | Space, budgets: list[int], *, final_epochs: int = DEFAULT
                 print(f"budget {budget:,}: no completed trial, nothing to train", flush=True)
             outcomes.append(BudgetOutcome(budget, result, None, False))
             continue
-        old = study.user_attrs.get("final")
-        if old and old.get("genome") == best.user_attrs.get("genome") and old.get("recipe") == final_recipe.to_dict():
-            outcomes.append(BudgetOutcome(budget, result, old, True))
-            continue
-        if progress:
-            print(f"budget {budget:,}: final training of {best.user_attrs.get('genome_str')} "
-                  f"for {final_epochs} epochs", flush=True)
-        final = final_train(study, best, final_recipe, data_dir=data_dir, val_size=val_size, device=device,
-                            progress=progress, runs_dir=Path(runs_dir))
-        outcomes.append(BudgetOutcome(budget, result, final, False))
+        winner = trial_genome(best)
+        winners[budget] = winner
+        arms: dict[str, tuple[str, Genome, dict[str, Any]]] = {
+            "final": ("winner", winner, {"trial": best.number, "search_val_acc": best.value})}
+        if baselines:
+            hand = project(default_start(sp), sp, budget, tol)
+            arms["baseline:hand"] = ("hand design", hand, {})
+            seed = seed_model(budget)
+            if seed is not None:
+                arms["baseline:seed"] = (f"reference {seed[0]}", seed[1], {"preset": seed[0]})
+        epochs = final_epochs or final_epochs_for([g for _, g, _ in arms.values()], recipe, final_s, device)
+        final_recipe = replace(recipe, epochs=epochs)
+        records: dict[str, dict[str, Any]] = {}
+        reused = True
+        for attr, (what, genome, extra) in arms.items():
+            old = study.user_attrs.get(attr)
+            if old and old.get("genome") == genome.to_json() and old.get("recipe") == final_recipe.to_dict():
+                records[attr] = old
+                continue
+            reused = False
+            if data is None:
+                data = load_cifar100(data_dir, device=device or str(default_device()), val_size=0)
+            if progress:
+                print(f"budget {budget:,}: final training of the {what} {genome} for {epochs} epochs on "
+                      f"{len(data.train_y):,} images", flush=True)
+            records[attr] = final_train(study, genome, final_recipe, attr=attr, data=data, device=device,
+                                        progress=progress, runs_dir=Path(runs_dir), extra=extra)
+        outcomes.append(BudgetOutcome(budget, result, records["final"], reused,
+                                      {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}))
     return outcomes

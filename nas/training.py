@@ -104,10 +104,11 @@ class Recipe:
 @dataclass
 class TrainResult:
     """What one training run produced. `curve` has one entry per completed epoch;
-    `val_acc` is the last completed epoch's validation accuracy (0.0 if none completed)."""
+    `val_acc` is the last completed epoch's validation accuracy (0.0 if none completed, None
+    without a validation split)."""
 
     curve: list[dict[str, float]]
-    val_acc: float
+    val_acc: float | None
     status: str                   # "ok" or "failed"
     failure: str | None
     epochs: int                   # epochs completed
@@ -204,11 +205,11 @@ class _Diverged(Exception):
 def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
           device: str | torch.device | None = None,
           callback: Callable[[int, float], bool | None] | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, desc: str | None = None) -> TrainResult:
     """Train for `recipe.epochs` epochs on `data.train_*`, evaluating on `data.val_*` after each.
 
-    `callback(epoch, val_acc)` (epoch 1-based) runs after each epoch; returning False stops the
-    run early (status "ok", `stopped_early`). Exceptions it raises propagate unchanged. A NaN or
+    `callback(epoch, val_acc)` (epoch 1-based; val_acc None without a validation split) runs after
+    each epoch; returning False stops the run early (status "ok", `stopped_early`). Exceptions it raises propagate unchanged. A NaN or
     infinite loss, or CUDA running out of memory, ends the run with status "failed" and a reason.
     """
     dev = torch.device(device) if device is not None else default_device()
@@ -242,10 +243,11 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
     status, failure, stopped_early = "ok", None, False
     train_time, images_seen, epoch = 0.0, 0, 0
     start = time.perf_counter()
-    with tqdm(range(1, recipe.epochs + 1), disable=not progress, unit="epoch", leave=False,
-              desc=str(model_or_genome) if isinstance(model_or_genome, Genome) else "train") as bar:
+    # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
+    with tqdm(total=total_steps, disable=None if progress else True, unit="batch", leave=False,
+              desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")) as bar:
         try:
-            for epoch in bar:
+            for epoch in range(1, recipe.epochs + 1):
                 model.train()
                 t0 = time.perf_counter()
                 losses = torch.zeros(steps_per_epoch, device=dev)
@@ -261,6 +263,7 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                     optimizer.step()
                     scheduler.step()
                     losses[step - 1] = loss.detach()
+                    bar.update(1)
                     if step % check_every == 0 or step == steps_per_epoch:
                         bad = (~torch.isfinite(losses[checked:step])).nonzero()
                         if len(bad):
@@ -270,9 +273,12 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                 images_seen += n
                 train_loss = losses.mean().item()  # also waits for the device, for train_time
                 train_time += time.perf_counter() - t0
-                val_acc = evaluate(forward, data.val_x, data.val_y, data, bf16=recipe.bf16)
+                # No validation split (a final training on every image): nothing to measure per epoch.
+                val_acc = (evaluate(forward, data.val_x, data.val_y, data, bf16=recipe.bf16)
+                           if len(data.val_y) else None)
                 curve.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc})
-                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.4f}")
+                bar.set_postfix(epoch=f"{epoch}/{recipe.epochs}", loss=f"{train_loss:.3f}",
+                                val="-" if val_acc is None else f"{val_acc:.4f}")
                 if callback is not None and callback(epoch, val_acc) is False:
                     stopped_early = True
                     break
@@ -309,7 +315,7 @@ def _run_dir(genome: Genome) -> Path:
 def train_genome_command(genome: Genome | str, epochs: int, data_dir: str | Path | None = None,
                          out_dir: str | Path | None = None, *, device: str | None = None,
                          val_size: int = 5000, subset: int | None = None, progress: bool = True,
-                         **recipe_overrides: Any) -> dict[str, Any]:
+                         data: CifarData | None = None, **recipe_overrides: Any) -> dict[str, Any]:
     """Train one genome (a Genome or a GENOME argument: preset, .json file or inline JSON),
     report val and test accuracy, and save `model.pt` (state_dict), `genome.json` and
     `result.json` in `out_dir` (default `runs/<genome>-<timestamp>/`). `recipe_overrides` are
@@ -318,14 +324,16 @@ def train_genome_command(genome: Genome | str, epochs: int, data_dir: str | Path
     g = parse_genome(genome) if isinstance(genome, str) else genome
     recipe = Recipe.from_dict({**recipe_overrides, "epochs": epochs})
     dev = torch.device(device) if device else default_device()
-    data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
+    if data is None:  # a caller training several genomes passes the data it loaded once
+        data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
     result = train(g, data, recipe, dev, progress=progress)
     out = Path(out_dir) if out_dir else _run_dir(g)
     out.mkdir(parents=True, exist_ok=True)
     (out / "genome.json").write_text(g.to_json() + "\n")
     summary: dict[str, Any] = {
         "run_dir": str(out), "genome": g.to_dict(), "genome_str": str(g), "params": result.params,
-        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": val_size, "train_size": len(data.train_y),
+        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": len(data.val_y),
+        "train_size": len(data.train_y),
         "val_acc": result.val_acc, "test_acc": None, **{k: v for k, v in result.to_dict().items()
                                                         if k not in ("val_acc", "params")},
     }

@@ -98,3 +98,9 @@ def cifar_data(cifar_dir: Path):
     from nas.data import load_cifar100
 
     return load_cifar100(cifar_dir, device="cpu", val_size=200, seed=0, download=False)
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrations (nas.plan) go to a test-session file, not the user's ~/.cache."""
+    monkeypatch.setenv("NAS_CALIBRATION_CACHE", str(tmp_path_factory.getbasetemp() / "calibration.json"))

@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 from nas import reference
 from nas.counting import count_params
 from nas.errors import NasError
-from nas.report import (default_report_path, fig_accuracy_vs_params, fig_fdpg_path, genome_coords,
+from nas.report import (default_report_path, fig_accuracy_vs_params, fig_search_added, scaling_fit, fig_fdpg_path, genome_coords,
                         load_studies, pareto_front, write_report)
 from nas.spaces import load_space
 
@@ -85,6 +85,11 @@ def make_sweep(path: Path) -> str:
         for _ in range(3):
             _add_complete(fdpg, _genome(rng), 0.12 + 0.03 * rng.random(), "fdpg", "neighbour", step)
     _set_final(fdpg, 0.231)
+    hand = _genome(rng)
+    fdpg.set_user_attr("baseline:hand", {"genome": hand.to_json(), "genome_str": "conv:hand-design-10k",
+                                         "params": count_params(hand), "test_acc": 0.205, "epochs": 200})
+    fdpg.set_user_attr("score_noise", {"genome": hand.to_json(), "values": {"0": 0.2, "1": 0.21, "2": 0.19},
+                                       "sigma": 0.01})
     return storage
 
 
@@ -106,14 +111,42 @@ def plot_ids(page: str) -> list[str]:
 def test_sweep_report_has_every_section(sweep):
     storage, out, page = sweep
     assert out.name == "sweep.html"
-    for h2 in ("curve", "winners", "budgets", "references"):
+    for h2 in ("curve", "winners", "added", "shapes", "budgets", "references"):
         assert f'<h2 id="{h2}">' in page
-    assert plot_ids(page) == ["accuracy-vs-params", "progress-mbconv-b5000-e3", "curves-mbconv-b5000-e3",
+    assert plot_ids(page) == ["accuracy-vs-params", "search-added", "winner-shapes",
+                              "progress-mbconv-b5000-e3", "curves-mbconv-b5000-e3",
                               "progress-mbconv-b10000-e3", "curves-mbconv-b10000-e3", "fdpg-mbconv-b10000-e3"]
     assert html.escape(storage) in page
     assert "2 studies · 23 trials (22 complete, 1 fail)" in page
     assert "best per budget 5k:" in page and "10k: 21.00% (test 23.10%)" in page
     assert "diverged: loss is nan" in page  # the failed trial's reason, in its hover text
+
+
+def test_search_added_compares_winner_and_hand_design(sweep):
+    page = sweep[2]
+    table = page.split('<h2 id="added">', 1)[1].split("</table>", 1)[0]
+    assert "<code>conv:hand-design-10k</code>" in table and "20.50%" in table
+    assert "+2.60 pts" in table  # 23.10% winner - 20.50% hand design, same recipe
+    fig = fig_search_added(load_studies(sweep[0]))
+    bars = {t.name: list(t.y) for t in fig.data}
+    assert bars["search winner"] == pytest.approx([14.2, 23.1])
+    assert bars["hand design"][0] is None and bars["hand design"][1] == pytest.approx(20.5)
+
+
+def test_noise_band_and_scaling_fit():
+    fit = scaling_fit([(1_000, 0.10), (10_000, 0.28), (100_000, 0.45), (1_000_000, 0.60)])
+    assert fit is not None and 0.05 < fit.alpha < 0.2
+    assert fit.accuracy(10_000) == pytest.approx(0.28, abs=0.03)
+    # error = 0.9 N^-0.1 exactly: the fit recovers it
+    exact = scaling_fit([(n, 1 - 0.9 * n ** -0.1) for n in (1e3, 1e4, 1e5, 1e6)])
+    assert exact.alpha == pytest.approx(0.1, rel=1e-3) and exact.a == pytest.approx(0.9, rel=1e-3)
+    assert scaling_fit([(1_000, 0.1), (2_000, 0.2)]) is None  # two points fit anything
+
+
+def test_accuracy_plot_has_fit_and_noise(sweep):
+    traces = {t.name: t for t in fig_accuracy_vs_params(load_studies(sweep[0])).data}
+    band = traces["mbconv-e3: ±2σ seed-to-seed (search score)"]
+    assert list(band.error_y.array) == pytest.approx([2.0])  # 2 sigma in accuracy points, at 10k only
 
 
 def test_plotly_js_is_inlined_and_nothing_is_fetched(sweep):

@@ -20,7 +20,7 @@ from nas.study import DIED, INTERRUPTED
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Small, fast trials: a 3k-parameter model, 600 of the fixture's training images, 200 for validation.
-BASE = ["search", "--budget", "3000", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
+BASE = ["search", "--budget", "3000", "--space", "mbconv", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
 
 # The fixture files have their own md5s: a subprocess must patch torchvision's checksums too.
 LAUNCHER = """
@@ -48,8 +48,14 @@ def test_search_end_to_end(cifar_dir, tmp_path, monkeypatch, capsys):
             "--data-dir", str(cifar_dir)]
     assert main(args) == 0
     out = capsys.readouterr()
-    assert "search: tpe on mbconv, budget 3,000" in out.out
-    assert out.out.count("trial #") == 2  # a line per trial (bars only on a terminal)
+    # the plan first, on stderr with the progress, so stdout keeps only the results
+    plan = out.err.splitlines()
+    assert plan[0].startswith("plan: tpe search of mbconv, budget 3,000")
+    assert any(line.split() == ["fidelity:", "600", "training", "images", "x", "2", "epochs", "per", "trial,",
+                                "pruned", "at", "1", "epoch(s)", "when", "behind;", "200", "validation", "images"]
+               for line in plan)
+    assert any(line.strip().startswith("ETA:") for line in plan)
+    assert out.err.count("trial #") == 2  # a line per trial (bars only on a terminal)
     lines = out.out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "trial", "genome"])
     assert lines[head].split()[-4:] == ["params", "FLOPs", "val", "acc"]

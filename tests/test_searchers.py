@@ -182,7 +182,8 @@ def test_sampler_search_resumes_and_dedups(small, tmp_path):
     assert len({g.key() for g in calls.calls}) == len(calls.calls), "a genome was trained twice"
     reused = [t for t in study.trials if "reused_from" in t.user_attrs]
     assert len(calls.calls) + len(reused) == 10
-    assert all(t.user_attrs["role"] == "sample" and t.user_attrs["searcher"] == "tpe" for t in study.trials)
+    assert [t.user_attrs["role"] for t in study.trials] == ["start"] + ["sample"] * 9  # the hand design first
+    assert all(t.user_attrs["searcher"] == "tpe" for t in study.trials)
 
 
 def test_search_on_a_journal_file_resumes(small, tmp_path):

@@ -1,0 +1,273 @@
+"""What a search will do and how long it will take on this machine, before it starts.
+
+The seconds per trial come from a short calibration: the budget's hand design (the space's
+default start, projected) is trained for a few batches through the real training loop on
+synthetic images, and the measured images/s for training and evaluation are cached per machine
+and model (`~/.cache/nas/calibration.json`), so a second `--plan` answers at once.
+
+The defaults are sized to the device: a CPU gets a plain conv space, a reduced fidelity and a
+time limit that ends the search within 30 minutes; a GPU gets the larger GPU defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nas.errors import NasError
+
+if TYPE_CHECKING:
+    import torch
+
+    from nas.spaces import Genome
+    from nas.training import Recipe
+
+
+# ---------------------------------------------------------------- defaults per device
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What `nas search` does when the user does not say: the space, the fidelity (training
+    images x epochs per trial) and how long the search may run (None: `trials` decide)."""
+
+    space: str
+    epochs: int
+    subset: int | None
+    trials: int
+    time_limit_s: float | None
+
+    def describe(self) -> str:
+        images = f"{self.subset:,} images" if self.subset else "all 45,000 training images"
+        limit = f"a time limit of {duration(self.time_limit_s)}" if self.time_limit_s else f"{self.trials} trials"
+        return f"space {self.space}, {images} x {self.epochs} epochs per trial, {limit}"
+
+
+# CPU: the plain conv family trains ~6x more images/s than MBConv at 50k parameters on 2 cores
+# (README, "Choosing the default space"); 20 minutes leaves room for data loading, the
+# calibration and the last running epoch inside the promised 30.
+CPU_DEFAULTS = DeviceDefaults(space="conv-shape", epochs=4, subset=15_000, trials=10_000, time_limit_s=20 * 60)
+# Of a sweep's --time, the share that goes to the searches; the rest trains the winners.
+SWEEP_SEARCH_SHARE = 0.5
+CUDA_DEFAULTS = DeviceDefaults(space="mbconv-shape", epochs=15, subset=None, trials=40, time_limit_s=None)
+
+
+def device_defaults(device: str | torch.device | None = None) -> DeviceDefaults:
+    from nas.training import default_device
+
+    import torch
+
+    dev = torch.device(device) if device is not None else default_device()
+    return CUDA_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
+
+
+# ---------------------------------------------------------------- durations
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds; a one-line NasError otherwise."""
+    s = str(text).strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", s)
+    if not s or parts is None or not any(parts.groups()):
+        raise NasError(f"time {text!r} is not a duration (use e.g. 90s, 30m, 2h or 1h30m)")
+    h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+    total = 3600 * h + 60 * m + sec
+    if total <= 0:
+        raise NasError(f"time {text!r} must be longer than zero")
+    return total
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: '45 s', '24 min', '2 h 05 min'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    h, m = divmod(round(minutes), 60)
+    return f"{h} h {m:02d} min"
+
+
+# ---------------------------------------------------------------- calibration
+
+CALIBRATION_ENV = "NAS_CALIBRATION_CACHE"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured throughput of one model on this machine (images per second)."""
+
+    genome: str
+    params: int
+    train_images_per_s: float
+    eval_images_per_s: float
+    device: str
+    cached: bool = False
+
+    def seconds(self, train_images: int, epochs: int, val_images: int) -> float:
+        """Seconds for one trial: `epochs` passes over `train_images`, each followed by evaluation."""
+        return epochs * (train_images / self.train_images_per_s + val_images / self.eval_images_per_s)
+
+
+def _cache_path() -> Path:
+    env = os.environ.get(CALIBRATION_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "nas" / "calibration.json"
+
+
+def machine_key(device: torch.device) -> str:
+    """What makes throughput differ between machines: the processor or GPU, threads, torch."""
+    import torch
+
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    what = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        what += f", {torch.get_num_threads()} threads"
+    return f"{what}, torch {torch.__version__}"
+
+
+def calibrate(genome: Genome, recipe: Recipe, device: str | torch.device | None = None, *,
+              use_cache: bool = True, images: int = 2048) -> Calibration:
+    """Images/s of training and evaluating `genome` with `recipe` on `device`: one short warm-up
+    run, then one timed run of `images` synthetic images through nas's own training loop."""
+    import torch
+
+    from nas.data import CifarData
+    from nas.training import default_device, train
+
+    dev = torch.device(device) if device is not None else default_device()
+    key = json.dumps([machine_key(dev), str(genome), recipe.batch_size, recipe.bf16, recipe.compile])
+    path = _cache_path()
+    try:
+        cache = json.loads(path.read_text()) if use_cache and path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # a damaged cache is only a slower plan
+    if key in cache:
+        c = cache[key]
+        return Calibration(str(genome), c["params"], c["train"], c["eval"], c["device"], cached=True)
+
+    gen = torch.Generator().manual_seed(0)
+
+    def synthetic(n: int) -> CifarData:
+        x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+        y = torch.randint(0, 100, (n,), generator=gen)
+        val = max(recipe.batch_size, n // 2)
+        vx = torch.randint(0, 256, (val, 3, 32, 32), dtype=torch.uint8, generator=gen)
+        vy = torch.randint(0, 100, (val,), generator=gen)
+        return CifarData(x, y, vx, vy, vx[:1], vy[:1], genome.options.get("num_classes", 100),
+                         torch.full((3,), 0.5), torch.full((3,), 0.25), []).to(dev)
+
+    quick = replace(recipe, epochs=1, compile=False)
+    train(genome, synthetic(2 * recipe.batch_size), quick, dev)  # warm-up: kernel selection, allocator
+    data = synthetic(max(images, 2 * recipe.batch_size))
+    result = train(genome, data, quick, dev)
+    eval_s = max(result.wall_time_s - result.train_time_s, 1e-6)
+    cal = Calibration(str(genome), result.params, len(data.train_y) / max(result.train_time_s, 1e-6),
+                      len(data.val_y) / eval_s, result.device)
+    if use_cache:
+        cache[key] = {"params": cal.params, "train": cal.train_images_per_s, "eval": cal.eval_images_per_s,
+                      "device": cal.device, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home: the plan is still right, only not cached
+    return cal
+
+
+# ---------------------------------------------------------------- the plan
+
+def hyperband_rungs(epochs: int, reduction: int = 3) -> list[int]:
+    """The epochs at which Optuna's HyperbandPruner(min_resource=1, reduction_factor=3) compares
+    trials: 1, 3, 9, ... below `epochs`, then `epochs` itself."""
+    rungs, r = [], 1
+    while r < epochs:
+        rungs.append(r)
+        r *= reduction
+    return [*rungs, epochs]
+
+
+@dataclass
+class Plan:
+    """A search, described before it runs."""
+
+    space: str
+    searcher: str
+    budget: int
+    band: tuple[int, int]
+    device: str
+    bf16: bool
+    train_images: int
+    val_images: int
+    epochs: int
+    pruner: str
+    trials: int | None              # None: as many as the time limit allows
+    time_limit_s: float | None
+    calibration: Calibration
+    done: int = 0                   # trials already in the study
+
+    @property
+    def seconds_per_trial(self) -> float:
+        """A trial trained to its last epoch (pruned trials take less)."""
+        return self.calibration.seconds(self.train_images, self.epochs, self.val_images)
+
+    @property
+    def expected_trials(self) -> int:
+        left = None if self.trials is None else max(0, self.trials - self.done)
+        if self.time_limit_s is None:
+            return left or 0
+        fit = max(1, int(self.time_limit_s // self.seconds_per_trial))
+        return fit if left is None else min(left, fit)
+
+    @property
+    def eta_s(self) -> float:
+        """Upper bound of the run's length: every trial to its last epoch, and a time limit may be
+        overrun by the epoch running when it passes."""
+        full = self.expected_trials * self.seconds_per_trial
+        if self.time_limit_s is None:
+            return full
+        return min(full, self.time_limit_s + self.seconds_per_trial / self.epochs)
+
+    def lines(self) -> list[str]:
+        rungs = (f", pruned at {', '.join(map(str, hyperband_rungs(self.epochs)[:-1]))} epoch(s) when behind"
+                 if self.pruner == "hyperband" and self.epochs > 1 and self.searcher != "fdpg" else "")
+        if self.trials is None:
+            count = f"as many as fit in {duration(self.time_limit_s)} (about {self.expected_trials})"
+        else:
+            count = f"{self.trials} ({self.done} already done)" if self.done else f"{self.trials}"
+            if self.time_limit_s is not None:
+                count += f", stopping at {duration(self.time_limit_s)}"
+        cal = self.calibration
+        lo, hi = self.band
+        return [
+            f"plan: {self.searcher} search of {self.space}, budget {self.budget:,} (band {lo:,}..{hi:,})",
+            f"  device:   {self.device}{', bf16 autocast' if self.bf16 else ', float32'}",
+            f"  fidelity: {self.train_images:,} training images x {self.epochs} epoch{'s' * (self.epochs != 1)} "
+            f"per trial{rungs}; {self.val_images:,} validation images",
+            f"  trials:   {count}",
+            f"  speed:    ~{self.seconds_per_trial:.0f} s per full trial ({cal.train_images_per_s:,.0f} train "
+            f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''})",
+            f"  ETA:      {duration(self.eta_s)}",
+        ]
