@@ -1,0 +1,108 @@
+"""--time, --plan and the device-sized defaults (nas.plan, nas.searchers.search)."""
+
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.errors import NasError
+from nas.plan import CPU_DEFAULTS, Plan, calibrate, duration, hyperband_rungs, parse_duration
+from nas.searchers import search
+from nas.spaces import load_space
+from nas.budget import project
+from nas.searchers import default_start
+from nas.study import Evaluator, TrainingObjective, counts_as_done, open_study
+from nas.training import Recipe
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400),
+                                           ("45", 45), ("1.5h", 5400), (" 10M ", 600)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "0s", "5x", "-3m", "m"])
+def test_bad_duration_is_one_line(bad):
+    with pytest.raises(NasError, match="duration|longer than zero"):
+        parse_duration(bad)
+
+
+def test_duration_reads_like_a_person_writes():
+    assert [duration(s) for s in (45, 600, 1440, 7500)] == ["45 s", "10 min", "24 min", "2 h 05 min"]
+    assert hyperband_rungs(4) == [1, 3, 4] and hyperband_rungs(15) == [1, 3, 9, 15] and hyperband_rungs(1) == [1]
+
+
+class Slow:
+    """A stand-in objective that takes `seconds` per genome."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started = seconds, []
+
+    def __call__(self, genome, trial):
+        self.started.append(time.time())
+        time.sleep(self.seconds)
+        return 0.5 + 1e-6 * len(self.started)
+
+
+def test_time_limit_starts_no_trial_after_the_deadline(tmp_path):
+    slow = Slow(0.6)
+    t0 = time.time()
+    r = search("conv-shape", 20_000, "random", trials=None, time_limit=2.0, storage=f"sqlite:///{tmp_path}/t.db",
+               objective=slow, progress=False)
+    took = time.time() - t0
+    assert r.stopped == "time limit reached"
+    assert slow.started and max(slow.started) < t0 + 2.0 + 0.5  # nothing started after the deadline
+    assert took < 2.0 + 0.6 + 1.5  # at most the running trial past it, plus start-up
+    assert r.trials == len(slow.started)
+
+
+def test_a_trial_running_at_the_deadline_stops_at_an_epoch_and_is_retried(cifar_data, tmp_path):
+    space = load_space("conv")
+    recipe = Recipe(epochs=3, batch_size=128)
+    objective = TrainingObjective(cifar_data, recipe, deadline=time.time())  # already past: stop after epoch 1
+    storage = f"sqlite:///{tmp_path}/d.db"
+    study = open_study(storage, space, 3000, recipe, tol=0.1, searcher="random")
+    genome = project(default_start(space), space, 3000)
+    out = Evaluator(study, objective, "random").evaluate(genome, role="sample")
+    assert out.state == TrialState.FAIL
+    (t,) = study.trials
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"] == "stopped at the time limit after epoch 1 of 3"
+    assert len(t.user_attrs["curve"]) == 1 and not counts_as_done(t)  # a rerun trains it again
+    objective.deadline = None
+    r2 = search(space, 3000, "random", trials=1, storage=storage, objective=objective, progress=False, recipe=recipe)
+    done = [t for t in optuna.load_study(study_name=r2.study_name, storage=storage).trials
+            if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and len(done[0].user_attrs["curve"]) == 3
+
+
+def test_plan_creates_no_trials_and_says_the_eta(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/p.db"
+    argv = ["search", "--budget", "10k", "--plan", "--storage", storage]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "plan: tpe search of conv-shape, budget 10,000 (band 9,000..10,000)"
+    assert out[2].split()[:6] == ["fidelity:", f"{CPU_DEFAULTS.subset:,}", "training", "images", "x",
+                                  str(CPU_DEFAULTS.epochs)]
+    assert out[3].startswith("  trials:   as many as fit in 20 min")
+    assert out[-1].startswith("  ETA:") and "min" in out[-1]
+    assert not (tmp_path / "p.db").exists() and not (tmp_path / "studies").exists()
+    t0 = time.time()
+    assert main(argv) == 0  # the calibration is cached: seconds, not a new measurement
+    assert "cached" in capsys.readouterr().out and time.time() - t0 < 5
+
+
+def test_plan_arithmetic():
+    space = load_space("conv-shape")
+    g = project(default_start(space), space, 10_000)
+    cal = calibrate(g, Recipe(epochs=1, batch_size=64), "cpu", images=256)
+    assert cal.train_images_per_s > 0 and cal.eval_images_per_s > 0 and cal.params > 9000
+    plan = Plan(space="conv-shape", searcher="tpe", budget=10_000, band=(9000, 10_000), device="cpu", bf16=False,
+                train_images=10_000, val_images=5_000, epochs=4, pruner="hyperband", trials=None,
+                time_limit_s=600, calibration=cal)
+    per = 4 * (10_000 / cal.train_images_per_s + 5_000 / cal.eval_images_per_s)
+    assert plan.seconds_per_trial == pytest.approx(per)
+    assert plan.expected_trials == max(1, int(600 // per))
+    assert plan.eta_s <= 600 + per / 4 + 1e-9  # the deadline plus at most one epoch
