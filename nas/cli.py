@@ -23,7 +23,7 @@ def _budget(text: str) -> int:
     from nas.budget import check_budget
 
     try:
-        return check_budget(text.replace("_", "").replace(",", "") if isinstance(text, str) else text)
+        return check_budget(text)
     except NasError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -349,7 +349,8 @@ def cmd_sweep(args) -> int:
     import optuna
 
     from nas.study import resolve_storage
-    from nas.sweep import parse_budgets, sweep
+    from nas.budget import parse_budgets
+    from nas.sweep import sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budgets = parse_budgets(args.budgets)

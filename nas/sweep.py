@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from nas.budget import check_budget
+from nas.budget import check_budget, parse_budgets
 from nas.errors import NasError
 from nas.searchers import SearchResult, search
 from nas.spaces import Space, load_space
@@ -23,27 +23,6 @@ from nas.training import Recipe, train_genome_command
 
 DEFAULT_BUDGETS = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
 DEFAULT_FINAL_EPOCHS = 60
-
-
-def parse_budgets(text: str) -> list[int]:
-    """'1000,5k,1M' -> [1000, 5000, 1000000], in the order given, without repeats."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip().replace("_", "")
-        if not part:
-            continue
-        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1].lower(), 1)
-        number = part[:-1] if scale > 1 else part
-        try:
-            value = float(number) * scale
-        except ValueError:
-            raise NasError(f"budgets: {part!r} is not a number (use e.g. 1000,5k,1M)") from None
-        budget = check_budget(value)
-        if budget not in out:
-            out.append(budget)
-    if not out:
-        raise NasError("budgets: give at least one budget, e.g. --budgets 10000,50000")
-    return out
 
 
 @dataclass
@@ -76,15 +55,17 @@ def final_train(study: optuna.Study, trial: optuna.trial.FrozenTrial, recipe: Re
     return final
 
 
-def sweep(space: str | Space, budgets: list[int], *, final_epochs: int = DEFAULT_FINAL_EPOCHS,
+def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int = DEFAULT_FINAL_EPOCHS,
           storage: str | None = None, data_dir: str | Path | None = None, recipe: Recipe | None = None,
           val_size: int = 5000, device: str | None = None, progress: bool = True,
           runs_dir: str | Path = "runs/final", **search_options: Any) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner for `final_epochs`.
+    `budgets` is a list, or a string as `--budgets` takes it ('1000,5k,1M').
 
     `search_options` go to `nas.searchers.search` (searcher, trials, jobs, score, pruner, seed, tol,
     subset, objective, ...). A budget whose study already holds a final result for its current
     winner and final recipe is not trained again."""
+    budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     recipe = recipe or Recipe()
     final_recipe = replace(recipe, epochs=final_epochs)
