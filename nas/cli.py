@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Any, Callable
 
 from nas.errors import NasError
+from nas.text import plural
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like NasError
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"nas: error: {message} (see '{self.prog} --help')\n")
+
+
+GENOME_HELP = ("a preset (seed-m4, mbconv:seed-m4), a short form as nas prints it (conv:16x1|32x2|64x1|128x1), "
+               "STUDY#N (trial N of a study in --storage), a .json file, or inline JSON")
+STORAGE_HELP = "Optuna storage URL or journal file (default sqlite:///studies/nas.db)"
+
+
+def add_genome_argument(p: argparse.ArgumentParser) -> None:
+    """GENOME, and the --storage its STUDY#N form reads trials from."""
+    p.add_argument("genome", metavar="GENOME", help=GENOME_HELP)
+    p.add_argument("--storage", help=f"where a STUDY#N genome is looked up: {STORAGE_HELP}")
 
 
 def _budget(text: str) -> int:
@@ -26,6 +40,9 @@ def _budget(text: str) -> int:
         return check_budget(text)
     except NasError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+BUDGET_HELP = "parameter budget: 50000, 50_000, 50k, 1.5k, 1e5, 1M"
 
 
 def _tol(text: str) -> float:
@@ -84,16 +101,16 @@ def add_count(sub) -> None:
                        description="Print the exact parameter count (analytic, equal to the built model's), "
                                    "the FLOPs of one 32x32 image (fvcore; one multiply-add = one FLOP), and "
                                    "fvcore's per-layer table.")
-    p.add_argument("genome", metavar="GENOME", help="a preset name (e.g. seed-m4 or mbconv:seed-m4), "
-                                                    "a path to a genome .json file, or inline JSON")
+    add_genome_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (params, flops, genome)")
 
 
 def cmd_count(args) -> int:
-    from nas.counting import layer_table
     from nas.spaces import parse_genome
 
-    genome = parse_genome(args.genome)
+    genome = parse_genome(args.genome, storage=args.storage)
+    from nas.counting import layer_table  # after the genome is read: a bad one fails without loading torch
+
     summary = genome_summary(genome)
     if args.json:
         _print_json(summary)
@@ -112,8 +129,8 @@ def add_project(sub) -> None:
     p = sub.add_parser("project", help="move a genome into a parameter budget",
                        description="Rescale a genome's widths (then depth, then other genes, only if needed) "
                                    "so that its parameter count lands in [(1 - tol) * B, B]. Never exceeds B.")
-    p.add_argument("genome", metavar="GENOME", help="preset name, .json file or inline JSON")
-    p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help="parameter budget, e.g. 50000")
+    add_genome_argument(p)
+    p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help=BUDGET_HELP)
     p.add_argument("--tol", type=_tol, default=0.1, help="relative band under the budget (default 0.1)")
     p.add_argument("--space", help="space whose ranges to use (default: the genome's own space)")
     p.add_argument("--json", action="store_true", help="print one JSON object (params, flops, genome)")
@@ -123,7 +140,7 @@ def cmd_project(args) -> int:
     from nas.budget import project
     from nas.spaces import load_space, parse_genome
 
-    genome = parse_genome(args.genome)
+    genome = parse_genome(args.genome, storage=args.storage)
     space = load_space(args.space or genome.space)
     projected = project(genome, space, args.budget, args.tol)
     summary = genome_summary(projected)
@@ -185,7 +202,13 @@ def cmd_space(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- recipe options (train, search, sweep)
+# ---------------------------------------------------------------- options of train, search and sweep
+
+DATA_DIR_HELP = "folder holding cifar-100-python/ (default: $NAS_DATA_DIR, else a per-user cache)"
+DEVICE_HELP = "cuda, cpu, cuda:1 ... (default: cuda if available)"
+VAL_SIZE_HELP = "validation images carved from the training set (default 5000)"
+SUBSET_HELP = "train on only this many training images, at least 500 (5 per class): quick runs"
+
 
 def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
     from nas.training import Recipe
@@ -221,24 +244,28 @@ def add_train(sub) -> None:
                                    "set), print val and test accuracy, and save model.pt + genome.json + "
                                    "result.json so the model can be rebuilt (nas.training.load_trained). "
                                    "On a CPU a 50k-parameter model takes minutes per epoch; a GPU, seconds.")
-    p.add_argument("genome", metavar="GENOME", help="preset name, .json file or inline JSON")
-    p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $NAS_DATA_DIR, else a per-user cache)")
+    add_genome_argument(p)
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="output folder (default runs/<genome>-<time>/)")
-    p.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--val-size", type=int, default=5000, help="validation images carved from the training set")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
+    p.add_argument("--subset", type=_positive, help=SUBSET_HELP)
     add_recipe_options(p, epochs_default=15)
 
 
 def cmd_train(args) -> int:
+    from nas.spaces import parse_genome
     from nas.training import train_genome_command
 
     recipe = recipe_from_args(args)
     overrides = {k: v for k, v in recipe.to_dict().items() if k != "epochs"}
-    s = train_genome_command(args.genome, recipe.epochs, args.data_dir, args.out, device=args.device,
-                             val_size=args.val_size, **overrides)
+    genome = parse_genome(args.genome, storage=args.storage)
+    s = train_genome_command(genome, recipe.epochs, args.data_dir, args.out, device=args.device,
+                             val_size=args.val_size, subset=args.subset, **overrides)
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
     print(f"val acc:  {s['val_acc']:.2%}   test acc: {s['test_acc']:.2%}   "
-          f"({s['epochs']} epochs, {s['wall_time_s']:.0f} s on {s['device']})")
+          f"({plural(s['epochs'], 'epoch')}, {s['wall_time_s']:.0f} s on {s['device']}, "
+          f"{plural(s['train_size'], 'training image')})")
     print(f"saved:    {s['run_dir']}/ (model.pt, genome.json, result.json)")
     return 0
 
@@ -261,8 +288,9 @@ def add_search(sub) -> None:
         epilog="fdpg: finite-difference projected gradient (probes every gene around a centre, steps along "
                "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
                "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.")
-    p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help="parameter budget, e.g. 50000")
-    p.add_argument("--start", metavar="GENOME", help="fdpg start genome (default: one block per stage, widths doubling per stage, expansion 4), "
+    p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help=BUDGET_HELP)
+    p.add_argument("--start", metavar="GENOME", help="fdpg start genome, any GENOME form of 'nas count'"
+                                                    " (default: one block per stage, widths doubling per stage, expansion 4), "
                                                     "projected to the budget")
     p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
     add_search_options(p)
@@ -280,15 +308,15 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="trials trained at once (threads; fdpg: a step's probes) (default 1)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
                                      "path ending in .log (default sqlite:///studies/nas.db)")
-    p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $NAS_DATA_DIR, else a per-user cache)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--score", choices=["val", "asymptote"], default="val",
                    help="trial value: last-epoch val accuracy, or the fitted learning-curve asymptote")
     p.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="prune on epochs (samplers only; default hyperband)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
-    p.add_argument("--subset", type=_positive, help="train on only this many training images (quick runs)")
-    p.add_argument("--val-size", type=_positive, default=5000, help="validation images carved from the training set")
-    p.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--subset", type=_positive, help=SUBSET_HELP)
+    p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output, only the final table")
     add_recipe_options(p, epochs_default=15)
 
@@ -301,7 +329,7 @@ def cmd_search(args) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what happens
     space = load_space(args.space)
-    start = parse_genome(args.start, space) if args.start else None
+    start = parse_genome(args.start, space, storage=args.storage) if args.start else None
     try:
         result = search(space, args.budget, args.searcher, trials=args.trials, jobs=args.jobs, storage=args.storage,
                         data_dir=args.data_dir, score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
@@ -312,8 +340,8 @@ def cmd_search(args) -> int:
               f"rerun the same command to continue", file=sys.stderr)
         return 130
     score = "asymptote" if result.score == "asymptote" else "val acc"
-    print(f"\nstudy {result.study_name}: {result.trials} {result.searcher} trials ({result.stopped}), "
-          f"{result.wall_time_s:.0f} s")
+    print(f"\nstudy {result.study_name}: {plural(result.trials, result.searcher + ' trial')} "
+          f"(stopped: {result.stopped}), {result.wall_time_s:.0f} s")
     if result.top:
         rows = [(str(i), f"#{t.number}", t.user_attrs.get("genome_str", "?"), f"{t.user_attrs['params']:,}",
                  f"{t.user_attrs['flops']:,}",
@@ -382,7 +410,7 @@ def add_report(sub) -> None:
         description="Write one self-contained HTML file (plotly inlined, opens offline): accuracy vs "
                     "parameters with the reference curves, per-budget search progress and learning curves, "
                     "the fdpg path, and a table of winners.")
-    p.add_argument("--storage", help="Optuna storage URL or journal file (default sqlite:///studies/nas.db)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="output file (default reports/<storage name>.html)")
     p.add_argument("--title", help="page title")
 
@@ -391,7 +419,7 @@ def cmd_report(args) -> int:
     from nas.report import default_report_path, write_report
     from nas.study import resolve_storage
 
-    storage = resolve_storage(args.storage)
+    storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
     print(write_report(storage, args.out or default_report_path(storage), title=args.title))
     return 0
 
@@ -428,13 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is noticed below and not at interpreter exit
+        return code
     except NasError as e:
         print(f"nas: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`nas count ... | head -1`): stop quietly, as Unix tools do. Output
+        # still buffered would fail again at exit, so stdout now goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ leaves the centre. A rerun replays the walk from the study's records without tra
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import warnings
@@ -32,11 +33,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.budget import band, check_budget, param_gradient, project
-from nas.errors import NasError
+from nas.errors import NasError, warn
 from nas.spaces import Genome, Space, load_space
 from nas.study import (Evaluator, Objective, Outcome, counts_as_done, fail_stale_trials, heartbeat_seconds,
                        open_study, resolve_storage, searcher_trials, top_trials, training_objective,
                        trial_genome)
+from nas.text import plural
 
 if TYPE_CHECKING:
     from nas.training import Recipe
@@ -47,6 +49,7 @@ PRUNERS = ("hyperband", "median", "none")
 FDPG_ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of one gene)
 FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
 FDPG_PATIENCE = 3
+TRIALS_REACHED = "trial limit reached"  # SearchResult.stopped when `trials` evaluations are done
 
 T = TypeVar("T")
 
@@ -189,7 +192,7 @@ def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_
                 on_outcome(out)
 
     parallel_map(worker, range(jobs), jobs)
-    return f"{budget_trials.trials} trials done"
+    return TRIALS_REACHED
 
 
 # ---------------------------------------------------------------- fdpg
@@ -401,9 +404,9 @@ def fdpg_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_tri
             else:
                 since_best += 1
             if since_best >= patience:
-                return f"no improvement in {patience} steps"
+                return f"no improvement in {plural(patience, 'step')}"
     except _Exhausted:
-        return f"{budget_trials.trials} trials done"
+        return TRIALS_REACHED
 
 
 # ---------------------------------------------------------------- search()
@@ -425,6 +428,14 @@ class SearchResult:
     @property
     def best(self) -> FrozenTrial | None:
         return self.top[0] if self.top else None
+
+
+def warn_many_jobs(jobs: int, trials: int) -> None:
+    """Concurrent trainings far beyond the cores only make each one slower: say so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if jobs > 2 * cores:
+        warn(f"--jobs {jobs} is far above the {plural(cores, 'CPU core')}: up to {min(jobs, trials):,} trainings "
+             f"run at once, one CPU thread each, so each runs slower and the search is not faster")
 
 
 @contextmanager
@@ -485,7 +496,7 @@ class _Progress:
 
     def wait(self, n: int) -> None:
         if self.enabled:
-            self._tqdm.write(f"waiting for {n} trial(s) running in another process "
+            self._tqdm.write(f"waiting for {plural(n, 'trial')} running in another process "
                              f"(or a dead one, until its heartbeat expires)")
 
     def close(self) -> None:
@@ -503,6 +514,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int =
     already there count toward `trials`, so rerunning the same call resumes. `objective`
     replaces training (tests, benchmarks); by default genomes are trained on CIFAR-100 from
     `data_dir` (`subset` training images, `val_size` held out) for `epochs` epochs."""
+    from nas.data import check_subset
     from nas.training import Recipe
 
     sp = load_space(space) if isinstance(space, (str, Path)) else space
@@ -512,6 +524,8 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int =
     for name, value in (("trials", trials), ("jobs", jobs)):
         if value < 1:
             raise NasError(f"{name} must be at least 1, got {value}")
+    check_subset(subset)  # before the study is created: a failed command leaves nothing behind
+    warn_many_jobs(jobs, trials)
     recipe = recipe or Recipe()
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
@@ -537,8 +551,9 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int =
     budget_trials.on_wait = bar.wait
     if progress:
         lo, hi = band(budget, tol)
-        bar.bar.write(f"search: {searcher} on {sp.name}, budget {budget:,} (band {lo:,}..{hi:,}), {trials} trials "
-                      f"of {recipe.epochs} epochs; study '{study.study_name}' in {url} ({done} done)")
+        bar.bar.write(f"search: {searcher} on {sp.name}, budget {budget:,} (band {lo:,}..{hi:,}), "
+                      f"{plural(trials, 'trial')} of {plural(recipe.epochs, 'epoch')}; study '{study.study_name}' "
+                      f"in {url} ({done:,} done)")
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(), _torch_threads_per_job(jobs):

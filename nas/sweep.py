@@ -15,10 +15,12 @@ from typing import Any
 import optuna
 
 from nas.budget import check_budget, parse_budgets
+from nas.data import check_subset
 from nas.errors import NasError
 from nas.searchers import SearchResult, search
 from nas.spaces import Space, load_space
 from nas.study import open_storage, resolve_storage, trial_genome
+from nas.text import plural
 from nas.training import Recipe, train_genome_command
 
 DEFAULT_BUDGETS = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
@@ -66,6 +68,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int = D
     subset, objective, ...). A budget whose study already holds a final result for its current
     winner and final recipe is not trained again."""
     budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
+    check_subset(search_options.get("subset"))  # before the storage is created
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     recipe = recipe or Recipe()
     final_recipe = replace(recipe, epochs=final_epochs)
@@ -89,7 +92,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int = D
             continue
         if progress:
             print(f"budget {budget:,}: final training of {best.user_attrs.get('genome_str')} "
-                  f"for {final_epochs} epochs", flush=True)
+                  f"for {plural(final_epochs, 'epoch')}", flush=True)
         final = final_train(study, best, final_recipe, data_dir=data_dir, val_size=val_size, device=device,
                             progress=progress, runs_dir=Path(runs_dir))
         outcomes.append(BudgetOutcome(budget, result, final, False))
