@@ -27,6 +27,18 @@ GENOME_HELP = ("a preset (seed-m4, mbconv:seed-m4), a short form as nas prints i
 STORAGE_HELP = "Optuna storage URL or journal file (default sqlite:///studies/nas.db)"
 
 
+# One line per command for `nas --help`, also where a command's parser is not built (see build_parser).
+COMMAND_HELP = {
+    "count": "exact parameters and FLOPs of a genome, with a per-layer table",
+    "project": "move a genome into a parameter budget",
+    "space": "list or show search spaces",
+    "train": "train one genome and save it",
+    "search": "search a space for the best genome under a parameter budget",
+    "sweep": "search several budgets, then train each winner longer and test it",
+    "report": "write the HTML report of every study in a storage",
+}
+
+
 def add_genome_argument(p: argparse.ArgumentParser) -> None:
     """GENOME, and the --storage its STUDY#N form reads trials from."""
     p.add_argument("genome", metavar="GENOME", help=GENOME_HELP)
@@ -97,7 +109,7 @@ def genome_summary(genome) -> dict[str, Any]:
 # ---------------------------------------------------------------- nas count
 
 def add_count(sub) -> None:
-    p = sub.add_parser("count", help="exact parameters and FLOPs of a genome, with a per-layer table",
+    p = sub.add_parser("count", help=COMMAND_HELP["count"],
                        description="Print the exact parameter count (analytic, equal to the built model's), "
                                    "the FLOPs of one 32x32 image (fvcore; one multiply-add = one FLOP), and "
                                    "fvcore's per-layer table.")
@@ -126,7 +138,7 @@ def cmd_count(args) -> int:
 # ---------------------------------------------------------------- nas project
 
 def add_project(sub) -> None:
-    p = sub.add_parser("project", help="move a genome into a parameter budget",
+    p = sub.add_parser("project", help=COMMAND_HELP["project"],
                        description="Rescale a genome's widths (then depth, then other genes, only if needed) "
                                    "so that its parameter count lands in [(1 - tol) * B, B]. Never exceeds B.")
     add_genome_argument(p)
@@ -158,7 +170,7 @@ def cmd_project(args) -> int:
 # ---------------------------------------------------------------- nas space
 
 def add_space(sub) -> None:
-    p = sub.add_parser("space", help="list or show search spaces",
+    p = sub.add_parser("space", help=COMMAND_HELP["space"],
                        description="Search spaces are TOML files in ./search_spaces, the folders on "
                                    "NAS_SPACES_PATH, or nas's own search_spaces/. Copy one to make a variant.")
     ssub = p.add_subparsers(dest="space_cmd", required=True, metavar="{list,show}")
@@ -239,7 +251,7 @@ def recipe_from_args(args, epochs: int | None = None):
 # ---------------------------------------------------------------- nas train
 
 def add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one genome and save it",
+    p = sub.add_parser("train", help=COMMAND_HELP["train"],
                        description="Train one genome on CIFAR-100 (validation split carved from the training "
                                    "set), print val and test accuracy, and save model.pt + genome.json + "
                                    "result.json so the model can be rebuilt (nas.training.load_trained). "
@@ -274,7 +286,7 @@ def cmd_train(args) -> int:
 
 def add_search(sub) -> None:
     p = sub.add_parser(
-        "search", help="search a space for the best genome under a parameter budget",
+        "search", help=COMMAND_HELP["search"],
         description="Search a space for the genome with the best validation accuracy under a parameter "
                     "budget. Every candidate is projected into the budget band before training and is a "
                     "trial of the Optuna study '{space}-b{budget}-{recipe tag}' in --storage; rerunning "
@@ -359,7 +371,7 @@ def add_sweep(sub) -> None:
     from nas.sweep import DEFAULT_BUDGETS, DEFAULT_FINAL_EPOCHS
 
     p = sub.add_parser(
-        "sweep", help="search several budgets, then train each winner longer and test it",
+        "sweep", help=COMMAND_HELP["sweep"],
         description="Run one search per budget (each its own study in --storage), then retrain each budget's "
                     "best genome with the same recipe for --final-epochs epochs and record its validation and "
                     "test accuracy in the study. Rerunning resumes: finished searches add no trials and final "
@@ -406,7 +418,7 @@ def cmd_sweep(args) -> int:
 
 def add_report(sub) -> None:
     p = sub.add_parser(
-        "report", help="write the HTML report of every study in a storage",
+        "report", help=COMMAND_HELP["report"],
         description="Write one self-contained HTML file (plotly inlined, opens offline): accuracy vs "
                     "parameters with the reference curves, per-budget search progress and learning curves, "
                     "the fdpg path, and a table of winners.")
@@ -437,7 +449,10 @@ COMMANDS: list[tuple[Callable, Callable]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `only` set, of that command alone (the others are
+    listed with their help line but have no options): building the options of train, search and
+    sweep imports torch, which a `nas count` or a mistyped command need not wait for."""
     parser = _Parser(prog="nas", description="Parameter-budget neural architecture search for CIFAR-100. "
                                              "Run 'nas COMMAND --help' for each command.")
     from nas import __version__
@@ -445,15 +460,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add, cmd in COMMANDS:
+        name = add.__name__.removeprefix("add_")
+        if only is not None and name != only:
+            sub.add_parser(name, help=COMMAND_HELP[name])
+            continue
         add(sub)
-        for name, p in sub.choices.items():
-            if p.get_default("func") is None and name == add.__name__.removeprefix("add_"):
-                p.set_defaults(func=cmd)
+        sub.choices[name].set_defaults(func=cmd)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level parser has no option that takes a value: the first other word is the command.
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(only=command)
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)
