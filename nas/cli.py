@@ -388,13 +388,13 @@ def add_sweep(sub) -> None:
 def cmd_sweep(args) -> int:
     import optuna
 
-    from nas.study import resolve_storage
     from nas.budget import parse_budgets
+    from nas.study import storage_url
     from nas.sweep import sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budgets = parse_budgets(args.budgets)
-    storage = resolve_storage(args.storage)
+    storage = storage_url(args.storage)
     try:
         outcomes = sweep(args.space, budgets, final_epochs=args.final_epochs, storage=storage,
                          data_dir=args.data_dir, recipe=recipe_from_args(args), val_size=args.val_size,

@@ -14,12 +14,12 @@ from typing import Any
 
 import optuna
 
-from nas.budget import check_budget, parse_budgets
+from nas.budget import DEFAULT_TOL, check_budget, parse_budgets, project
 from nas.data import check_subset
 from nas.errors import NasError
-from nas.searchers import SearchResult, search
+from nas.searchers import SearchResult, default_start, search
 from nas.spaces import Space, load_space
-from nas.study import open_storage, resolve_storage, trial_genome
+from nas.study import open_storage, storage_url, trial_genome
 from nas.text import plural
 from nas.training import Recipe, train_genome_command
 
@@ -70,9 +70,11 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int = D
     budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
     check_subset(search_options.get("subset"))  # before the storage is created
     sp = load_space(space) if isinstance(space, (str, Path)) else space
+    for budget in budgets:  # a budget the space cannot meet fails now, not after the searches before it
+        project(search_options.get("start") or default_start(sp), sp, budget, search_options.get("tol", DEFAULT_TOL))
     recipe = recipe or Recipe()
     final_recipe = replace(recipe, epochs=final_epochs)
-    url = resolve_storage(storage)
+    url = storage_url(storage)  # created by the first search, once its arguments are checked
     outcomes = []
     for i, budget in enumerate(budgets, 1):
         if progress:

@@ -93,6 +93,8 @@ CASES = [
     Case("search-budget-suffix", ["search", "--budget", "5kk"], "got '5kk'"),
     Case("sweep-empty-budget", ["sweep", "--budgets", "1000,,5000"], "entry 2 of '1000,,5000' is empty"),
     Case("sweep-huge-budget", ["sweep", "--budgets", "5k,1e30"], "entry 2 of '5k,1e30': budget must be at most"),
+    Case("sweep-budget-below-space", ["sweep", "--budgets", "5k,100", "--space", "conv"],
+         "budget 100 is below what space 'conv' can meet"),
     # search, train, space options
     Case("search-tiny-subset", ["search", "--budget", "5k", "--subset", "100"], "subset must be at least 500"),
     Case("train-tiny-subset", ["train", "seed-m4", "--subset", "10"], "subset must be at least 500"),
