@@ -482,7 +482,10 @@ def parse_genome(text: str, space: Space | None = None, storage: str | None = No
 def _genome_from_json(text: str, where: str) -> Genome:
     data = _load_json(text, where)
     if isinstance(data, dict) and isinstance(data.get("space"), str):
-        sp = load_space(data["space"])
+        try:
+            sp = load_space(data["space"])
+        except NasError as e:
+            raise NasError(f"{where}: {e}") from None
         if data.get("family", sp.family.name) == sp.family.name and isinstance(data.get("options", {}), dict):
             data = {**data, "family": sp.family.name, "options": {**sp.options, **data.get("options", {})}}
     return Genome.from_dict(data, where)
