@@ -1,4 +1,5 @@
-"""Budget projection: move a genome into the band [(1 - tol) * B, B] before any training.
+"""Budgets: the one grammar every budget argument is read with, and budget projection, which
+moves a genome into the band [(1 - tol) * B, B] before any training.
 
 Widths are rescaled together (keeping the genome's proportions); depth and then the other
 genes (expansion, kernel) change only when widths alone cannot reach the band. The parameter
@@ -8,6 +9,9 @@ count is monotone in every gene, which makes bisection on the width scale exact.
 from __future__ import annotations
 
 import math
+import numbers
+import re
+from decimal import Decimal
 
 from nas.counting import architecture_params
 from nas.errors import NasError
@@ -16,15 +20,64 @@ from nas.spaces import Genome, Space
 DEFAULT_TOL = 0.1
 
 
+# The budget grammar, shared by every budget argument (--budget, --budgets, the Python API): an
+# integer or decimal number with optional `_` between digits, an optional exponent and an optional
+# suffix k (thousand), M (million) or G (billion), case-insensitive: 50000, 50_000, 50k, 1.5k, 1e5, 1M.
+_BUDGET_RE = re.compile(r"[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)([eE][+-]?\d+)?[kKmMgG]?")
+_SUFFIX = {"k": 3, "m": 6, "g": 9}
+MAX_BUDGET = 10 ** 12  # far above any space's largest model; bounds the arithmetic
+BUDGET_FORMS = "like 50000, 50_000, 50k, 1.5k, 1e5 or 1M"
+
+
 def check_budget(budget: object) -> int:
-    """The budget as a positive int, or a one-line NasError."""
-    try:
-        value = float(budget)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise NasError(f"budget must be a positive number of parameters, got {budget!r}") from None
-    if not math.isfinite(value) or value < 1 or value != int(value):
-        raise NasError(f"budget must be a positive whole number of parameters, got {budget!r}")
-    return int(value)
+    """The budget as a positive int, or a one-line NasError that quotes the input as given.
+
+    Takes an int, a float holding a whole number, or a string in the budget grammar. The value is
+    worked out exactly from its decimal digits (no float, no rounding): `1e30` is rejected as too
+    large instead of becoming 1,000,000,000,000,000,019,884,624,838,656."""
+    if isinstance(budget, str):
+        shown, text = f"'{budget}'", budget.strip()
+        if not _BUDGET_RE.fullmatch(text):
+            hint = "; no thousands commas" if "," in text else ""
+            raise NasError(f"budget must be a number of parameters ({BUDGET_FORMS}{hint}), got {shown}")
+        scale = _SUFFIX.get(text[-1].lower(), 0)
+        number = Decimal((text[:-1] if scale else text).replace("_", ""))
+    elif isinstance(budget, numbers.Real) and not isinstance(budget, bool) and math.isfinite(budget):
+        shown, scale = repr(budget), 0
+        number = Decimal(int(budget) if isinstance(budget, numbers.Integral) else float(budget))  # exact
+    else:
+        raise NasError(f"budget must be a number of parameters ({BUDGET_FORMS}), got {budget!r}")
+    negative, digits, exponent = number.as_tuple()  # exact digits; no context rounding or overflow
+    digits, exponent = list(digits), int(exponent) + scale
+    while len(digits) > 1 and digits[-1] == 0:  # 1.500e3 -> 15e2
+        digits.pop()
+        exponent += 1
+    if negative or digits == [0]:
+        raise NasError(f"budget must be a positive number of parameters, got {shown}")
+    if exponent < 0:  # a non-zero digit after the decimal point
+        raise NasError(f"budget must be a whole number of parameters, got {shown}")
+    if len(digits) + exponent > len(str(MAX_BUDGET)) or int("".join(map(str, digits))) * 10 ** exponent > MAX_BUDGET:
+        raise NasError(f"budget must be at most {MAX_BUDGET:,} parameters, got {shown}")
+    return int("".join(map(str, digits))) * 10 ** exponent
+
+
+def parse_budgets(text: str) -> list[int]:
+    """'1000,5k,1M' -> [1000, 5000, 1000000]: comma-separated budgets in the order given, each
+    in the budget grammar (see `check_budget`); a repeated budget is kept once."""
+    parts = text.split(",")
+    if not text.strip():
+        raise NasError("budgets: give at least one budget, e.g. --budgets 10000,50000")
+    out: list[int] = []
+    for i, part in enumerate(parts, 1):
+        if not part.strip():
+            raise NasError(f"budgets: entry {i} of '{text}' is empty (separate budgets by single commas)")
+        try:
+            budget = check_budget(part.strip())
+        except NasError as e:
+            raise NasError(f"budgets: entry {i} of '{text}': {e}") from None
+        if budget not in out:
+            out.append(budget)
+    return out
 
 
 def band(budget: int, tol: float = DEFAULT_TOL) -> tuple[int, int]:

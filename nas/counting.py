@@ -6,8 +6,6 @@ import functools
 import logging
 import warnings
 
-import torch
-
 from nas.families import Conv, Head, MaxPool, MBConv, BlockSpec, architecture
 from nas.spaces import Genome
 
@@ -57,6 +55,8 @@ def count_params(genome: Genome) -> int:
 
 
 def _flop_analysis(genome: Genome):
+    import torch  # here: counting parameters must not wait for torch to load
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis

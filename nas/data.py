@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nas.errors import NasError
+from nas.files import new_folders
 
 FOLDER = "cifar-100-python"
 PAD = 4  # random-crop padding, as torchvision's RandomCrop(32, padding=4)
@@ -78,6 +79,10 @@ def _check_files(root: Path, download: bool) -> None:
     from torchvision.datasets.utils import check_integrity
 
     folder = root / FOLDER
+    for p in (root, folder):
+        if p.exists() and not p.is_dir():
+            raise NasError(f"CIFAR-100 data folder {p} is not a folder (pass --data-dir or set NAS_DATA_DIR "
+                           f"to the folder that holds, or will hold, '{FOLDER}/')")
     missing = []
     for name, md5 in _expected_files():
         path = folder / name
@@ -93,8 +98,14 @@ def _check_files(root: Path, download: bool) -> None:
     if not download:
         raise NasError(f"CIFAR-100 not found ({folder / missing[0]} is missing); {where}")
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        CIFAR100(str(root), train=True, download=True)
+        # The folder exists only once there is something in it: a failed download leaves nothing.
+        with new_folders(root) as created:
+            try:
+                CIFAR100(str(root), train=True, download=True)
+            except BaseException:
+                if created:  # our own partial archive, in a folder we just made
+                    (root / CIFAR100.filename).unlink(missing_ok=True)
+                raise
     except Exception as e:  # network, disk or archive errors all end the same way for the user
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NasError(f"CIFAR-100 not found in {root.resolve()} and the download failed ({reason}); "
@@ -126,11 +137,23 @@ def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.nda
     return np.sort(perm[order[:n_take]]), np.sort(perm[order[n_take:]])
 
 
+MIN_PER_CLASS = 5  # fewer training images per class than this cannot give a meaningful accuracy
+CLASSES = 100
+
+
+def check_subset(subset: int | None, classes: int = CLASSES) -> None:
+    """NasError unless `subset` (training images kept, None = all) holds a few images per class."""
+    if subset is not None and subset < MIN_PER_CLASS * classes:
+        raise NasError(f"subset must be at least {MIN_PER_CLASS * classes:,} training images "
+                       f"({MIN_PER_CLASS} per class of {classes}), got {subset:,}")
+
+
 def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device = "cpu", val_size: int = 5000,
                   seed: int = 0, download: bool = True, subset: int | None = None) -> CifarData:
     """CIFAR-100 as uint8 tensors on `device`, with `val_size` training images held out for
     validation (seeded, stratified by class; 0 holds none out). `subset` keeps only that many of the remaining
     training images (also stratified), for quick runs; validation and test are not reduced."""
+    check_subset(subset)
     root = resolve_data_dir(data_dir)
     _check_files(root, download)
     try:

@@ -26,7 +26,9 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.errors import NasError
 from nas.families import FAMILIES
-from nas.study import is_journal, open_storage
+from nas.files import check_file_target, write_text_atomic
+from nas.study import open_storage
+from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget
 COLORS = qualitative.Plotly  # one per study
@@ -101,7 +103,7 @@ class StudyView:
         if not self.trials:
             return "no trials yet"
         if len(self.failed) == len(self.trials):
-            return f"all {len(self.trials)} trials failed"
+            return "its only trial failed" if len(self.trials) == 1 else f"all {len(self.trials)} trials failed"
         return f"no completed trials yet ({state_counts(self.trials)})"
 
 
@@ -112,20 +114,11 @@ def state_counts(trials: list[FrozenTrial]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items())
 
 
-def _check_storage_exists(storage: str) -> None:
-    # Optuna silently creates a missing sqlite or journal file; a report on a typo'd path should fail.
-    path = storage[len("sqlite:///"):].split("?", 1)[0] if storage.startswith("sqlite:///") else None
-    if is_journal(storage):
-        path = storage
-    if path and path != ":memory:" and not Path(path).exists():
-        raise NasError(f"no study storage at '{path}' (from {storage})")
-
-
 def load_studies(storage: str | optuna.storages.BaseStorage) -> list[StudyView]:
     """Every study in `storage`, ordered by space, budget and name, each with its own colour."""
     if isinstance(storage, str):
-        _check_storage_exists(storage)
-        storage = open_storage(storage)  # one connection for all studies; journal files too
+        # one connection for all studies; a mistyped path is an error, not a new empty storage
+        storage = open_storage(storage, create=False)
     views = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -566,8 +559,8 @@ def summary_line(studies: list[StudyView]) -> str:
     if not studies:
         return "No studies in this storage yet."
     trials = [t for s in studies for t in s.trials]
-    parts = [f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}",
-             f"{len(trials)} trials ({state_counts(trials) or 'none'})"]
+    parts = [plural(len(studies), "study", "studies"),
+             f"{plural(len(trials), 'trial')} ({state_counts(trials) or 'none'})"]
     several = len({s.series for s in studies}) > 1  # then a budget alone does not say which study
     best = [(f"{s.series} " if several else "") + f"{budget_str(s.budget)}: {pct(s.best.value)}"
             + (f" (test {pct(s.final['test_acc'])})" if s.final and s.final.get("test_acc") is not None else "")
@@ -607,7 +600,7 @@ def winners_table(studies: list[StudyView]) -> str:
 def study_section(s: StudyView) -> str:
     """One budget: its record line, then its plots, or the reason there are none."""
     attrs = [f"budget {budget_str(s.budget)}", f"searcher {s.attrs.get('searcher', '?')}",
-             f"space {s.attrs.get('space', '?')}", f"{len(s.trials)} trials ({state_counts(s.trials) or 'none'})"]
+             f"space {s.attrs.get('space', '?')}", f"{plural(len(s.trials), 'trial')} ({state_counts(s.trials) or 'none'})"]
     out = [f'<section class="study" id="study-{slug(s.name)}">',
            f"<h3>{html.escape(s.name)}</h3>", f'<p class="meta">{html.escape(" · ".join(attrs))}</p>']
     status = s.status()
@@ -701,10 +694,6 @@ final recipe and epochs on all training images; test accuracy.</p>
 def write_report(storage: str, out: str | Path, title: str | None = None) -> Path:
     """Write the HTML report over every study in `storage` to `out`; returns the path written."""
     studies = load_studies(storage)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_file_target(out, "report file")  # before the page is rendered: that takes a while
     page = render_html(studies, storage, title or f"nas report — {default_report_path(storage).stem}")
-    tmp = out.with_name(out.name + ".tmp")  # write then rename: a reader never sees half a page
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text_atomic(out, page, "report file")

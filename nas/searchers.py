@@ -19,6 +19,8 @@ leaves the centre. A rerun replays the walk from the study's records without tra
 from __future__ import annotations
 
 import math
+import math
+import os
 import sys
 import threading
 import time
@@ -33,11 +35,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.budget import band, check_budget, param_gradient, project
-from nas.errors import NasError
+from nas.errors import NasError, warn
 from nas.spaces import Genome, Space, load_space
 from nas.study import (Evaluator, Objective, Outcome, TrainingObjective, counts_as_done, fail_stale_trials,
                        heartbeat_seconds, open_study, resolve_storage, searcher_trials, top_trials,
                        training_objective, trial_genome)
+from nas.text import plural
 
 if TYPE_CHECKING:
     from nas.plan import Plan
@@ -51,6 +54,8 @@ FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one
 FDPG_PATIENCE = 3
 SCALE_PLACEHOLDER = 16  # the value a sampler leaves in a scale coordinate before projection
 TRAIN_IMAGES = 50_000   # CIFAR-100's training set, before the validation split
+TRIALS_REACHED = "trial limit reached"  # SearchResult.stopped when `trials` evaluations are done
+TIME_REACHED = "time limit reached"     # ... and when the time limit passed
 
 T = TypeVar("T")
 
@@ -132,10 +137,7 @@ class TrialBudget:
         return sum(counts_as_done(t) for t in searcher_trials(self.ev.study, self.ev.searcher))
 
     def why_stopped(self) -> str:
-        if self.expired():
-            return "time limit reached"
-        n = self.trials
-        return f"{n} trial{'s' * (n != 1)} done"
+        return TIME_REACHED if self.expired() else TRIALS_REACHED
 
     def claim(self) -> optuna.Trial | None:
         """A new trial, or None when the budget is spent. Waits while the remaining trials are
@@ -439,7 +441,7 @@ def fdpg_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_tri
             else:
                 since_best += 1
             if since_best >= patience:
-                return f"no improvement in {patience} steps"
+                return f"no improvement in {plural(patience, 'step')}"
     except _Exhausted:
         return budget_trials.why_stopped()
 
@@ -463,6 +465,14 @@ class SearchResult:
     @property
     def best(self) -> FrozenTrial | None:
         return self.top[0] if self.top else None
+
+
+def warn_many_jobs(jobs: int, trials: int) -> None:
+    """Concurrent trainings far beyond the cores only make each one slower: say so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if jobs > 2 * cores:
+        warn(f"--jobs {jobs} is far above the {plural(cores, 'CPU core')}: up to {min(jobs, trials or jobs):,} trainings "
+             f"run at once, one CPU thread each, so each runs slower and the search is not faster")
 
 
 @contextmanager
@@ -597,7 +607,8 @@ class _Progress:
             self._tqdm.write(text, file=sys.stderr)
 
     def wait(self, n: int) -> None:
-        self.note(f"waiting for {n} trial(s) running in another process (or a dead one, until its heartbeat expires)")
+        self.note(f"waiting for {plural(n, 'trial')} running in another process "
+                  f"(or a dead one, until its heartbeat expires)")
 
     def close(self) -> None:
         self._stop.set()
@@ -644,6 +655,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     `val_size` held out) for `epochs` epochs. `plan` (default: when `progress`) calibrates and
     prints the plan first; it is skipped when `objective` is given. `noise_seeds` trains the hand
     design with two more seeds (see `measure_noise`) so the report can show the score's noise."""
+    from nas.data import check_subset
     from nas.training import Recipe
 
     sp = load_space(space) if isinstance(space, (str, Path)) else space
@@ -655,6 +667,8 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
             raise NasError(f"{name} must be at least 1, got {value}")
     if trials is None and time_limit is None:
         raise NasError("a search needs a number of trials, a time limit, or both")
+    check_subset(subset)  # before the study is created: a failed command leaves nothing behind
+    warn_many_jobs(jobs, trials)
     recipe = recipe or Recipe()
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
@@ -694,7 +708,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     bar = _Progress(total, done, progress, tops[0].value if tops else None, deadline,
                     the_plan.seconds_per_trial if the_plan else None)
     budget_trials.on_wait = bar.wait
-    bar.note(f"study '{study.study_name}' in {url} ({done} trial{'s' * (done != 1)} done)")
+    bar.note(f"study '{study.study_name}' in {url} ({plural(done, 'trial')} done)")
     measure = own_objective and not no_time_left and noise_seeds
     try:
         with warnings.catch_warnings(), _torch_threads_per_job(jobs):

@@ -4,12 +4,17 @@ A space file names a family, fixes its options, and gives each gene a range. The
 (see `nas.families`) says which genes exist and which are per-stage. Files are looked up in
 the directories on `NAS_SPACES_PATH` (os.pathsep-separated), then `./search_spaces`, then the
 `search_spaces/` folder shipped with nas; a path to a `.toml` file also works.
+
+A genome prints as its short form `<space>:<body>[;<option>=<value>,...]` (see
+`nas.families.Family.short_string`): the prefix names the space file whose options stand for
+the options the string does not list, so `parse_short(str(g)) == g`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from nas.errors import NasError
+from nas.errors import NasError, warn
 from nas.families import FAMILIES, Family
 
 BUILTIN_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -106,16 +111,15 @@ class Genome:
         genes = d["genes"]
         if not isinstance(genes, dict):
             raise NasError(f"{where}: field 'genes' must be an object")
+        if not isinstance(d.get("options", {}), dict):
+            raise NasError(f"{where}: field 'options' must be an object")
         options = family.check_options({**family.default_options, **d.get("options", {})}, where)
         genes = family.check_genes(genes, options, where)
         return cls(space=str(d.get("space", d["family"])), family=family.name, genes=genes, options=options)
 
     @classmethod
     def from_json(cls, text: str, where: str = "genome") -> Genome:
-        try:
-            return cls.from_dict(json.loads(text), where)
-        except json.JSONDecodeError as e:
-            raise NasError(f"{where}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return cls.from_dict(_load_json(text, where), where)
 
     def key(self) -> str:
         """Identity for de-duplication: the same architecture gives the same key."""
@@ -123,13 +127,23 @@ class Genome:
                            "options": self.options}, sort_keys=True)
 
     def __str__(self) -> str:
-        return FAMILIES[self.family].short_string(self)
+        prefix, base = _short_form_base(self)
+        return FAMILIES[self.family].short_string(self, prefix, base)
 
     def __hash__(self) -> int:
         return hash(self.key())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Genome) and self.key() == other.key()
+
+
+def _load_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise NasError(f"{where}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise NasError(f"{where}: JSON nested too deeply") from None
 
 
 def _family(name: Any, where: str) -> Family:
@@ -260,11 +274,14 @@ class Space:
 
 def space_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("NAS_SPACES_PATH", "").split(os.pathsep) if p]
+    for d in dirs:
+        if not _is_dir(d):  # a typo would otherwise go unnoticed
+            warn(f"NAS_SPACES_PATH entry '{d}' is not a folder; it is skipped")
     dirs += [Path.cwd() / "search_spaces", BUILTIN_SPACES_DIR]
     seen, out = set(), []
     for d in dirs:
         r = d.resolve()
-        if r not in seen and r.is_dir():
+        if r not in seen and _is_dir(r):
             seen.add(r)
             out.append(d)
     return out
@@ -279,25 +296,78 @@ def list_spaces() -> dict[str, Path]:
     return found
 
 
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError:  # e.g. a name longer than the file system allows: not a file
+        return False
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return False
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for an error message (a GENOME may be pages long)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file's contents, or a one-line NasError saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NasError(f"{what} {clip(str(path))} does not exist") from None
+    except IsADirectoryError:
+        raise NasError(f"{what} {clip(str(path))} is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise NasError(f"{what} {clip(str(path))} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise NasError(f"cannot read {what} {clip(str(path))}: {e.strerror or e}") from None
+
+
 def load_space(name_or_path: str | Path) -> Space:
     """Load a space by name (from the search path) or by path to a `.toml` file."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.is_file():
-        if not p.is_file():
-            raise NasError(f"space file {p} does not exist")
+    if p.suffix == ".toml" or _is_file(p):
         return _parse_space_file(p)
     spaces = list_spaces()
     if str(name_or_path) not in spaces:
-        raise NasError(f"unknown space '{name_or_path}' (known: {', '.join(sorted(spaces)) or 'none'})")
+        raise NasError(f"unknown space '{clip(str(name_or_path))}' (known: {', '.join(sorted(spaces)) or 'none'})")
     return _parse_space_file(spaces[str(name_or_path)])
 
 
+_parsed: dict[Path, tuple[tuple[int, int], Space]] = {}
+
+
 def _parse_space_file(path: Path) -> Space:
-    where = str(path)
+    """The space in `path`, read again only when the file changed (every `str(genome)` looks up
+    its space, so this is called often)."""
     try:
-        data = tomllib.loads(path.read_text())
+        st = path.stat()
+    except OSError:
+        st = None
+    stamp = (st.st_mtime_ns, st.st_size) if st else (0, 0)
+    hit = _parsed.get(path)
+    if hit is not None and hit[0] == stamp and st is not None:
+        return hit[1]
+    space = _read_space_file(path)
+    _parsed[path] = (stamp, space)
+    return space
+
+
+def _read_space_file(path: Path) -> Space:
+    where = str(path)
+    text = read_text(path, "space file")
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise NasError(f"{where}: malformed TOML ({e})") from None
+    except RecursionError:
+        raise NasError(f"{where}: TOML nested too deeply") from None
     known = {"family", "description", "widths", "options", "genes", "presets"}
     for key in data:
         if key not in known:
@@ -377,25 +447,102 @@ def _parse_gene(name: str, spec: Any, role: str, where: str) -> Gene:
     return Gene(name, low, high, step, log, role=role)
 
 
+# ---------------------------------------------------------------- short forms
+
+def _space_named(name: str) -> Space | None:
+    """The space file called `name` on the search path (never a path), or None."""
+    path = list_spaces().get(name)
+    return _parse_space_file(path) if path is not None else None
+
+
+def _prefix_base(prefix: str) -> tuple[Family, dict[str, Any], str] | None:
+    """What a short form's prefix stands for: (family, options, space name) of the space of that
+    name, else of a bare family name with its default options; None if neither."""
+    sp = _space_named(prefix)
+    if sp is not None:
+        return sp.family, sp.options, sp.name
+    if prefix in FAMILIES:
+        return FAMILIES[prefix], FAMILIES[prefix].default_options, prefix
+    return None
+
+
+def _short_form_base(genome: Genome) -> tuple[str, dict[str, Any]]:
+    """The prefix of a genome's short form and the options it stands for: the genome's own space
+    when that file is found and of its family; else the family name (as `parse_short` reads it)."""
+    for name in (genome.space, genome.family):
+        if re.search(r"[:;|#\s]", name):
+            continue  # would not read back as a prefix
+        try:
+            base = _prefix_base(name)
+        except NasError:  # an unreadable space file: printing a genome must not fail
+            continue
+        if base is not None and base[0].name == genome.family:
+            return name, base[1]
+    return genome.family, FAMILIES[genome.family].default_options
+
+
+def parse_short(text: str, where: str | None = None) -> Genome:
+    """A genome from its short form, e.g. `conv:16x1|32x2|64x1|128x1` or
+    `mbconv:s16|16x1e4k3|32x1e4k3|32x1e4k3|100x1e4k3;activation=relu,bias=true,stem_kernel=1`.
+    Options not listed come from the space the prefix names. Genes are not checked against the
+    space's ranges (`Space.check` does that)."""
+    where = where or f"genome '{clip(text)}'"
+    prefix, colon, rest = text.strip().partition(":")
+    if not colon:
+        raise NasError(f"{where}: a short form starts with a space name and ':', e.g. conv:16x1|32x2|64x1|128x1")
+    base = _prefix_base(prefix)
+    if base is None:
+        known = sorted({*list_spaces(), *FAMILIES})
+        raise NasError(f"{where}: unknown space '{clip(prefix)}' (known: {', '.join(known)})")
+    family, options, name = base
+    genes, options = family.parse_short(rest, options, where)
+    return Genome.from_dict({"space": name, "family": family.name, "genes": genes, "options": options}, where)
+
+
 # ---------------------------------------------------------------- reading a GENOME argument
 
-def parse_genome(text: str, space: Space | None = None) -> Genome:
-    """A GENOME argument: a preset name (`seed-m4` or `mbconv:seed-m4`), a JSON file, or inline JSON.
+TRIAL_REF = re.compile(r"(?P<study>[^\s#:|{]+)#(?P<number>\d+)")
+GENOME_FORMS = ("a preset name (seed-m4, mbconv:seed-m4), a short form as nas prints it "
+                "(conv:16x1|32x2|64x1|128x1), STUDY#N (trial N of a study), a .json file or inline JSON")
 
-    The genome must lie inside its space (`space`, else the one its JSON names)."""
+
+def parse_genome(text: str, space: Space | None = None, storage: str | None = None) -> Genome:
+    """A GENOME argument: a preset name (`seed-m4` or `mbconv:seed-m4`), a short form as nas
+    prints it, `STUDY#N` (trial N of study STUDY in `storage`, default the one `nas search`
+    uses), a JSON file, or inline JSON. JSON that names a `space` takes the family and any
+    option it leaves out from that space file.
+
+    The genome must lie inside its space (`space`, else the one it names)."""
     text = text.strip()
     if text.startswith("{"):
         where = "inline genome"
-        genome = Genome.from_json(text, where)
+        genome = _genome_from_json(text, where)
+    elif Path(text).suffix == ".json" or _is_file(Path(text)):
+        where = clip(text)
+        genome = _genome_from_json(read_text(Path(text), "genome file"), where)
+    elif m := TRIAL_REF.fullmatch(text):
+        from nas.study import trial_genome_by_number  # nas.study imports this module
+
+        where = text
+        genome = trial_genome_by_number(m["study"], int(m["number"]), storage)
+    elif ":" in text and re.match(r"\d|s\d", text.partition(":")[2]):  # a body starts s<stem> or <width>x
+        where = f"genome '{clip(text)}'"
+        genome = parse_short(text, where)
     else:
-        p = Path(text)
-        if not (p.suffix == ".json" or p.is_file()):
-            return find_preset(text, space)
-        if not p.is_file():
-            raise NasError(f"genome file {p} does not exist")
-        where = str(p)
-        genome = Genome.from_json(p.read_text(), where)
+        return find_preset(text, space)
     return (space or load_space(genome.space)).check(genome, where)
+
+
+def _genome_from_json(text: str, where: str) -> Genome:
+    data = _load_json(text, where)
+    if isinstance(data, dict) and isinstance(data.get("space"), str):
+        try:
+            sp = load_space(data["space"])
+        except NasError as e:
+            raise NasError(f"{where}: {e}") from None
+        if data.get("family", sp.family.name) == sp.family.name and isinstance(data.get("options", {}), dict):
+            data = {**data, "family": sp.family.name, "options": {**sp.options, **data.get("options", {})}}
+    return Genome.from_dict(data, where)
 
 
 def find_preset(name: str, space: Space | None = None) -> Genome:
@@ -403,13 +550,13 @@ def find_preset(name: str, space: Space | None = None) -> Genome:
         sname, pname = name.split(":", 1)
         sp = load_space(sname)
         if pname not in sp.presets:
-            raise NasError(f"unknown preset '{pname}' in space '{sname}' (presets: {', '.join(sp.presets) or 'none'})")
+            raise NasError(f"unknown preset '{clip(pname)}' in space '{sname}' "
+                           f"(presets: {', '.join(sp.presets) or 'none'}); a GENOME is {GENOME_FORMS}")
         return sp.presets[pname]
     candidates = [space] if space is not None else [load_space(n) for n in list_spaces()]
     for sp in candidates:
         if name in sp.presets:
             return sp.presets[name]
     known = sorted({f"{p}" for sp in candidates for p in sp.presets})
-    raise NasError(f"unknown preset '{name}': not a preset name, a .json file or inline JSON "
-                   f"(presets: {', '.join(known) or 'none'})")
-
+    raise NasError(f"unknown preset '{clip(name)}' (presets: {', '.join(known) or 'none'}); "
+                   f"a GENOME is {GENOME_FORMS}")

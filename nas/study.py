@@ -68,27 +68,38 @@ def is_journal(storage: str) -> bool:
     return "://" not in storage and storage.endswith(JOURNAL_SUFFIXES)
 
 
-def resolve_storage(storage: str | None = None) -> str:
+def storage_url(storage: str | None = None) -> str:
     """The storage as Optuna takes it: the default SQLite file under `studies/`, any Optuna
     storage URL, or a path ending in .log/.jsonl for a journal file shared by several processes.
-    Creates the folder of a SQLite or journal file."""
+    Touches no file (see `resolve_storage`)."""
     url = storage or DEFAULT_STORAGE
-    if "://" not in url:
-        if not is_journal(url):
-            raise NasError(f"storage '{url}' is neither a storage URL (e.g. sqlite:///studies/nas.db, "
-                           f"postgresql://...) nor a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}")
-        Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return str(Path(url).expanduser())
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if "://" in url:
+        return url
+    if not is_journal(url):
+        raise NasError(f"storage '{url}' is neither a storage URL (e.g. sqlite:///studies/nas.db, "
+                       f"postgresql://...) nor a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}")
+    return str(Path(url).expanduser())
+
+
+def resolve_storage(storage: str | None = None, create: bool = True) -> str:
+    """`storage_url(storage)`, with the file system ready for it: with `create`, the folder of a
+    SQLite or journal file is made; without, a SQLite or journal file that does not exist is a
+    NasError (Optuna would silently create an empty one)."""
+    url = storage_url(storage)
+    path = url if is_journal(url) else url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return url
+    if create:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif not Path(path).is_file():
+        raise NasError(f"no study storage at '{path}'" + (f" (from {url})" if path != url else "")
+                       + ("" if storage else "; pass --storage, or run nas search first"))
     return url
 
 
-def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(storage: str | None = None, create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage for `storage` (see `resolve_storage`), or a one-line NasError."""
-    url = resolve_storage(storage)
+    url = resolve_storage(storage, create)
     try:
         if is_journal(url):
             from optuna.storages.journal import JournalFileBackend
@@ -122,7 +133,7 @@ def _sqlite_wal(url: str) -> None:
 
 def dashboard_command(storage: str | None = None) -> str:
     """The shell command that opens the storage in optuna-dashboard (absolute SQLite path)."""
-    url = resolve_storage(storage)
+    url = storage_url(storage)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         path = url[len("sqlite:///"):].split("?", 1)[0]
         if path and path != ":memory:":
@@ -187,6 +198,26 @@ def genome_attrs(genome: Genome) -> dict[str, Any]:
 def trial_genome(t: FrozenTrial) -> Genome | None:
     text = t.user_attrs.get("genome")
     return Genome.from_json(text) if isinstance(text, str) else None
+
+
+def trial_genome_by_number(study: str, number: int, storage: str | None = None) -> Genome:
+    """The genome of trial `number` of study `study` in `storage` (a GENOME `STUDY#N`), or a
+    one-line NasError naming what is missing: the storage, the study or the trial."""
+    st = open_storage(storage, create=False)
+    names = optuna.get_all_study_names(st)
+    if study not in names:
+        listed = ", ".join(sorted(names)[:10]) + (", ..." if len(names) > 10 else "")
+        raise NasError(f"no study '{study}' in {storage_url(storage)} "
+                       f"(studies: {listed or 'none'})")
+    trials = optuna.load_study(study_name=study, storage=st).get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == number]
+    if not found:
+        have = f"trials #0..#{len(trials) - 1}" if trials else "no trials"
+        raise NasError(f"study '{study}' has no trial #{number} ({have})")
+    genome = trial_genome(found[0])
+    if genome is None:
+        raise NasError(f"trial #{number} of study '{study}' has no genome")
+    return genome
 
 
 def counts_as_done(t: FrozenTrial) -> bool:

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from nas.budget import check_budget, project
+from nas.budget import DEFAULT_TOL, check_budget, parse_budgets, project
+from nas.data import check_subset
 from nas.errors import NasError
 from nas.plan import SWEEP_SEARCH_SHARE
-from nas.searchers import TRAIN_IMAGES, SearchResult, search
+from nas.searchers import TRAIN_IMAGES, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
-from nas.study import open_storage, resolve_storage, study_name, trial_genome
+from nas.study import open_storage, storage_url, study_name, trial_genome
+from nas.text import plural
 from nas.training import Recipe, default_device, train_genome_command
 
 if TYPE_CHECKING:
@@ -28,27 +30,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BUDGETS = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
 DEFAULT_FINAL_EPOCHS = 60
-
-
-def parse_budgets(text: str) -> list[int]:
-    """'1000,5k,1M' -> [1000, 5000, 1000000], in the order given, without repeats."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip().replace("_", "")
-        if not part:
-            continue
-        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1].lower(), 1)
-        number = part[:-1] if scale > 1 else part
-        try:
-            value = float(number) * scale
-        except ValueError:
-            raise NasError(f"budgets: {part!r} is not a number (use e.g. 1000,5k,1M)") from None
-        budget = check_budget(value)
-        if budget not in out:
-            out.append(budget)
-    if not out:
-        raise NasError("budgets: give at least one budget, e.g. --budgets 10000,50000")
-    return out
 
 
 @dataclass
@@ -118,11 +99,12 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
     return record
 
 
-def sweep(space: str | Space, budgets: list[int], *, final_epochs: int | None = None,
+def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | None = None,
           time_limit: float | None = None, storage: str | None = None, data_dir: str | Path | None = None,
           recipe: Recipe | None = None, val_size: int = 5000, device: str | None = None, progress: bool = True,
           runs_dir: str | Path = "runs/final", baselines: bool = True, **search_options: Any) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner on all training images.
+    `budgets` is a list, or a string as `--budgets` takes it ('1000,5k,1M').
 
     `time_limit` (seconds) is split by `split_time`: each budget's search gets its share (minus
     what its study has already used, so a rerun resumes), and its final trainings get theirs, as
@@ -132,9 +114,12 @@ def sweep(space: str | Space, budgets: list[int], *, final_epochs: int | None = 
     final recipe and epochs. `search_options` go to `nas.searchers.search`. Work already recorded
     in a study (a final training of the same genome and recipe) is not redone."""
     from nas.data import load_cifar100
-    from nas.searchers import default_start
 
+    budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
+    check_subset(search_options.get("subset"))  # before the storage is created
     sp = load_space(space) if isinstance(space, (str, Path)) else space
+    for budget in budgets:  # a budget the space cannot meet fails now, not after the searches before it
+        project(search_options.get("start") or default_start(sp), sp, budget, search_options.get("tol", DEFAULT_TOL))
     recipe = recipe or Recipe()
     if search_options.get("epochs") is not None:
         recipe = replace(recipe, epochs=search_options.pop("epochs"))
@@ -142,8 +127,8 @@ def sweep(space: str | Space, budgets: list[int], *, final_epochs: int | None = 
     if final_epochs is None and time_limit is None:
         final_epochs = DEFAULT_FINAL_EPOCHS
     search_s, final_s = split_time(time_limit, len(budgets)) if time_limit is not None else (None, None)
-    tol = search_options.get("tol", 0.1)
-    url = resolve_storage(storage)
+    tol = search_options.get("tol", DEFAULT_TOL)
+    url = storage_url(storage)  # created by the first search, once its arguments are checked
     data: CifarData | None = None  # all 50,000 training images, loaded at the first final training
     outcomes: list[BudgetOutcome] = []
     winners: dict[int, Genome] = {}

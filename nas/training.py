@@ -303,7 +303,7 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
 # ---------------------------------------------------------------- `nas train GENOME`
 
 def _run_dir(genome: Genome) -> Path:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(genome)).strip("_")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(genome)).strip("_")[:100]  # short forms with options get long
     base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out, k = base, 1
     while out.exists():

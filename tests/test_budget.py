@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from nas.budget import band, min_params, param_gradient, project
+from nas.budget import band, check_budget, min_params, param_gradient, parse_budgets, project
 from nas.counting import count_params
 from nas.errors import NasError
 from nas.spaces import load_space
@@ -66,6 +66,41 @@ def test_budget_below_space_minimum_names_smallest_budget():
     with pytest.raises(NasError, match=f"smallest model has {smallest:,} parameters"):
         project(sp.extreme("max"), sp, smallest - 1)
     assert count_params(project(sp.extreme("max"), sp, smallest)) == smallest
+
+
+@pytest.mark.parametrize("text, value", [
+    ("50000", 50_000), ("50k", 50_000), ("50_000", 50_000), ("1e5", 100_000), ("1M", 1_000_000),
+    ("1.5k", 1_500), ("2m", 2_000_000), ("1E3", 1_000), (" 7 ", 7), ("1.000e3", 1_000), ("1e12", 10 ** 12),
+    (50_000, 50_000), (1e5, 100_000), (np.int64(300), 300),
+])
+def test_budget_grammar(text, value):
+    assert check_budget(text) == value and type(check_budget(text)) is int
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0", "positive number of parameters, got '0'"),
+    ("-5", "positive number of parameters, got '-5'"),
+    ("1.5", "whole number of parameters, got '1.5'"),
+    ("1e-1000000", "whole number of parameters, got '1e-1000000'"),
+    ("1e30", "at most 1,000,000,000,000 parameters, got '1e30'"),  # exact, no float leftovers
+    ("1e999999999", "at most 1,000,000,000,000 parameters, got '1e999999999'"),
+    (1e30, "at most 1,000,000,000,000 parameters, got 1e+30"),
+    ("1" + "0" * 5000, "at most 1,000,000,000,000"),
+    ("lots", "got 'lots'"), ("5kk", "got '5kk'"), ("nan", "got 'nan'"), ("inf", "got 'inf'"), ("", "got ''"),
+    ("1__0", "got '1__0'"), ("50,000", "no thousands commas"), (True, "got True"), (None, "got None"),
+])
+def test_bad_budget_message_quotes_the_input(text, message):
+    with pytest.raises(NasError, match="budget must be") as e:
+        check_budget(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_parse_budgets_uses_the_same_grammar():
+    assert parse_budgets("1000, 5k,1e5,1.5M,5000") == [1000, 5000, 100_000, 1_500_000]
+    with pytest.raises(NasError, match="entry 2 of '1000,,5000' is empty"):
+        parse_budgets("1000,,5000")
+    with pytest.raises(NasError, match="entry 2 of '1k,1e30': budget must be at most"):
+        parse_budgets("1k,1e30")
 
 
 @pytest.mark.parametrize("bad", [0, -5, "abc", 1.5, float("nan")])

@@ -65,14 +65,49 @@ def test_missing_data_offline_says_where_to_put_it(tmp_path, monkeypatch):
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
-    root = tmp_path / "nowhere"
+    root = tmp_path / "nowhere" / "data"
     with pytest.raises(NasError) as e:
         load_cifar100(root)
     msg = str(e.value)
     assert "\n" not in msg and "download failed" in msg
     assert f"put the 'cifar-100-python/' folder into {root.resolve()}/" in msg
+    assert not (tmp_path / "nowhere").exists()  # the folders made for the download are gone again
     with pytest.raises(NasError, match="is missing"):
         load_cifar100(root, download=False)
+    assert not (tmp_path / "nowhere").exists()  # no download, no folder
+
+
+def test_failed_download_removes_its_partial_archive_and_folder(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR100
+
+    def cut_off(url, download_root, **kwargs):
+        (Path(download_root) / CIFAR100.filename).write_bytes(b"half an archive")
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", cut_off)
+    with pytest.raises(NasError, match="download failed"):
+        load_cifar100(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "mine"  # a folder the user made is kept, with what was already in it
+    kept.mkdir()
+    (kept / "notes.txt").write_text("x")
+    with pytest.raises(NasError, match="download failed"):
+        load_cifar100(kept)
+    assert (kept / "notes.txt").exists()
+
+
+def test_data_dir_that_is_a_file_is_named_as_such(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(NasError, match=f"CIFAR-100 data folder {f} is not a folder"):
+        load_cifar100(f)
+
+
+@pytest.mark.parametrize("subset", [1, 499])
+def test_subset_needs_five_images_per_class(subset, tmp_path):
+    with pytest.raises(NasError, match=f"subset must be at least 500 training images .*got {subset}"):
+        load_cifar100(tmp_path / "never-read", subset=subset)
+    assert not (tmp_path / "never-read").exists()
 
 
 def test_corrupt_file_is_reported_not_used(cifar_dir, tmp_path, monkeypatch):

@@ -348,3 +348,22 @@ def test_browser_check_catches_js_errors_and_unrendered_plots(sweep, tmp_path):
     assert any("undefinedFunction" in e for e in errors)
     assert any("newPlotX" in e for e in errors)
     assert "accuracy-vs-params" not in rendered_plots(dom)
+
+
+def test_report_write_failure_leaves_nothing_behind(tmp_path, monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'w.db'}"
+    _new_study(storage, 5000, "tpe")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(NasError, match="report file .* is a folder"):
+        write_report(storage, folder)
+    assert list(folder.iterdir()) == []
+
+    def full_disk(self, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", full_disk)
+    out = tmp_path / "new" / "deeper" / "r.html"
+    with pytest.raises(NasError, match="cannot write report file .*: No space left on device"):
+        write_report(storage, out)
+    assert not (tmp_path / "new").exists()  # neither the half-written page nor the folders made for it

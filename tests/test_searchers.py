@@ -200,3 +200,27 @@ def test_search_rejects_bad_arguments(small, tmp_path):
     with pytest.raises(NasError, match="below what space"):
         search(small, 100, "tpe", trials=2, storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small),
                progress=False)
+
+
+def test_many_jobs_warn_once_and_tiny_subsets_are_refused(small, tmp_path, capsys, monkeypatch):
+    import nas.errors
+    import nas.searchers
+
+    monkeypatch.setattr(nas.errors, "_warned", set())
+    monkeypatch.setattr(nas.searchers.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    storage = f"sqlite:///{tmp_path}/j.db"
+    for _ in range(2):  # a sweep searches several budgets: one warning is enough
+        search(small, BUDGET, "random", trials=2, jobs=9, storage=storage, objective=Planted(small), progress=False)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["nas: warning: --jobs 9 is far above the 2 CPU cores: up to 2 trainings run at once, one CPU "
+                   "thread each, so each runs slower and the search is not faster"]
+    db = tmp_path / "sub.db"
+    with pytest.raises(NasError, match=r"subset must be at least 500 training images \(5 per class of 100\), got 499"):
+        search(small, BUDGET, "random", storage=f"sqlite:///{db}", objective=Planted(small), subset=499)
+    assert not db.exists()  # refused before the study was created
+
+
+def test_search_says_why_it_stopped_without_repeating_the_count(small, tmp_path):
+    r = search(small, BUDGET, "random", trials=2, storage=f"sqlite:///{tmp_path}/w.db", objective=Planted(small),
+               progress=False)
+    assert r.stopped == "trial limit reached"

@@ -18,14 +18,14 @@ def test_genome_round_trips_through_json():
     again = Genome.from_json(g.to_json())
     assert again == g
     assert again.to_dict() == g.to_dict()
-    assert str(again) == "mbconv:s32|32x1e4k3|64x1e4k3|128x2e4k3|256x1e4k3"
+    assert str(again) == "mbconv:s32|32x1e4k3|64x1e4k3|128x2e4k3|256x1e4k3;activation=relu,bias=true,stem_kernel=1"
 
 
 def test_linear_width_schedule_derives_stage_widths():
     sp = load_space("mbconv-linear")
     g = sp.genome({"stem": 16, "depth": [1, 2, 2, 1], "width_base": 24, "width_slope": 16,
                    "expand": [2, 3, 4, 6], "kernel": [3, 3, 5, 5]})
-    assert str(g) == "mbconv:s16|24x1e2k3|40x2e3k3|56x2e4k5|72x1e6k5"
+    assert str(g) == "mbconv-linear:s16|w24+16|24x1e2k3|40x2e3k3|56x2e4k5|72x1e6k5"
 
 
 def test_parse_genome_accepts_preset_file_and_inline_json(tmp_path):
@@ -86,7 +86,8 @@ def test_user_space_file_needs_no_code(tmp_path, monkeypatch):
     sp = load_space("tiny-conv")
     assert sp.stages == 3 and sp.options["activation"] == "silu"
     assert [sp.coord_name(c) for c in sp.coords] == ["depth1", "depth2", "depth3", "width1", "width2", "width3"]
-    assert str(parse_genome("tiny-conv:mine")) == "conv:8x1|16x2|32x1"
+    assert str(parse_genome("tiny-conv:mine")) == "tiny-conv:8x1|16x2|32x1"
+    assert parse_genome("tiny-conv:8x1|16x2|32x1") == parse_genome("tiny-conv:mine")
     # off-grid widths are snapped onto the file's step
     assert sp.from_vector([1, 1, 1, 13, 20, 64]).genes["width"] == [16, 24, 64]
 

@@ -6,15 +6,16 @@ import optuna
 import pytest
 
 from nas.errors import NasError
+from nas.budget import parse_budgets
 from nas.report import write_report, write_summary_json
-from nas.sweep import parse_budgets, sweep
+from nas.sweep import sweep
 
 OPTS = dict(searcher="random", trials=2, epochs=1, val_size=200, pruner="none", progress=False)
 
 
 def test_parse_budgets():
     assert parse_budgets("1000, 5k,1M,5000") == [1000, 5000, 1_000_000]
-    for bad in ("", "10,abc", "0", "-5"):
+    for bad in ("", "10,abc", "0", "-5", "1000,,5000", "1000,"):
         with pytest.raises(NasError):
             parse_budgets(bad)
 

@@ -31,3 +31,18 @@ def test_nas_train_bad_epochs_is_one_line_error(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "must be a positive whole number" in capsys.readouterr().err
+
+
+def test_nas_train_subset_and_one_epoch(cifar_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "conv:8x1|8x1|16x1|16x1", "--epochs", "1", "--subset", "500", "--data-dir", str(cifar_dir),
+                 "--out", str(out), "--device", "cpu", "--batch-size", "100", "--val-size", "200"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "(1 epoch, " in printed and "500 training images" in printed  # not "1 epochs"
+    assert json.loads((out / "result.json").read_text())["train_size"] == 500
+
+
+def test_nas_train_subset_is_validated_like_search(capsys):
+    assert main(["train", "seed-m4", "--subset", "499"]) == 2
+    assert "subset must be at least 500 training images" in capsys.readouterr().err
