@@ -358,7 +358,7 @@ def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
 
     g = Genome.from_json(genome_json)
     fam = FAMILIES[g.family]
-    widths = fam.widths(g) if hasattr(fam, "widths") else list(g.genes.get("width", []))
+    widths = fam.widths(g.genes, g.options) if hasattr(fam, "widths") else list(g.genes.get("width", []))
     return list(widths), list(g.genes.get("depth", []))
 
 

@@ -57,7 +57,9 @@ def test_loaded_split_is_stratified_and_subset(cifar_dir):
     assert torch.bincount(d.val_y, minlength=100).tolist() == [3] * 100
     assert len(d.train_y) == 500 and torch.bincount(d.train_y, minlength=100).min() == 5
     with pytest.raises(NasError, match="val_size"):
-        load_cifar100(cifar_dir, val_size=0, download=False)
+        load_cifar100(cifar_dir, val_size=2000, download=False)  # nothing left to train on
+    every = load_cifar100(cifar_dir, val_size=0, download=False)  # a final training: every training image
+    assert len(every.train_y) == 2000 and len(every.val_y) == 0
 
 
 def test_missing_data_offline_says_where_to_put_it(tmp_path, monkeypatch):
