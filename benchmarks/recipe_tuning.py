@@ -16,8 +16,7 @@ import json
 import time
 from dataclasses import replace
 
-from nas.budget import project
-from nas.sweep import parse_budgets
+from nas.budget import parse_budgets, project
 from nas.data import load_cifar100
 from nas.searchers import default_start
 from nas.spaces import load_space
