@@ -420,12 +420,7 @@ def write_summary_json(storage: str, out: str | Path) -> Path:
     doc = {"storage": storage, "budgets": rows,
            "scaling_fit": None if fit is None else {"form": "test error = a * params^-alpha", "a": fit.a,
                                                     "alpha": fit.alpha}}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text_atomic(out, json.dumps(doc, indent=2) + "\n", "summary file")
 
 
 def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
