@@ -78,6 +78,9 @@ def main() -> None:
                 r = search(space, budget, searcher, trials=None, time_limit=60 * args.minutes,
                            storage=str(out / f"b{budget}-{searcher}-s{seed}.log"), data_dir=args.data_dir,
                            seed=seed, recipe=search_recipe, subset=d.subset, progress=False, noise_seeds=False)
+                if r.best is None:
+                    raise SystemExit(f"the {searcher} search at {budget:,} finished no trial in {args.minutes:g} min; "
+                                     f"give it more --minutes")
                 winner = trial_genome(r.best)
                 test = final_test(winner, 0)  # the final recipe's own seed: only the genome differs
                 rows[searcher].append(test)
