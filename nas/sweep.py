@@ -52,6 +52,30 @@ class BudgetOutcome:
     search: SearchResult
     final: dict[str, Any] | None  # the study's `final` attr, None when no trial completed
     final_reused: bool            # True when an earlier run had already trained this winner
+    onnx: Path | None = None      # the winner's ONNX export, when exported
+
+
+def export_final(study: optuna.Study, final: dict[str, Any], *, data_dir: str | Path | None,
+                 progress: bool) -> Path | None:
+    """Export the final-trained winner into its run folder (model.onnx + model.card.json, checked
+    against PyTorch) unless that is done already, and record the path as `final["onnx"]`. None
+    when the run folder is not on this machine (a sweep resumed elsewhere)."""
+    from nas.export import export_run
+
+    run = Path(final["run_dir"])
+    path = run / "model.onnx"
+    if not (run / "model.pt").is_file():
+        if progress:
+            print(f"not exported: the final training's weights are not in {run}", flush=True)
+        return None
+    if not (path.is_file() and path.stat().st_mtime >= (run / "model.pt").stat().st_mtime):
+        export_run(run, path, data_dir=data_dir, source={"study": study.study_name, "trial": final.get("trial")})
+        if progress:
+            print(f"exported: {path}", flush=True)
+    if final.get("onnx") != str(path):
+        final["onnx"] = str(path)
+        study.set_user_attr("final", final)
+    return path
 
 
 def final_train(study: optuna.Study, trial: optuna.trial.FrozenTrial, recipe: Recipe, *,
@@ -79,12 +103,14 @@ def final_train(study: optuna.Study, trial: optuna.trial.FrozenTrial, recipe: Re
 def sweep(space: str | Space, budgets: list[int], *, final_epochs: int = DEFAULT_FINAL_EPOCHS,
           storage: str | None = None, data_dir: str | Path | None = None, recipe: Recipe | None = None,
           val_size: int = 5000, device: str | None = None, progress: bool = True,
-          runs_dir: str | Path = "runs/final", **search_options: Any) -> list[BudgetOutcome]:
-    """Search every budget (in the order given), then final-train each winner for `final_epochs`.
+          runs_dir: str | Path = "runs/final", export: bool = True, **search_options: Any) -> list[BudgetOutcome]:
+    """Search every budget (in the order given), then final-train each winner for `final_epochs`
+    and (with `export`) export it to ONNX in its run folder, before the next budget, so an
+    interrupted sweep leaves every finished winner exported.
 
     `search_options` go to `nas.searchers.search` (searcher, trials, jobs, score, pruner, seed, tol,
     subset, objective, ...). A budget whose study already holds a final result for its current
-    winner and final recipe is not trained again."""
+    winner and final recipe is not trained again (only exported, if it is not yet)."""
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     recipe = recipe or Recipe()
     final_recipe = replace(recipe, epochs=final_epochs)
@@ -103,13 +129,16 @@ def sweep(space: str | Space, budgets: list[int], *, final_epochs: int = DEFAULT
             outcomes.append(BudgetOutcome(budget, result, None, False))
             continue
         old = study.user_attrs.get("final")
-        if old and old.get("genome") == best.user_attrs.get("genome") and old.get("recipe") == final_recipe.to_dict():
-            outcomes.append(BudgetOutcome(budget, result, old, True))
-            continue
-        if progress:
-            print(f"budget {budget:,}: final training of {best.user_attrs.get('genome_str')} "
-                  f"for {final_epochs} epochs", flush=True)
-        final = final_train(study, best, final_recipe, data_dir=data_dir, val_size=val_size, device=device,
-                            progress=progress, runs_dir=Path(runs_dir))
-        outcomes.append(BudgetOutcome(budget, result, final, False))
+        reused = bool(old and old.get("genome") == best.user_attrs.get("genome")
+                      and old.get("recipe") == final_recipe.to_dict())
+        if reused:
+            final = old
+        else:
+            if progress:
+                print(f"budget {budget:,}: final training of {best.user_attrs.get('genome_str')} "
+                      f"for {final_epochs} epochs", flush=True)
+            final = final_train(study, best, final_recipe, data_dir=data_dir, val_size=val_size, device=device,
+                                progress=progress, runs_dir=Path(runs_dir))
+        onnx = export_final(study, final, data_dir=data_dir, progress=progress) if export else None
+        outcomes.append(BudgetOutcome(budget, result, final, reused, onnx))
     return outcomes
