@@ -114,8 +114,8 @@ def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage:
         raise
     except Exception as e:  # bad URL, missing driver, unreachable server: all the user's to fix
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, ModuleNotFoundError) and url.startswith("postgresql"):
-            reason += " (PostgreSQL needs a driver: pip install psycopg2-binary)"
+        if isinstance(e, ImportError) and url.startswith("postgres"):
+            reason += " (PostgreSQL needs a driver: pip install 'psycopg[binary]', and a postgresql+psycopg:// URL)"
         raise NasError(f"cannot open storage '{url}': {reason}") from None
 
 
