@@ -56,8 +56,6 @@ DIED = "process died during the trial (heartbeat lost)"
 SCORES = ("val", "asymptote")
 # Attrs that describe what a trial evaluates; a retry inherits them, results are not inherited.
 IDENTITY_ATTRS = ("genome", "genome_str", "params", "flops", "recipe", "searcher", "role", "step")
-WORKER = f"{socket.gethostname()}:{os.getpid()}"  # user attr `worker`: which process ran a trial
-
 RESULT_ATTRS = ("curve", "val_acc", "asymptote", "asymptote_std", "wall_time_s", "device")
 
 Objective = Callable[[Genome, "optuna.Trial | None"], float]
@@ -402,7 +400,7 @@ class Evaluator:
             trial = self.study.ask()
         beat(self.study._storage, _trial_id(trial))
         trial.set_user_attr("searcher", self.searcher)
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         with self._lock:
             self._running[trial.number] = trial
         return trial
@@ -446,6 +444,17 @@ class Evaluator:
                  trial: optuna.Trial | None = None) -> Outcome:
         """Evaluate `genome` in `trial` (else a new trial), recording the design.md trial attrs."""
         trial = trial or self.ask()
+        try:
+            return self._evaluate(genome, role, step, trial)
+        except UpdateFinishedTrialError:
+            # Another process took this trial for dead (its heartbeat came too late: an overloaded
+            # machine, a network hiccup) and failed it, and a retry of it is queued: this process
+            # drops it and goes on instead of ending the search.
+            with self._lock:
+                self._running.pop(trial.number, None)
+            return Outcome(trial.number, TrialState.FAIL, None, genome)
+
+    def _evaluate(self, genome: Genome, role: str, step: int | None, trial: optuna.Trial) -> Outcome:
         attrs = {**genome_attrs(genome), "recipe": self.recipe, "searcher": self.searcher, "role": role,
                  "step": trial.number if step is None else step}
         for k, v in attrs.items():
@@ -489,14 +498,14 @@ class Evaluator:
         for step, value in sorted(source.intermediate_values.items()):
             trial.report(value, step)
         value = source.value if source.state == TrialState.COMPLETE else None
-        frozen = self.study.tell(trial, value, state=source.state)
+        frozen = self.study.tell(trial, value, state=source.state, skip_if_finished=True)
         return Outcome(trial.number, frozen.state, frozen.value, genome, source.number)
 
     def _run(self, trial: optuna.Trial, genome: Genome) -> Outcome:
         try:
             value = float(self.objective(genome, trial))
         except optuna.TrialPruned:
-            frozen = self.study.tell(trial, state=TrialState.PRUNED)
+            frozen = self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             return Outcome(trial.number, frozen.state, frozen.value, genome)
         except EvaluationFailed as e:
             self.fail(trial, str(e) or "evaluation failed")
@@ -504,6 +513,8 @@ class Evaluator:
         except KeyboardInterrupt:
             self.fail(trial, INTERRUPTED)
             raise
+        except UpdateFinishedTrialError:
+            raise  # failed by another process meanwhile: see evaluate
         except BaseException as e:
             # Not the genome's fault (missing data, a bug, a full disk): the search stops, and the
             # trial must not count as done, so a rerun after the fix evaluates it again.
@@ -512,7 +523,7 @@ class Evaluator:
         if not math.isfinite(value):
             self.fail(trial, f"objective returned {value}")
             return Outcome(trial.number, TrialState.FAIL, None, genome)
-        frozen = self.study.tell(trial, value)
+        frozen = self.study.tell(trial, value, skip_if_finished=True)
         return Outcome(trial.number, frozen.state, frozen.value, genome)
 
     def fail(self, trial: optuna.Trial, reason: str, retryable: bool = False) -> None:
@@ -524,7 +535,7 @@ class Evaluator:
             trial.set_user_attr("failure", reason)
             if retryable:
                 trial.set_user_attr("retryable", True)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except (UpdateFinishedTrialError, RuntimeError):
             pass  # already ended, e.g. by interrupt_running from the main thread
 

@@ -105,7 +105,9 @@ def _launch(md5: dict, args: list[str], cwd: Path, log: Path) -> subprocess.Pope
     launcher = cwd / "launch.py"
     launcher.write_text(LAUNCHER)
     # One thread each: three workers share this machine's cores instead of fighting over them.
-    env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+    # Heartbeat every 2 s, dead after 4 s: quick, yet not so tight that a loaded machine's late
+    # beat gets a live trial failed.
+    env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "2", "OMP_NUM_THREADS": "1"}
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, str(launcher), json.dumps(md5), *args], cwd=cwd, env=env,
                                 stdout=f, stderr=subprocess.STDOUT)

@@ -205,6 +205,23 @@ def test_stale_trial_on_sqlite_uses_optunas_heartbeat(tmp_path, space, monkeypat
     assert retry.user_attrs["searcher"] == "tpe" and retry.params == t.params
 
 
+@pytest.mark.parametrize("reports", [True, False])
+def test_trial_failed_by_another_process_is_dropped_not_fatal(tmp_path, space, genome, reports):
+    """A live trial whose heartbeat came late may be failed (and retried) by another process:
+    its own process then drops it and goes on, whether it notices while reporting or at the end."""
+    study = _study(tmp_path, space)
+
+    def objective(g, trial):
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # "another process"
+        if reports:
+            trial.report(0.1, 1)
+        return 0.5
+
+    out = Evaluator(study, objective, "tpe").evaluate(genome, role="sample")
+    assert out.state == TrialState.FAIL and out.value is None
+    assert study.trials[out.number].state == TrialState.FAIL
+
+
 def test_no_genome_trained_twice_across_processes(tmp_path, space, genome):
     """Two Evaluators on one study (as two processes would have) given the same genome at once:
     the later trial waits for the earlier and reuses its result."""
