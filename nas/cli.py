@@ -315,6 +315,10 @@ def add_search(sub) -> None:
     p.add_argument("--time", type=_duration, metavar="DURATION",
                    help="stop the search after this long (90s, 30m, 2h): no trial starts after it and the "
                         "running one stops at its next epoch boundary (it is retried on a rerun)")
+    p.add_argument("--export", metavar="PATH.onnx",
+                   help="at the end, export the best trial to ONNX (see nas export) if it has trained weights, "
+                        "i.e. a sweep's final training of this study's winner; search trials keep no weights, "
+                        "otherwise the error gives the 'nas train' command to run first")
     add_search_options(p)
 
 
@@ -421,6 +425,10 @@ def cmd_search(args) -> int:
     else:
         print("no completed trial within the budget yet")
     _print_dashboard_and_report(result.storage)
+    if args.export:
+        if result.best is None:
+            raise NasError("nothing to export: no completed trial within the budget")
+        _export_and_print(f"{result.study_name}#{result.best.number}", args.export, storage=result.storage)
     return 0
 
 
@@ -453,6 +461,8 @@ def add_sweep(sub) -> None:
                    help="train only the winners, not the hand design and the reference model beside them")
     p.add_argument("--out", help="report file (default reports/<storage name>.html; the JSON summary goes "
                                  "beside it)")
+    p.add_argument("--no-export", action="store_true",
+                   help="do not export each winner to ONNX (default: model.onnx + model.card.json in its run folder)")
     add_search_options(p)
 
 
@@ -481,7 +491,7 @@ def cmd_sweep(args) -> int:
                          val_size=args.val_size, device=args.device, progress=not args.quiet,
                          baselines=not args.no_baselines, searcher=args.searcher, trials=settings["trials"],
                          jobs=args.jobs, score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
-                         subset=settings["subset"])
+                         subset=settings["subset"], export=not args.no_export)
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
               f"rerun the same command to continue", file=sys.stderr)
@@ -495,9 +505,62 @@ def cmd_sweep(args) -> int:
              acc(o.baselines.get("seed")), o.final["genome_str"]) for o in outcomes]
     print()
     _print_table(("budget", "params", "test acc", "hand design", "reference", "genome"), rows)
+    for o in outcomes:
+        if o.onnx is not None:
+            print(f"onnx:      {o.onnx}")
     out = args.out or str(default_report_path(storage))
     _print_dashboard_and_report(storage, out)
     print(f"summary:   {write_summary_json(storage, Path(out).with_suffix('.json'))}")
+    return 0
+
+
+# ---------------------------------------------------------------- nas export
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a trained model to ONNX, checked against PyTorch, with a model card",
+        description="Export a training run (a runs/... folder written by 'nas train' or by a sweep's final "
+                    "training) to one ONNX file with a dynamic batch size, in eval mode, float32, and write "
+                    "<name>.card.json next to it (genome, params, FLOPs, recipe, test accuracy, the input's "
+                    "normalisation mean/std, input shape, classes). The file is checked before it is written: "
+                    "ONNX Runtime's logits on 100 images must match PyTorch's within 1e-4 (the CIFAR-100 test "
+                    "images when found, else random images; the card says which).",
+        epilog="RUN may also be STUDY#N (with --storage): trial N of a study, which has weights when a sweep "
+               "final-trained it as the study's winner. Other trials: nas train GENOME --out DIR, then nas export DIR.")
+    p.add_argument("run", metavar="RUN", help="training run folder, or STUDY#N")
+    p.add_argument("--output", "-o", metavar="PATH.onnx", help="ONNX file to write (default RUN/model.onnx)")
+    p.add_argument("--storage", help="Optuna storage of STUDY#N (default sqlite:///studies/nas.db)")
+    p.add_argument("--data-dir", help="folder holding cifar-100-python/, for the check's test images "
+                                      "(default: $NAS_DATA_DIR, else a per-user cache)")
+    p.add_argument("--no-check", action="store_true", help="do not compare ONNX Runtime with PyTorch")
+
+
+def _export_and_print(run: str, output: str | None, *, storage: str | None = None, check: bool = True,
+                      data_dir: str | None = None) -> None:
+    from pathlib import Path
+
+    from nas.export import export_run, parse_trial_ref, trial_run_dir
+
+    ref = None if Path(run).is_dir() else parse_trial_ref(run)
+    if ref is None:
+        run_dir, source = Path(run), {}
+    else:
+        run_dir, source = trial_run_dir(*ref, storage=storage)
+    r = export_run(run_dir, output, check=check, data_dir=data_dir, source=source)
+    c = r.card
+    test = f", test acc {c['test_acc']:.2%}" if isinstance(c.get("test_acc"), (int, float)) else ""
+    print(f"exported: {r.onnx_path}  ({c['genome_str']}, {c['params']:,} params{test})")
+    print(f"card:     {r.card_path}")
+    if c["check"].get("skipped"):
+        print("check:    skipped (--no-check)")
+    else:
+        k = c["check"]
+        print(f"check:    ONNX Runtime = PyTorch on {k['inputs']}: max |diff| {k['max_abs_diff']:.1e} "
+              f"(tolerance {k['tolerance']:g}), same top-1 on {k['top1_agree']}/{k['images']}")
+
+
+def cmd_export(args) -> int:
+    _export_and_print(args.run, args.output, storage=args.storage, check=not args.no_check, data_dir=args.data_dir)
     return 0
 
 
@@ -532,6 +595,7 @@ COMMANDS: list[tuple[Callable, Callable]] = [
     (add_train, cmd_train),
     (add_search, cmd_search),
     (add_sweep, cmd_sweep),
+    (add_export, cmd_export),
     (add_report, cmd_report),
 ]
 

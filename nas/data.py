@@ -184,6 +184,15 @@ def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device
                      mean=mean.to(device), std=std.to(device), classes=classes)
 
 
+def load_test_images(data_dir: str | Path | None = None, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` (default all) CIFAR-100 test images (uint8, N x 3 x 32 x 32) and labels, on
+    the CPU, without reading or splitting the training set. NasError when not found (no download)."""
+    root = resolve_data_dir(data_dir)
+    _check_files(root, download=False)
+    x, y, _ = _read_split(root, train=False)
+    return torch.from_numpy(np.ascontiguousarray(x[:n])), torch.from_numpy(y[:n])
+
+
 # ---------------------------------------------------------------- batches and augmentation
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

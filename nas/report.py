@@ -27,7 +27,7 @@ from nas import reference
 from nas.errors import NasError
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
-from nas.study import open_storage
+from nas.study import failure_reason, is_journal, open_storage
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget
@@ -472,7 +472,7 @@ def fig_search_progress(s: StudyView) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[t.number for t in s.failed], y=[0] * len(s.failed), mode="markers", name="failed",
             marker={"symbol": "x", "color": "#d62728"}, hoverinfo="text",
-            hovertext=[f"#{t.number} failed: {html.escape(str(t.user_attrs.get('failure', '?')))}"
+            hovertext=[f"#{t.number} failed: {html.escape(str(failure_reason(t) or '?'))}"
                        for t in s.failed]))
     _integer_axis(fig, max(t.number for t in s.trials), title="trial number")
     fig.update_yaxes(**_percent_axis("score (val accuracy)"))
@@ -602,7 +602,7 @@ def study_section(s: StudyView) -> str:
     if status:
         out.append(f'<p class="status">{html.escape(status)}</p>')
         if s.failed:
-            reasons = sorted({str(t.user_attrs.get("failure", "no reason recorded")) for t in s.failed})
+            reasons = sorted({str(failure_reason(t) or "no reason recorded") for t in s.failed})
             out.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>")
     else:
         key = slug(s.name)

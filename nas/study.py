@@ -7,19 +7,27 @@ benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one tri
 the genome, reuses the result when the genome was already evaluated in the study, keeps a
 heartbeat while it runs, and marks the trial failed or pruned when it ends badly.
 
-Liveness: a running trial writes a heartbeat (a system attr) every `NAS_HEARTBEAT_SECONDS`
-(default 30). A RUNNING trial whose heartbeat is older than twice that belongs to a dead
-process: `fail_stale_trials` marks it FAIL (user attr `failure`) and enqueues a retry with the
-same parameters, as Optuna's RetryFailedTrialCallback does. The same code serves SQLite/RDB and
-journal-file storages (Optuna's own heartbeat covers RDB only).
+Liveness: a running trial sends a heartbeat every `NAS_HEARTBEAT_SECONDS` (default 30); one
+silent for twice that belongs to a dead process, and `fail_stale_trials` marks it FAIL and
+queues a retry with the same parameters. On RDB storages (SQLite, PostgreSQL, MySQL) this is
+Optuna's own heartbeat (`RDBStorage(heartbeat_interval=..., grace_period=...)`, timed by the
+database's clock, so workers on machines whose clocks differ agree) and its
+`RetryHeartbeatStaleTrialCallback`. Journal files have no heartbeat in Optuna: there nas keeps
+its own (a system attr with the writer's wall-clock time, and the same retry records).
+
+Several processes, on one machine or many, may share a study: a genome is trained by at most
+one live trial at a time (`Evaluator` waits for an earlier trial of the same genome in any
+process and reuses its result).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,15 +113,37 @@ def open_storage(storage: str | None = None, create: bool = True) -> optuna.stor
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url))
-        kwargs = None
         if url.startswith("sqlite"):
             _sqlite_wal(url)
             # SQLite serialises writers: wait for the lock instead of failing when processes share it.
-            kwargs = {"connect_args": {"timeout": 60}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+        else:
+            # A worker's connection sits idle for a whole training run; a server or firewall may
+            # have dropped it by then: test it before use instead of failing the tell.
+            kwargs = {"pool_pre_ping": True}
+        with warnings.catch_warnings():  # the heartbeat arguments are flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **_optuna_heartbeat_options())
+    except NasError:
+        raise
     except Exception as e:  # bad URL, missing driver, unreachable server: all the user's to fix
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, ImportError) and url.startswith("postgres"):
+            reason += " (PostgreSQL needs a driver: pip install 'psycopg[binary]', and a postgresql+psycopg:// URL)"
         raise NasError(f"cannot open storage '{url}': {reason}") from None
+
+
+def _optuna_heartbeat_options() -> dict[str, Any]:
+    """RDBStorage's heartbeat: every NAS_HEARTBEAT_SECONDS (Optuna takes whole seconds), stale after
+    twice that, and a stale trial retried (at most MAX_RETRY times) with Optuna's own callback."""
+    interval = max(1, math.ceil(heartbeat_seconds()))
+    try:  # Optuna >= 4.9 names it so; the older name is deprecated there
+        from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+        key = "heartbeat_stale_trial_callback"
+    except ImportError:
+        from optuna.storages import RetryFailedTrialCallback as Retry
+        key = "failed_trial_callback"
+    return {"heartbeat_interval": interval, "grace_period": 2 * interval, key: Retry(max_retry=MAX_RETRY)}
 
 
 def _sqlite_wal(url: str) -> None:
@@ -268,22 +298,40 @@ def _trial_id(t: optuna.Trial | FrozenTrial) -> int:
     return t._trial_id  # Optuna exposes no public id; the storage API needs it
 
 
+def optuna_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether `storage` keeps Optuna's own heartbeat: an RDBStorage opened by `open_storage`, also
+    as a study holds it (wrapped in Optuna's cache, which passes the heartbeat through)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
+
+
+def beat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """One heartbeat of a running trial: Optuna's where the storage has one, else nas's attr."""
+    if optuna_heartbeat(storage):
+        storage.record_heartbeat(trial_id)
+    else:
+        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+
 @contextmanager
-def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> Iterator[None]:
-    """Write the trial's heartbeat now and every `interval` seconds until the block ends."""
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: float | None = None) -> Iterator[None]:
+    """Send the trial's heartbeat now and every `interval` seconds (default: the storage's, else
+    NAS_HEARTBEAT_SECONDS) until the block ends."""
+    if interval is None:
+        interval = storage.get_heartbeat_interval() if optuna_heartbeat(storage) else heartbeat_seconds()
     stop = threading.Event()
 
-    def beat() -> None:
-        while True:
+    def loop() -> None:
+        while not stop.wait(interval):
             try:
-                storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                beat(storage, trial_id)
             except UpdateFinishedTrialError:
                 return
-            if stop.wait(interval):
-                return
+            except Exception:  # a database hiccup: a missed beat is harmless, a dead thread is not
+                continue
 
-    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    beat(storage, trial_id)
+    thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:
         yield
@@ -291,15 +339,34 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: flo
         stop.set()
 
 
+def failure_reason(t: FrozenTrial) -> str | None:
+    """Why a trial failed: its `failure` attr; a FAIL without one was failed by Optuna's heartbeat
+    check (it cannot write attrs to the trial it fails), i.e. its process died."""
+    reason = t.user_attrs.get("failure")
+    if reason is None and t.state == TrialState.FAIL:
+        return DIED
+    return reason
+
+
 def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> list[int]:
-    """Mark RUNNING trials whose heartbeat stopped as FAIL (`failure` = DIED) and enqueue a retry
-    of each (at most MAX_RETRY per original trial); returns the failed trial numbers."""
-    grace = 2 * (interval or heartbeat_seconds())
+    """Mark RUNNING trials whose heartbeat stopped as FAIL and queue a retry of each (at most
+    MAX_RETRY per original trial); returns the failed trial numbers. RDB storages: Optuna's
+    `fail_stale_trials` and retry callback; journal files: nas's own (`failure` = DIED)."""
     storage = study._storage  # the storage API is the only way to write another process's trial
+    if optuna_heartbeat(storage):
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if not running:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if t.number in running)
+    grace = 2 * (interval or heartbeat_seconds())
     now, failed = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.system_attrs.get(HEARTBEAT_ATTR)
-        if not isinstance(beat, (int, float)) or now - beat <= grace:
+        last = t.system_attrs.get(HEARTBEAT_ATTR)
+        if not isinstance(last, (int, float)) or now - last <= grace:
             continue  # alive, or not a nas trial
         try:
             storage.set_trial_user_attr(_trial_id(t), "failure", DIED)
@@ -313,7 +380,7 @@ def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> lis
 
 
 def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
-    """A WAITING copy of `t` (params and identity attrs), marked like RetryFailedTrialCallback's."""
+    """A WAITING copy of `t` (params and identity attrs), marked like Optuna's retry callback's."""
     history = [*t.system_attrs.get("retry_history", []), t.number]
     if len(history) > MAX_RETRY:
         return
@@ -345,7 +412,8 @@ class Outcome:
 class Evaluator:
     """Evaluates genomes as trials of one study, never training a genome twice.
 
-    `evaluate` is thread-safe: concurrent evaluations of one genome wait for the first."""
+    `evaluate` is thread-safe: concurrent evaluations of one genome wait for the first, in this
+    process (threads) and in others sharing the study (see `_first_of`)."""
 
     study: optuna.Study
     objective: Objective
@@ -355,14 +423,21 @@ class Evaluator:
     _inflight: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
     _running: dict[int, optuna.Trial] = field(default_factory=dict, init=False, repr=False)
     _keys: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+    _text_keys: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _undeclared: dict[int, float] = field(default_factory=dict, init=False, repr=False)
 
     def ask(self) -> optuna.Trial:
         """A new trial of this searcher (a WAITING retry first, if one is queued). It carries a
         heartbeat from the start, so it is failed and retried if this process dies before or
         during its evaluation, and `interrupt_running` marks it after Ctrl-C."""
-        trial = self.study.ask()
-        self.study._storage.set_trial_system_attr(_trial_id(trial), HEARTBEAT_ATTR, time.time())
+        with warnings.catch_warnings():
+            # nas's searchers ask and tell (no Study.optimize loop) and beat the heartbeat
+            # themselves; Optuna warns about that combination on every ask.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = self.study.ask()
+        beat(self.study._storage, _trial_id(trial))
         trial.set_user_attr("searcher", self.searcher)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         with self._lock:
             self._running[trial.number] = trial
         return trial
@@ -378,39 +453,82 @@ class Evaluator:
                 return t
         return None
 
+    def _first_of(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:
+        """A live trial that comes before `trial` for this genome, in any process: a lower-numbered
+        RUNNING trial that recorded the same genome, or one that has not recorded its genome yet
+        (it may be about to; waited for at most twice the heartbeat, in case it is no nas trial).
+
+        Why this is enough: trial numbers are handed out in creation order and a new trial is
+        only created when no retry is WAITING, so every trial numbered below `trial` is already
+        RUNNING or finished when `trial` looks. The lowest-numbered live trial of a genome trains
+        it; every later one waits for it and reuses its result (or takes over if it fails)."""
+        now = time.monotonic()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number >= trial.number:
+                continue
+            text = t.user_attrs.get("genome")
+            if not isinstance(text, str):
+                if now - self._undeclared.setdefault(t.number, now) < 2 * heartbeat_seconds():
+                    return t
+                continue
+            if text not in self._text_keys:
+                self._text_keys[text] = Genome.from_json(text).key()
+            if self._text_keys[text] == key:
+                return t
+        return None
+
     def evaluate(self, genome: Genome, *, role: str, step: int | None = None,
                  trial: optuna.Trial | None = None) -> Outcome:
         """Evaluate `genome` in `trial` (else a new trial), recording the design.md trial attrs."""
         trial = trial or self.ask()
+        try:
+            return self._evaluate(genome, role, step, trial)
+        except UpdateFinishedTrialError:
+            # Another process took this trial for dead (its heartbeat came too late: an overloaded
+            # machine, a network hiccup) and failed it, and a retry of it is queued: this process
+            # drops it and goes on instead of ending the search.
+            with self._lock:
+                self._running.pop(trial.number, None)
+            return Outcome(trial.number, TrialState.FAIL, None, genome)
+
+    def _evaluate(self, genome: Genome, role: str, step: int | None, trial: optuna.Trial) -> Outcome:
         attrs = {**genome_attrs(genome), "recipe": self.recipe, "searcher": self.searcher, "role": role,
                  "step": trial.number if step is None else step}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         key = genome.key()
-        while True:
-            with self._lock:
-                source = self.finished(genome)
-                wait = self._inflight.get(key) if source is None else None
-                if source is None and wait is None:
-                    self._inflight[key] = threading.Event()
-                    self._running[trial.number] = trial
-                    break
-            if source is not None:
-                try:
-                    return self._reuse(trial, genome, source)
-                finally:
-                    with self._lock:
-                        self._running.pop(trial.number, None)
-            wait.wait()
-        try:
-            t0 = time.perf_counter()
-            out = self._run(trial, genome)
-            out.seconds = time.perf_counter() - t0
-            return out
-        finally:
-            with self._lock:
-                self._running.pop(trial.number, None)
-                self._inflight.pop(key).set()
+        poll = min(1.0, heartbeat_seconds() / 2)
+        # The heartbeat covers the wait for another trial of the genome too: a waiting trial is alive.
+        with heartbeat(self.study._storage, _trial_id(trial)):
+            while True:
+                with self._lock:
+                    source = self.finished(genome)
+                    wait = self._inflight.get(key) if source is None else None
+                    first = self._first_of(trial, key) if source is None and wait is None else None
+                    if source is None and wait is None and first is None:
+                        self._inflight[key] = threading.Event()
+                        self._running[trial.number] = trial
+                        break
+                if source is not None:
+                    try:
+                        return self._reuse(trial, genome, source)
+                    finally:
+                        with self._lock:
+                            self._running.pop(trial.number, None)
+                if wait is not None:
+                    wait.wait()
+                else:  # another process's trial: poll, and fail it if its process died
+                    time.sleep(poll)
+                    fail_stale_trials(self.study)
+            try:
+                t0 = time.perf_counter()
+                out = self._run(trial, genome)
+                out.seconds = time.perf_counter() - t0
+                return out
+            finally:
+                with self._lock:
+                    self._running.pop(trial.number, None)
+                    self._inflight.pop(key).set()
 
     def _reuse(self, trial: optuna.Trial, genome: Genome, source: FrozenTrial) -> Outcome:
         trial.set_user_attr("reused_from", source.number)
@@ -420,15 +538,14 @@ class Evaluator:
         for step, value in sorted(source.intermediate_values.items()):
             trial.report(value, step)
         value = source.value if source.state == TrialState.COMPLETE else None
-        frozen = self.study.tell(trial, value, state=source.state)
+        frozen = self.study.tell(trial, value, state=source.state, skip_if_finished=True)
         return Outcome(trial.number, frozen.state, frozen.value, genome, source.number)
 
     def _run(self, trial: optuna.Trial, genome: Genome) -> Outcome:
         try:
-            with heartbeat(self.study._storage, _trial_id(trial), heartbeat_seconds()):
-                value = float(self.objective(genome, trial))
+            value = float(self.objective(genome, trial))
         except optuna.TrialPruned:
-            frozen = self.study.tell(trial, state=TrialState.PRUNED)
+            frozen = self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             return Outcome(trial.number, frozen.state, frozen.value, genome)
         except DeadlineReached as e:
             self.fail(trial, str(e), retryable=True)
@@ -439,6 +556,8 @@ class Evaluator:
         except KeyboardInterrupt:
             self.fail(trial, INTERRUPTED)
             raise
+        except UpdateFinishedTrialError:
+            raise  # failed by another process meanwhile: see evaluate
         except BaseException as e:
             # Not the genome's fault (missing data, a bug, a full disk): the search stops, and the
             # trial must not count as done, so a rerun after the fix evaluates it again.
@@ -447,7 +566,7 @@ class Evaluator:
         if not math.isfinite(value):
             self.fail(trial, f"objective returned {value}")
             return Outcome(trial.number, TrialState.FAIL, None, genome)
-        frozen = self.study.tell(trial, value)
+        frozen = self.study.tell(trial, value, skip_if_finished=True)
         return Outcome(trial.number, frozen.state, frozen.value, genome)
 
     def fail(self, trial: optuna.Trial, reason: str, retryable: bool = False) -> None:
@@ -459,7 +578,7 @@ class Evaluator:
             trial.set_user_attr("failure", reason)
             if retryable:
                 trial.set_user_attr("retryable", True)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except (UpdateFinishedTrialError, RuntimeError):
             pass  # already ended, e.g. by interrupt_running from the main thread
 

@@ -39,6 +39,30 @@ class BudgetOutcome:
     final: dict[str, Any] | None  # the study's `final` attr, None when no trial completed
     final_reused: bool            # True when an earlier run had already trained this winner
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # "hand", "seed" -> final record
+    onnx: Path | None = None      # the winner's ONNX export, when exported
+
+
+def export_final(study: optuna.Study, final: dict[str, Any], *, data_dir: str | Path | None,
+                 progress: bool) -> Path | None:
+    """Export the final-trained winner into its run folder (model.onnx + model.card.json, checked
+    against PyTorch) unless that is done already, and record the path as `final["onnx"]`. None
+    when the run folder is not on this machine (a sweep resumed elsewhere)."""
+    from nas.export import export_run
+
+    run = Path(final["run_dir"])
+    path = run / "model.onnx"
+    if not (run / "model.pt").is_file():
+        if progress:
+            print(f"not exported: the final training's weights are not in {run}", flush=True)
+        return None
+    if not (path.is_file() and path.stat().st_mtime >= (run / "model.pt").stat().st_mtime):
+        export_run(run, path, data_dir=data_dir, source={"study": study.study_name, "trial": final.get("trial")})
+        if progress:
+            print(f"exported: {path}", flush=True)
+    if final.get("onnx") != str(path):
+        final["onnx"] = str(path)
+        study.set_user_attr("final", final)
+    return path
 
 
 # The reference study's models 4-8 (mbconv presets) stand for the budgets they were built near.
@@ -102,7 +126,8 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
 def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | None = None,
           time_limit: float | None = None, storage: str | None = None, data_dir: str | Path | None = None,
           recipe: Recipe | None = None, val_size: int = 5000, device: str | None = None, progress: bool = True,
-          runs_dir: str | Path = "runs/final", baselines: bool = True, **search_options: Any) -> list[BudgetOutcome]:
+          runs_dir: str | Path = "runs/final", baselines: bool = True, export: bool = True,
+          **search_options: Any) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner on all training images.
     `budgets` is a list, or a string as `--budgets` takes it ('1000,5k,1M').
 
@@ -112,7 +137,9 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
     searched before are queued as trials of the next (budget transfer). With `baselines`, the
     space's hand design and the reference study's model for the budget are trained with the same
     final recipe and epochs. `search_options` go to `nas.searchers.search`. Work already recorded
-    in a study (a final training of the same genome and recipe) is not redone."""
+    in a study (a final training of the same genome and recipe) is not redone. With `export`, each
+    winner is exported to ONNX in its run folder right after its final training, before the next
+    budget, so an interrupted sweep leaves every finished winner exported."""
     from nas.data import load_cifar100
 
     budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
@@ -186,6 +213,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
                       f"{len(data.train_y):,} images", flush=True)
             records[attr] = final_train(study, genome, final_recipe, attr=attr, data=data, device=device,
                                         progress=progress, runs_dir=Path(runs_dir), extra=extra)
+        onnx = export_final(study, records["final"], data_dir=data_dir, progress=progress) if export else None
         outcomes.append(BudgetOutcome(budget, result, records["final"], reused,
-                                      {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}))
+                                      {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}, onnx))
     return outcomes

@@ -312,6 +312,15 @@ def _run_dir(genome: Genome) -> Path:
     return out
 
 
+def input_spec(data: CifarData) -> dict[str, Any]:
+    """The input a model trained on `data` expects: 3x32x32 RGB, NCHW, float32, normalised per
+    channel with the training split's statistics as `(pixel / 255 - mean) / std`."""
+    return {"shape": [3, 32, 32], "layout": "NCHW", "channels": "RGB", "dtype": "float32",
+            "mean": data.mean.cpu().tolist(), "std": data.std.cpu().tolist(),
+            "normalize": "(pixel / 255 - mean) / std, per channel",
+            "num_classes": data.num_classes, "classes": list(data.classes)}
+
+
 def train_genome_command(genome: Genome | str, epochs: int, data_dir: str | Path | None = None,
                          out_dir: str | Path | None = None, *, device: str | None = None,
                          val_size: int = 5000, subset: int | None = None, progress: bool = True,
@@ -332,10 +341,11 @@ def train_genome_command(genome: Genome | str, epochs: int, data_dir: str | Path
     (out / "genome.json").write_text(g.to_json() + "\n")
     summary: dict[str, Any] = {
         "run_dir": str(out), "genome": g.to_dict(), "genome_str": str(g), "params": result.params,
-        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": len(data.val_y),
-        "train_size": len(data.train_y),
-        "val_acc": result.val_acc, "test_acc": None, **{k: v for k, v in result.to_dict().items()
-                                                        if k not in ("val_acc", "params")},
+        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": len(data.val_y), "subset": subset,
+        "train_size": len(data.train_y), "val_acc": result.val_acc, "test_acc": None,
+        # What the model expects as input: the exported model (nas export) needs it to be usable.
+        "input": input_spec(data),
+        **{k: v for k, v in result.to_dict().items() if k not in ("val_acc", "params")},
     }
     if result.ok:
         summary["test_acc"] = evaluate(result.model, data.test_x, data.test_y, data, bf16=recipe.bf16)

@@ -12,8 +12,8 @@ from nas.budget import project
 from nas.errors import NasError
 from nas.spaces import load_space
 from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator, TrainingObjective,
-                       counts_as_done, dashboard_command, fail_stale_trials, open_storage, open_study,
-                       resolve_storage, study_name)
+                       counts_as_done, dashboard_command, fail_stale_trials, failure_reason, heartbeat,
+                       open_storage, open_study, optuna_heartbeat, resolve_storage, study_name)
 from nas.training import Recipe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -154,10 +154,12 @@ def test_environment_error_stops_the_search_and_is_retried_on_rerun(tmp_path, sp
     assert obj.calls and out.state == TrialState.COMPLETE
 
 
-def test_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
+def test_stale_trial_is_failed_and_retried_on_a_journal(tmp_path, space, monkeypatch):
+    """Journal files have no heartbeat in Optuna: nas's own marks and retries dead trials."""
     monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")
-    study = _study(tmp_path, space)
+    study = open_study(str(tmp_path / "s.log"), space, 10_000, Recipe(epochs=2), tol=0.1, searcher="tpe")
     storage = study._storage
+    assert not optuna_heartbeat(storage)
     dead = study.ask()
     dead.suggest_int("stem", 4, 128, log=True)
     dead.set_user_attr("searcher", "tpe")
@@ -179,6 +181,79 @@ def test_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
     popped = study.ask()  # the retry is asked first and suggests the same value
     assert popped.number == retry.number
     assert popped.suggest_int("stem", 4, 128, log=True) == t.params["stem"]
+
+
+def test_stale_trial_on_sqlite_uses_optunas_heartbeat(tmp_path, space, monkeypatch):
+    """RDB storages (SQLite here, PostgreSQL in test_postgres.py) use Optuna's heartbeat, its
+    stale-trial check and its retry callback."""
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")
+    study = _study(tmp_path, space)
+    storage = study._storage
+    assert optuna_heartbeat(storage) and storage.get_heartbeat_interval() == 1
+    ev = Evaluator(study, Counting(), "tpe")
+    dead = ev.ask()  # its heartbeat starts at ask; nobody beats it again: its process "died"
+    dead.suggest_int("stem", 4, 128, log=True)
+    with heartbeat(storage, ev.ask()._trial_id):  # a live trial, beating every second
+        time.sleep(3.2)  # past the 2 s grace (the database clock counts whole seconds)
+        assert fail_stale_trials(study) == [dead.number]
+    trials = study.get_trials()
+    t = trials[dead.number]
+    assert t.state == TrialState.FAIL and failure_reason(t) == DIED and not counts_as_done(t)
+    assert trials[1].state == TrialState.RUNNING
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == dead.number
+    assert retry.user_attrs["searcher"] == "tpe" and retry.params == t.params
+
+
+@pytest.mark.parametrize("reports", [True, False])
+def test_trial_failed_by_another_process_is_dropped_not_fatal(tmp_path, space, genome, reports):
+    """A live trial whose heartbeat came late may be failed (and retried) by another process:
+    its own process then drops it and goes on, whether it notices while reporting or at the end."""
+    study = _study(tmp_path, space)
+
+    def objective(g, trial):
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # "another process"
+        if reports:
+            trial.report(0.1, 1)
+        return 0.5
+
+    out = Evaluator(study, objective, "tpe").evaluate(genome, role="sample")
+    assert out.state == TrialState.FAIL and out.value is None
+    assert study.trials[out.number].state == TrialState.FAIL
+
+
+def test_no_genome_trained_twice_across_processes(tmp_path, space, genome):
+    """Two Evaluators on one study (as two processes would have) given the same genome at once:
+    the later trial waits for the earlier and reuses its result."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow(g, trial):
+        calls.append(trial.number)
+        started.set()
+        release.wait(10)
+        return 0.5
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    a = Evaluator(_study(tmp_path, space), slow, "tpe")
+    b = Evaluator(optuna.load_study(study_name=a.study.study_name, storage=open_storage(url)), slow, "tpe")
+    first = a.ask()
+    second = b.ask()
+    results = {}
+    ta = threading.Thread(target=lambda: results.setdefault("a", a.evaluate(genome, role="sample", trial=first)))
+    ta.start()
+    assert started.wait(10)
+    tb = threading.Thread(target=lambda: results.setdefault("b", b.evaluate(genome, role="sample", trial=second)))
+    tb.start()
+    time.sleep(1.5)
+    assert b.study.trials[second.number].state == TrialState.RUNNING  # waiting, not training
+    release.set()
+    ta.join(10)
+    tb.join(10)
+    assert calls == [first.number]
+    assert results["b"].reused_from == first.number and results["b"].value == 0.5
 
 
 def test_training_objective_records_curve_and_prunes(tmp_path, space, cifar_data):

@@ -1,4 +1,7 @@
-"""`nas sweep` on fixture data: one study per budget, final test accuracy, resume without redoing."""
+"""`nas sweep` on fixture data: one study per budget, final test accuracy, ONNX export of each
+winner, resume without redoing."""
+
+import json
 
 import json
 
@@ -48,11 +51,19 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
     # budget transfer: the 3k winner, projected to 8k, is a trial of the 8k search
     second = optuna.load_study(study_name=outcomes[1].search.study_name, storage=storage)
     assert [t.user_attrs["seed"] for t in second.trials if "seed" in t.user_attrs] == ["start", "transfer:3000"]
+        # each winner is exported, checked on the test images, into its run folder
+        assert o.onnx == runs / o.search.study_name / "final" / "model.onnx" and o.onnx.is_file()
+        assert study.user_attrs["final"]["onnx"] == str(o.onnx)
+        card = json.loads((o.onnx.parent / "model.card.json").read_text())
+        assert card["test_acc"] == final["test_acc"] and card["check"]["max_abs_diff"] <= 1e-4
+        assert card["check"]["inputs"] == "the first 100 CIFAR-100 test images"
     trials_before = {s.study_name: s.n_trials for s in summaries}
 
+    exported = {o.budget: o.onnx.stat().st_mtime_ns for o in outcomes}
     again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
                   runs_dir=runs, **OPTS)
     assert all(o.final_reused for o in again)
+    assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
 
     html = write_report(storage, tmp_path / "sweep.html").read_text()
@@ -75,15 +86,50 @@ def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # default runs/ and reports/ folders land here
     storage = f"sqlite:///{tmp_path}/cli.db"
-    argv = ["sweep", "--budgets", "3k", "--space", "conv", "--searcher", "random", "--trials", "2", "--subset", "all",
-            "--epochs", "1", "--final-epochs", "1", "--val-size", "200", "--pruner", "none", "--quiet",
-            "--storage", storage, "--data-dir", str(cifar_dir)]
+    common = ["--space", "conv", "--searcher", "random", "--trials", "2", "--epochs", "1", "--val-size", "200", "--subset", "all",
+              "--pruner", "none", "--quiet", "--storage", storage, "--data-dir", str(cifar_dir)]
+    # search --export before any final training: the search is kept, the export says how to get weights
+    search = ["search", "--budget", "3000", *common, "--export", "best.onnx"]
+    assert main(search) == 2
+    captured = capsys.readouterr()
+    assert "rank" in captured.out and not (tmp_path / "best.onnx").exists()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "has no trained weights" in err[0] and "nas train '{" in err[0]
+
+    argv = ["sweep", "--budgets", "3k", "--final-epochs", "1", *common]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "3,000" in out and "test acc" in out and "optuna-dashboard sqlite:///" in out
+    assert "onnx:      runs/final/conv-b3000-" in out and "/model.onnx" in out
+    # now the winner has a final training: search --export exports it (no new trials)
+    assert main(search) == 0
+    assert (tmp_path / "best.onnx").is_file() and (tmp_path / "best.card.json").is_file()
+    assert "exported: best.onnx" in capsys.readouterr().out
     assert (tmp_path / "reports" / "cli.html").is_file()
     assert main(["report", "--storage", storage, "--out", str(tmp_path / "r.html")]) == 0
     assert "3,000" in (tmp_path / "r.html").read_text()
     # a mistyped storage is an error, not a new empty study
     code = main(["report", "--storage", str(tmp_path / "missing.log")])
     assert code == 2 and "no study storage" in capsys.readouterr().err
+
+
+def test_interrupted_sweep_leaves_finished_winners_exported(cifar_dir, tmp_path):
+    """Ctrl-C in the second budget's search: the first budget's winner is already exported; the
+    rerun exports a winner whose export was lost (deleted here) without training it again."""
+    def objective(genome, trial):
+        from nas.counting import count_params
+
+        if count_params(genome) > 3000:
+            raise KeyboardInterrupt
+        return 0.01 * (count_params(genome) % 7)
+
+    storage = f"sqlite:///{tmp_path}/int.db"
+    runs = tmp_path / "runs"
+    opts = {**OPTS, "objective": objective}
+    with pytest.raises(KeyboardInterrupt):
+        sweep("conv", [3000, 8000], final_epochs=1, storage=storage, data_dir=cifar_dir, runs_dir=runs, **opts)
+    (first,) = [p.parent for p in runs.glob("*/model.pt")]
+    assert (first / "model.onnx").is_file() and (first / "model.card.json").is_file()
+    (first / "model.onnx").unlink()
+    again = sweep("conv", [3000], final_epochs=1, storage=storage, data_dir=cifar_dir, runs_dir=runs, **opts)
+    assert again[0].final_reused and again[0].onnx == first / "model.onnx" and again[0].onnx.is_file()
