@@ -38,6 +38,7 @@ COMMAND_HELP = {
     "search": "search a space for the best genome under a parameter budget",
     "sweep": "search several budgets, then train each winner longer and test it",
     "report": "write the HTML report of every study in a storage",
+    "export": "export a trained model to ONNX, checked against PyTorch, with a model card",
 }
 
 
@@ -518,7 +519,7 @@ def cmd_sweep(args) -> int:
 
 def add_export(sub) -> None:
     p = sub.add_parser(
-        "export", help="export a trained model to ONNX, checked against PyTorch, with a model card",
+        "export", help=COMMAND_HELP["export"],
         description="Export a training run (a runs/... folder written by 'nas train' or by a sweep's final "
                     "training) to one ONNX file with a dynamic batch size, in eval mode, float32, and write "
                     "<name>.card.json next to it (genome, params, FLOPs, recipe, test accuracy, the input's "

@@ -48,15 +48,15 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
         # the hand design was the search's first trial
         first = min(study.trials, key=lambda t: t.number)
         assert first.user_attrs["role"] == "start" and first.user_attrs["genome"] == hand["genome"]
-    # budget transfer: the 3k winner, projected to 8k, is a trial of the 8k search
-    second = optuna.load_study(study_name=outcomes[1].search.study_name, storage=storage)
-    assert [t.user_attrs["seed"] for t in second.trials if "seed" in t.user_attrs] == ["start", "transfer:3000"]
         # each winner is exported, checked on the test images, into its run folder
         assert o.onnx == runs / o.search.study_name / "final" / "model.onnx" and o.onnx.is_file()
         assert study.user_attrs["final"]["onnx"] == str(o.onnx)
         card = json.loads((o.onnx.parent / "model.card.json").read_text())
         assert card["test_acc"] == final["test_acc"] and card["check"]["max_abs_diff"] <= 1e-4
         assert card["check"]["inputs"] == "the first 100 CIFAR-100 test images"
+    # budget transfer: the 3k winner, projected to 8k, is a trial of the 8k search
+    second = optuna.load_study(study_name=outcomes[1].search.study_name, storage=storage)
+    assert [t.user_attrs["seed"] for t in second.trials if "seed" in t.user_attrs] == ["start", "transfer:3000"]
     trials_before = {s.study_name: s.n_trials for s in summaries}
 
     exported = {o.budget: o.onnx.stat().st_mtime_ns for o in outcomes}
@@ -128,7 +128,7 @@ def test_interrupted_sweep_leaves_finished_winners_exported(cifar_dir, tmp_path)
     opts = {**OPTS, "objective": objective}
     with pytest.raises(KeyboardInterrupt):
         sweep("conv", [3000, 8000], final_epochs=1, storage=storage, data_dir=cifar_dir, runs_dir=runs, **opts)
-    (first,) = [p.parent for p in runs.glob("*/model.pt")]
+    (first,) = [p.parent for p in runs.glob("*/final/model.pt")]
     assert (first / "model.onnx").is_file() and (first / "model.card.json").is_file()
     (first / "model.onnx").unlink()
     again = sweep("conv", [3000], final_epochs=1, storage=storage, data_dir=cifar_dir, runs_dir=runs, **opts)
