@@ -81,6 +81,33 @@ def test_fdpg_asymptote_through_the_cli(cifar_dir, tmp_path, monkeypatch, capsys
     assert optuna.get_all_study_names(storage)[0].endswith("-asym-sub600-val200")
 
 
+def test_a_new_recipe_field_keeps_resuming_the_study(cifar_dir, tmp_path, monkeypatch, capsys):
+    """A later version adds a recipe field with a default: the same command resumes the study
+    (its trials count) instead of starting a new empty one under a new name."""
+    import dataclasses
+
+    import nas.training
+
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/r.db"
+    args = [*BASE, "--searcher", "random", "--trials", "1", "--epochs", "1", "--pruner", "none",
+            "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]
+    assert main(args) == 0
+    name = optuna.get_all_study_names(storage)[0]
+    capsys.readouterr()
+    # What adding `mixup: float = 0.0` to Recipe would do (the CLI builds nas.training.Recipe).
+    newer = dataclasses.make_dataclass("Recipe", [("mixup", float, 0.0)], bases=(nas.training.Recipe,),
+                                       frozen=True)
+    monkeypatch.setattr(nas.training, "Recipe", newer)
+    args[args.index("--trials") + 1] = "2"
+    assert main(args) == 0
+    assert f"study {name}: 2 random trials" in capsys.readouterr().out
+    assert optuna.get_all_study_names(storage) == [name]
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert len(study.trials) == 2 and study.user_attrs["recipe"]["mixup"] == 0.0  # the newer recipe ran
+    assert "mixup" not in study.trials[0].user_attrs["recipe"] and "mixup" in study.trials[1].user_attrs["recipe"]
+
+
 def test_search_errors_are_one_line(tmp_path, capsys):
     assert main(["search", "--budget", "10", "--storage", f"sqlite:///{tmp_path}/x.db"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
