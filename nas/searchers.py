@@ -47,6 +47,7 @@ PRUNERS = ("hyperband", "median", "none")
 FDPG_ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of one gene)
 FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
 FDPG_PATIENCE = 3
+SURPLUS = "not needed: other workers claimed the last trials first"
 EXHAUSTED_AFTER = 30    # proposals in a row that bring a sampler no new genome end its search
 
 T = TypeVar("T")
@@ -182,13 +183,23 @@ class TrialBudget:
                 if done + running < self.trials:
                     trial = self.ev.ask()
                     self._mine.add(trial.number)
-                    return trial
+                    if not self._surplus(trial):
+                        return trial
+                    self.ev.fail(trial, SURPLUS, retryable=True)
+                    continue
                 foreign = sum(t.state == TrialState.RUNNING and t.number not in self._mine for t in mine)
             if foreign <= 0:  # all running trials are this process's: they will finish the budget
                 return None
             if self.on_wait:
                 self.on_wait(foreign)
             time.sleep(heartbeat_seconds())
+
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """Whether this searcher's trials numbered below `trial`, done or running, fill the budget:
+        workers that claim the last trial at once all ask one, and all but the first give it back."""
+        ahead = [t for t in searcher_trials(self.ev.study, self.ev.searcher) if t.number < trial.number]
+        return sum(counts_as_done(t) or t.state == TrialState.RUNNING for t in ahead) >= self.trials
 
 
 def parallel_map(fn: Callable[[T], Any], items: Iterable[T], jobs: int) -> list[Any]:

@@ -255,4 +255,5 @@ def test_two_workers_on_one_journal_never_train_a_genome_twice(cifar_dir, _cifar
     print(f"{len(trained)} trainings, {len(set(trained))} distinct, {len(trials)} trials in the study, "
           f"{sum('duplicate_of' in t.user_attrs for t in trials)} duplicate proposals")
     assert len(trained) == len(set(trained)), "a genome was trained twice"
-    assert len(trained) >= TRIALS
+    assert len(trained) == TRIALS, "the requested total was not reached, or overshot"
+    assert sum(f"{TRIALS} tpe trials ({TRIALS} trials done)" in log.read_text() for log in logs) == 2

@@ -201,6 +201,34 @@ def test_a_resumed_sampler_continues_instead_of_replaying(name, small, tmp_path)
     assert worker_seed(0, 0) != worker_seed(0, 3) != worker_seed(1, 0)
 
 
+def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, monkeypatch):
+    """Two workers count one trial left and both ask one: the later trial is given back (failed,
+    not counted) instead of training one genome more than --trials."""
+    from nas.searchers import SURPLUS, TrialBudget
+    from nas.study import Evaluator, counts_as_done, open_study
+    from nas.training import Recipe
+
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")  # the wait for the other worker's trial
+    study = open_study(f"sqlite:///{tmp_path}/c.db", small, BUDGET, Recipe(), tol=TOL, searcher="tpe")
+    ev1, ev2 = Evaluator(study, Planted(small), "tpe"), Evaluator(study, Planted(small), "tpe")
+    first, second = TrialBudget(ev1, 1), TrialBudget(ev2, 1)
+    genome = project(midpoint(small), small, BUDGET, TOL)
+    taken, ask = [], ev2.ask
+
+    def racing_ask():  # the other worker claims between this worker's count and its ask
+        taken.append(first.claim())
+        ev2.ask = ask
+        return ask()
+
+    ev2.ask = racing_ask
+    second.on_wait = lambda n: ev1.evaluate(genome, role="sample", trial=taken[0])
+    assert second.claim() is None
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["failure"] == SURPLUS and not counts_as_done(trials[1])
+    assert first.done() == 1 and len(ev2.objective.calls) == 0
+
+
 TINY = """
 family = "conv"
 [options]
