@@ -28,7 +28,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import optuna
@@ -56,6 +56,8 @@ SCALE_PLACEHOLDER = 16  # the value a sampler leaves in a scale coordinate befor
 TRAIN_IMAGES = 50_000   # CIFAR-100's training set, before the validation split
 TRIALS_REACHED = "trial limit reached"  # SearchResult.stopped when `trials` evaluations are done
 TIME_REACHED = "time limit reached"     # ... and when the time limit passed
+SURPLUS = "not needed: other workers claimed the last trials first"
+EXHAUSTED_AFTER = 30    # proposals in a row that bring a sampler no new genome end its search
 
 T = TypeVar("T")
 
@@ -84,14 +86,23 @@ def propose(trial: optuna.Trial, space: Space, budget: int, tol: float) -> Genom
 
 
 def make_sampler(name: str, seed: int = 0, trials: int = 40) -> optuna.samplers.BaseSampler:
-    startup = max(3, min(10, trials // 4))  # short searches should not be all random start-up
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    """The Optuna sampler `name`, seeded per worker (see `WorkerSeeded`)."""
+    if name not in SAMPLERS:
+        raise NasError(f"unknown searcher '{name}' (known: {', '.join(SEARCHERS)})")
     if name == "cmaes":
         try:
             import cmaes  # noqa: F401  (Optuna's CmaEsSampler imports it lazily, failing mid-search)
         except ImportError:
             raise NasError("searcher cmaes needs the 'cmaes' package: pip install cmaes") from None
+    return WorkerSeeded(lambda s: _sampler(name, s, trials), seed)
+
+
+def _sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    startup = max(3, min(10, trials // 4))  # short searches should not be all random start-up
+    if name == "tpe":
+        # constant_liar: trials running in other workers count as bad, so TPE looks elsewhere
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
+    if name == "cmaes":
         # The kernel gene is categorical: CMA-ES leaves it to the independent sampler.
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
                                             independent_sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -99,9 +110,49 @@ def make_sampler(name: str, seed: int = 0, trials: int = 40) -> optuna.samplers.
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
-    raise NasError(f"unknown searcher '{name}' (known: {', '.join(SEARCHERS)})")
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
+
+
+def worker_seed(seed: int, first_trial: int) -> int:
+    """The sampler seed of a worker whose first trial has number `first_trial`."""
+    return int(np.random.SeedSequence([seed % 2**64, first_trial]).generate_state(1)[0])
+
+
+class WorkerSeeded(optuna.samplers.BaseSampler):
+    """A sampler made at this process's first trial, seeded from (seed, that trial's number).
+
+    Optuna's seeded samplers replay one random stream in every process: a resumed search would
+    re-propose the first run's genomes in order, and two workers started together would propose
+    the same ones. Trial numbers are unique in a study, so each run and each worker draws its
+    own stream, and a fresh search is still reproducible for its seed. Threads of one process
+    share the sampler, as they would share an unwrapped one."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int = 0):
+        self._make, self.seed = make, seed
+        self._sampler: optuna.samplers.BaseSampler | None = None
+        self._lock = threading.Lock()
+
+    def inner(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        with self._lock:
+            if self._sampler is None:
+                self._sampler = self._make(worker_seed(self.seed, trial.number))
+            return self._sampler
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self.inner(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self.inner(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+        return self.inner(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner(trial).after_trial(study, trial, state, values)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -155,13 +206,23 @@ class TrialBudget:
                 if done + running < self.trials:
                     trial = self.ev.ask()
                     self._mine.add(trial.number)
-                    return trial
+                    if not self._surplus(trial):
+                        return trial
+                    self.ev.fail(trial, SURPLUS, retryable=True)
+                    continue
                 foreign = sum(t.state == TrialState.RUNNING and t.number not in self._mine for t in mine)
             if foreign <= 0:  # all running trials are this process's: they will finish the budget
                 return None
             if self.on_wait:
                 self.on_wait(foreign)
             time.sleep(heartbeat_seconds())
+
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """Whether this searcher's trials numbered below `trial`, done or running, fill the budget:
+        workers that claim the last trial at once all ask one, and all but the first give it back."""
+        ahead = [t for t in searcher_trials(self.ev.study, self.ev.searcher) if t.number < trial.number]
+        return sum(counts_as_done(t) or t.state == TrialState.RUNNING for t in ahead) >= self.trials
 
 
 def parallel_map(fn: Callable[[T], Any], items: Iterable[T], jobs: int) -> list[Any]:
@@ -197,23 +258,37 @@ def parallel_map(fn: Callable[[T], Any], items: Iterable[T], jobs: int) -> list[
 
 
 def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_trials: TrialBudget,
-                   jobs: int = 1, on_outcome: Callable[[Outcome], None] | None = None) -> str:
-    """Run the study's sampler until the trial budget is spent; returns why it stopped."""
+                   jobs: int = 1, on_outcome: Callable[[Outcome], None] | None = None,
+                   exhausted_after: int = EXHAUSTED_AFTER) -> str:
+    """Run the study's sampler until the trial budget is spent; returns why it stopped.
+
+    --trials counts distinct trainings. A proposal of a genome the study already holds (trained,
+    pruned, or running in any worker) is a duplicate trial, and one that cannot be projected into
+    the band fails; neither counts, and the sampler is asked again. `exhausted_after` such
+    proposals in a row in one worker end the search: the sampler finds nothing new."""
+    exhausted: list[str] = []
 
     def worker(_: int) -> None:
-        while (trial := budget_trials.claim()) is not None:
+        repeats = 0
+        while not exhausted and (trial := budget_trials.claim()) is not None:
             try:
                 genome = propose(trial, space, budget, tol)
             except NasError as e:  # a corner of the space the band cannot be reached from
-                ev.fail(trial, f"projection: {e}")
-                continue
-            out = ev.evaluate(genome, role=trial.user_attrs.get("role", "sample"), trial=trial)
-            if on_outcome:
-                on_outcome(out)
+                ev.fail(trial, f"projection: {e}", retryable=True)  # nothing trained: not counted
+                out = None
+            else:
+                out = ev.evaluate(genome, role=trial.user_attrs.get("role", "sample"), trial=trial, distinct=True)
+            if out is not None and out.duplicate_of is None:
+                repeats = 0
+                if on_outcome:
+                    on_outcome(out)
+            elif (repeats := repeats + 1) >= exhausted_after:
+                exhausted.append(f"stopped early: none of the last {repeats} proposals was a new genome (each was "
+                                 f"already in the study or could not be projected into the band), so this space "
+                                 f"looks exhausted for the sampler")
 
     parallel_map(worker, range(jobs), jobs)
-    return budget_trials.why_stopped()
-
+    return exhausted[0] if exhausted else budget_trials.why_stopped()
 
 def enqueue_genomes(study: optuna.Study, space: Space, genomes: list[tuple[str, Genome]]) -> int:
     """Queue (label, genome) pairs as the sampler's next trials, their coordinates as the trial's

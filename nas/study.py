@@ -5,7 +5,9 @@ records"); this module is the only writer of it. A genome is evaluated through a
 (`Callable[[Genome, optuna.Trial | None], float]`): `TrainingObjective` trains it, tests and
 benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one trial: it records
 the genome, reuses the result when the genome was already evaluated in the study, keeps a
-heartbeat while it runs, and marks the trial failed or pruned when it ends badly.
+heartbeat while it runs, and marks the trial failed or pruned when it ends badly. For a
+sampler's proposals it also keeps workers apart: a genome held anywhere in the study, running
+in another process included, makes the trial a duplicate that does not count (`holder`).
 
 Liveness: a running trial sends a heartbeat every `NAS_HEARTBEAT_SECONDS` (default 30); one
 silent for twice that belongs to a dead process, and `fail_stale_trials` marks it FAIL and
@@ -29,7 +31,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -57,6 +59,8 @@ SCORES = ("val", "asymptote")
 # Attrs that describe what a trial evaluates; a retry inherits them, results are not inherited.
 IDENTITY_ATTRS = ("genome", "genome_str", "params", "flops", "recipe", "searcher", "role", "step")
 RESULT_ATTRS = ("curve", "val_acc", "asymptote", "asymptote_std", "wall_time_s", "device")
+# On a sampler's proposal of a genome the study already held: the holder's trial number.
+DUPLICATE_ATTR = "duplicate_of"
 
 Objective = Callable[[Genome, "optuna.Trial | None"], float]
 
@@ -252,7 +256,10 @@ def trial_genome_by_number(study: str, number: int, storage: str | None = None) 
 
 def counts_as_done(t: FrozenTrial) -> bool:
     """Finished for good: complete, pruned, or failed for a reason that a rerun would not fix
-    (interrupted and dead-process trials are not done: a rerun evaluates them again)."""
+    (interrupted and dead-process trials are not done: a rerun evaluates them again). A sampler's
+    proposal of a genome the study already held (`duplicate_of`) is not an evaluation at all."""
+    if DUPLICATE_ATTR in t.user_attrs:
+        return False
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return (t.state == TrialState.FAIL and t.user_attrs.get("failure") not in (INTERRUPTED, DIED, None)
@@ -402,6 +409,7 @@ class Outcome:
     genome: Genome
     reused_from: int | None = None
     seconds: float | None = None  # wall time of the evaluation (None when reused)
+    duplicate_of: int | None = None   # the trial that held the genome (see Evaluator.evaluate)
 
     @property
     def ok(self) -> bool:
@@ -442,14 +450,21 @@ class Evaluator:
             self._running[trial.number] = trial
         return trial
 
+    def _key(self, t: FrozenTrial) -> str:
+        """The genome key of a trial ("" if none); cached for finished trials, which never change."""
+        if t.number in self._keys:
+            return self._keys[t.number]
+        g = trial_genome(t)
+        key = g.key() if g is not None else ""
+        if t.state.is_finished():
+            self._keys[t.number] = key
+        return key
+
     def finished(self, genome: Genome) -> FrozenTrial | None:
         """The earliest complete or pruned trial of this genome in the study."""
         key = genome.key()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if t.number not in self._keys:
-                g = trial_genome(t)
-                self._keys[t.number] = g.key() if g is not None else ""
-            if self._keys[t.number] == key:
+            if self._key(t) == key:
                 return t
         return None
 
@@ -476,13 +491,45 @@ class Evaluator:
             if self._text_keys[text] == key:
                 return t
         return None
+    def holder(self, trial: optuna.Trial, genome: Genome) -> FrozenTrial | None:
+        """The trial that holds `genome` before `trial`, in any process: the earliest complete or
+        pruned one, else a live running (or a waiting) one with a lower number. `trial` must carry
+        the genome already: of two trials that propose one genome at once, the lower number holds
+        it, so while a live lower-numbered trial has not recorded its genome yet, this waits."""
+        key, grace = genome.key(), 2 * heartbeat_seconds()
+        while True:
+            now, choosing, earlier = time.time(), False, None
+            for t in self.study.get_trials(deepcopy=False):
+                if t.number == trial.number:
+                    continue
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                    if self._key(t) == key:
+                        return t  # trials come in number order: the earliest
+                elif t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < trial.number:
+                    beat = t.system_attrs.get(HEARTBEAT_ATTR)
+                    if t.state == TrialState.RUNNING and not (isinstance(beat, (int, float)) and now - beat <= grace):
+                        continue  # dead (its retry will find this trial's result), or not a nas trial
+                    if "genome" in t.user_attrs:
+                        if earlier is None and self._key(t) == key:
+                            earlier = t
+                    elif t.state == TrialState.RUNNING:
+                        choosing = True  # a live worker's trial, its genome not proposed yet
+            if earlier is not None or not choosing:
+                return earlier
+            time.sleep(0.05)
 
     def evaluate(self, genome: Genome, *, role: str, step: int | None = None,
-                 trial: optuna.Trial | None = None) -> Outcome:
-        """Evaluate `genome` in `trial` (else a new trial), recording the design.md trial attrs."""
+                 trial: optuna.Trial | None = None, distinct: bool = False) -> Outcome:
+        """Evaluate `genome` in `trial` (else a new trial), recording the design.md trial attrs.
+
+        A genome the study already evaluated is not trained again: its result is reused. With
+        `distinct` (a sampler's proposals), a genome the study holds in any way (see `holder`)
+        makes the trial a duplicate instead: it is marked `duplicate_of`, which keeps it out of
+        --trials, and takes the holder's result (so the sampler learns the value of its
+        proposal), or fails if the holder is still running."""
         trial = trial or self.ask()
         try:
-            return self._evaluate(genome, role, step, trial)
+            return self._evaluate(genome, role, step, trial, distinct)
         except UpdateFinishedTrialError:
             # Another process took this trial for dead (its heartbeat came too late: an overloaded
             # machine, a network hiccup) and failed it, and a retry of it is queued: this process
@@ -491,11 +538,14 @@ class Evaluator:
                 self._running.pop(trial.number, None)
             return Outcome(trial.number, TrialState.FAIL, None, genome)
 
-    def _evaluate(self, genome: Genome, role: str, step: int | None, trial: optuna.Trial) -> Outcome:
+    def _evaluate(self, genome: Genome, role: str, step: int | None, trial: optuna.Trial,
+                  distinct: bool) -> Outcome:
         attrs = {**genome_attrs(genome), "recipe": self.recipe, "searcher": self.searcher, "role": role,
                  "step": trial.number if step is None else step}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        if distinct and (held := self.holder(trial, genome)) is not None:
+            return self._duplicate(trial, genome, held)
         key = genome.key()
         poll = min(1.0, heartbeat_seconds() / 2)
         # The heartbeat covers the wait for another trial of the genome too: a waiting trial is alive.
@@ -511,7 +561,7 @@ class Evaluator:
                         break
                 if source is not None:
                     try:
-                        return self._reuse(trial, genome, source)
+                        return self._duplicate(trial, genome, source) if distinct else self._reuse(trial, genome, source)
                     finally:
                         with self._lock:
                             self._running.pop(trial.number, None)
@@ -540,6 +590,17 @@ class Evaluator:
         value = source.value if source.state == TrialState.COMPLETE else None
         frozen = self.study.tell(trial, value, state=source.state, skip_if_finished=True)
         return Outcome(trial.number, frozen.state, frozen.value, genome, source.number)
+
+    def _duplicate(self, trial: optuna.Trial, genome: Genome, held: FrozenTrial) -> Outcome:
+        trial.set_user_attr(DUPLICATE_ATTR, held.number)
+        if held.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            out = self._reuse(trial, genome, held)
+        else:
+            self.fail(trial, f"duplicate of trial #{held.number}, which was still running")
+            out = Outcome(trial.number, TrialState.FAIL, None, genome)
+        with self._lock:
+            self._running.pop(trial.number, None)
+        return replace(out, duplicate_of=held.number)
 
     def _run(self, trial: optuna.Trial, genome: Genome) -> Outcome:
         try:

@@ -19,7 +19,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -34,6 +35,17 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
 # Not part of the recipe's identity: compiling changes speed, not what is learned.
 _UNTAGGED = frozenset({"compile"})
+# A recipe's identity (what names its studies; docs/design.md, study names) is the original
+# fields at their original defaults, overlaid with the fields where this recipe differs from
+# its baseline. Both tables are frozen: add entries, never change one (that would rename).
+# The recipe fields and their defaults when study names were first derived from the recipe.
+_ORIGINAL: Mapping[str, Any] = MappingProxyType({
+    "optimizer": "sgd", "lr": 0.1, "schedule": "onecycle", "warmup": 0.2, "label_smoothing": 0.1,
+    "weight_decay": 5e-4, "batch_size": 256, "epochs": 15, "crop": True, "flip": True, "cutout": 0,
+    "bf16": True, "seed": 0,
+})
+# Fields added since, each at its neutral value: the one that trains as before the field existed.
+_ADDED: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -92,12 +104,21 @@ class Recipe:
             values[key] = value
         return cls(**values)
 
+    def identity(self) -> dict[str, Any]:
+        """What names this recipe's studies: `_ORIGINAL` overlaid with each field whose value
+        differs from its baseline (`_ORIGINAL`, else `_ADDED`, else, for a field not entered
+        there yet, its declared default). Adding a field at its neutral value renames no study,
+        nor does changing a default later: only the recipe's values count."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        diff = {k: v for k, v in self.to_dict().items()
+                if k not in _UNTAGGED and v != _ORIGINAL.get(k, _ADDED.get(k, defaults[k]))}
+        return {**_ORIGINAL, **diff}
+
     @property
     def tag(self) -> str:
-        """Short stable name, e.g. `e15-sgd-3f9a1c`, for naming studies: equal recipes (up to
-        `compile`) give equal tags."""
-        ident = {k: v for k, v in self.to_dict().items() if k not in _UNTAGGED}
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
+        """Short stable name, e.g. `e15-sgd-3f9a1c`, for naming studies: recipes with equal
+        `identity()` give equal tags, in any process and any later version."""
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:6]
         return f"e{self.epochs}-{self.optimizer}-{digest}"
 
 

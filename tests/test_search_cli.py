@@ -35,6 +35,12 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _journal(path: str) -> optuna.storages.BaseStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(path))
+
+
 def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     names = optuna.get_all_study_names(storage)
     assert len(names) == 1
@@ -85,6 +91,33 @@ def test_fdpg_asymptote_through_the_cli(cifar_dir, tmp_path, monkeypatch, capsys
     assert [t.user_attrs["role"] for t in trials] == ["centre", "neighbour", "neighbour"]
     assert all(t.value == pytest.approx(t.user_attrs["asymptote"]) for t in trials)
     assert optuna.get_all_study_names(storage)[0].endswith("-asym-sub600-val200")
+
+
+def test_a_new_recipe_field_keeps_resuming_the_study(cifar_dir, tmp_path, monkeypatch, capsys):
+    """A later version adds a recipe field with a default: the same command resumes the study
+    (its trials count) instead of starting a new empty one under a new name."""
+    import dataclasses
+
+    import nas.training
+
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/r.db"
+    args = [*BASE, "--searcher", "random", "--trials", "1", "--epochs", "1", "--pruner", "none",
+            "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]
+    assert main(args) == 0
+    name = optuna.get_all_study_names(storage)[0]
+    capsys.readouterr()
+    # What adding `mixup: float = 0.0` to Recipe would do (the CLI builds nas.training.Recipe).
+    newer = dataclasses.make_dataclass("Recipe", [("mixup", float, 0.0)], bases=(nas.training.Recipe,),
+                                       frozen=True)
+    monkeypatch.setattr(nas.training, "Recipe", newer)
+    args[args.index("--trials") + 1] = "2"
+    assert main(args) == 0
+    assert f"study {name}: 2 random trials" in capsys.readouterr().out
+    assert optuna.get_all_study_names(storage) == [name]
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert len(study.trials) == 2 and study.user_attrs["recipe"]["mixup"] == 0.0  # the newer recipe ran
+    assert "mixup" not in study.trials[0].user_attrs["recipe"] and "mixup" in study.trials[1].user_attrs["recipe"]
 
 
 def test_search_errors_are_one_line(tmp_path, capsys):
@@ -161,3 +194,72 @@ def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifa
         retry = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
         assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
         assert retry[0].params == killed.params and retry[0].user_attrs["genome"] == killed.user_attrs["genome"]
+
+
+# A quick TPE search of the conv space (the command of issue 9, scaled down to the fixture: each
+# trial is a few optimiser steps, so the processes' start-up dominates).
+TRIALS = 4
+CONV = ["search", "--space", "conv", "--budget", "3000", "--val-size", "200", "--subset", "300", "--batch-size", "100",
+        "--trials", str(TRIALS), "--epochs", "1", "--pruner", "none", "--quiet"]
+
+
+def _trained(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """The genome of every trial that trained to the end (not reused from another trial)."""
+    return [t.user_attrs["genome"] for t in trials if t.state == TrialState.COMPLETE
+            and "reused_from" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_repeating_genomes(cifar_dir, _cifar_files, tmp_path):
+    """kill -9 mid-search, rerun: the seeded sampler must not replay the first run's proposals,
+    and proposals of genomes the study holds do not count: N trials = N distinct trainings."""
+    _, md5 = _cifar_files
+    storage = f"sqlite:///{tmp_path}/k.db"
+    args = [*CONV, "--storage", storage, "--data-dir", str(cifar_dir)]
+    log = tmp_path / "log.txt"
+    proc = _launch(md5, args, tmp_path, log)
+    try:
+        _wait_for_running(storage, proc, completed=1)  # still in TPE's random start-up
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = _trained(_trials(storage))
+    rerun = _launch(md5, args, tmp_path, log)
+    assert rerun.wait(timeout=300) == 0, log.read_text()
+    trials = _trials(storage)
+    trained = _trained(trials)
+    print(f"first run trained {len(first)}, after the rerun {len(trained)} trainings, "
+          f"{len(set(trained))} distinct, {len(trials)} trials in the study")
+    assert trained[:len(first)] == first
+    assert len(trained) == len(set(trained)) == TRIALS, "a genome was trained twice, or the budget not reached"
+    assert f"{TRIALS} tpe trials (stopped: trial limit reached)" in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_journal_never_train_a_genome_twice(cifar_dir, _cifar_files, tmp_path):
+    """Two `nas search` processes on one journal file share the study: together they train the
+    requested number of distinct genomes, and no genome twice."""
+    _, md5 = _cifar_files
+    storage = str(tmp_path / "nas.log")
+    args = [*CONV, "--storage", storage, "--data-dir", str(cifar_dir)]
+    logs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    procs = [_launch(md5, args, tmp_path, logs[0])]
+    time.sleep(1)
+    procs.append(_launch(md5, args, tmp_path, logs[1]))
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], [log.read_text() for log in logs]
+    study = optuna.load_study(study_name=optuna.get_all_study_names(_journal(storage))[0], storage=_journal(storage))
+    trials = study.get_trials()
+    trained = _trained(trials)
+    print(f"{len(trained)} trainings, {len(set(trained))} distinct, {len(trials)} trials in the study, "
+          f"{sum('duplicate_of' in t.user_attrs for t in trials)} duplicate proposals")
+    assert len(trained) == len(set(trained)), "a genome was trained twice"
+    assert len(trained) == TRIALS, "the requested total was not reached, or overshot"
+    assert sum(f"{TRIALS} tpe trials (stopped: trial limit reached)" in log.read_text() for log in logs) == 2

@@ -14,7 +14,7 @@ from nas.budget import band, project
 from nas.counting import count_params
 from nas.errors import NasError
 from nas.searchers import (SAMPLERS, estimate_gradient, gradient_step, log_param_gradient, make_sampler, midpoint,
-                           probe_genomes, propose, search, tangent, to_log)
+                           probe_genomes, propose, search, tangent, to_log, worker_seed)
 from nas.spaces import Genome, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,14 +176,95 @@ def test_sampler_search_resumes_and_dedups(small, tmp_path):
     before = {t.number: t.value for t in optuna.load_study(study_name=r.study_name, storage=storage).trials}
     r2 = search(small, BUDGET, "tpe", trials=10, jobs=2, storage=storage, objective=calls, progress=False)
     study = optuna.load_study(study_name=r2.study_name, storage=storage)
-    assert r2.trials == 10 and len(study.trials) == 10
+    # duplicates, and proposals that could not be projected into the band, are asked again
+    counted = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "retryable" not in t.user_attrs]
+    assert r2.trials == 10 and len(counted) == 10
     assert {t.number: t.value for t in study.trials if t.number in before} == before
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert len({g.key() for g in calls.calls}) == len(calls.calls), "a genome was trained twice"
-    reused = [t for t in study.trials if "reused_from" in t.user_attrs]
-    assert len(calls.calls) + len(reused) == 10
-    assert [t.user_attrs["role"] for t in study.trials] == ["start"] + ["sample"] * 9  # the hand design first
-    assert all(t.user_attrs["searcher"] == "tpe" for t in study.trials)
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    # --trials counts distinct trainings: no genome twice, none reused in place of a new one
+    assert len(calls.calls) == len({g.key() for g in calls.calls}) == 10
+    assert [t.user_attrs["role"] for t in counted] == ["start"] + ["sample"] * 9  # the hand design first
+    assert all(t.user_attrs["searcher"] == "tpe" for t in counted)
+
+
+@pytest.mark.parametrize("name", ["random", "tpe"])
+def test_a_resumed_sampler_continues_instead_of_replaying(name, small, tmp_path):
+    """Each search() makes its sampler anew, as a new process does: seeded by (seed, first trial
+    number), the rerun draws new proposals instead of the first run's again."""
+    storage = f"sqlite:///{tmp_path}/t.db"
+    calls = Planted(small)
+    search(small, BUDGET, name, trials=3, storage=storage, objective=calls, progress=False)
+    r = search(small, BUDGET, name, trials=6, storage=storage, objective=calls, progress=False)
+    trials = optuna.load_study(study_name=r.study_name, storage=storage).trials
+    assert [t.params for t in trials[3:6]] != [t.params for t in trials[:3]], "the rerun replayed the first run"
+    assert not any("duplicate_of" in t.user_attrs for t in trials)
+    assert r.trials == 6 and len({g.key() for g in calls.calls}) == len(calls.calls) == 6
+    assert worker_seed(0, 0) != worker_seed(0, 3) != worker_seed(1, 0)
+
+
+def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, monkeypatch):
+    """Two workers count one trial left and both ask one: the later trial is given back (failed,
+    not counted) instead of training one genome more than --trials."""
+    from nas.searchers import SURPLUS, TrialBudget
+    from nas.study import Evaluator, counts_as_done, open_study
+    from nas.training import Recipe
+
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")  # the wait for the other worker's trial
+    study = open_study(f"sqlite:///{tmp_path}/c.db", small, BUDGET, Recipe(), tol=TOL, searcher="tpe")
+    ev1, ev2 = Evaluator(study, Planted(small), "tpe"), Evaluator(study, Planted(small), "tpe")
+    first, second = TrialBudget(ev1, 1), TrialBudget(ev2, 1)
+    genome = project(midpoint(small), small, BUDGET, TOL)
+    taken, ask = [], ev2.ask
+
+    def racing_ask():  # the other worker claims between this worker's count and its ask
+        taken.append(first.claim())
+        ev2.ask = ask
+        return ask()
+
+    ev2.ask = racing_ask
+    second.on_wait = lambda n: ev1.evaluate(genome, role="sample", trial=taken[0])
+    assert second.claim() is None
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["failure"] == SURPLUS and not counts_as_done(trials[1])
+    assert first.done() == 1 and len(ev2.objective.calls) == 0
+
+
+TINY = """
+family = "conv"
+[options]
+stages = 2
+[genes]
+depth = {low = 1, high = 2}
+width = {low = 4, high = 24, step = 4}
+"""
+
+
+@pytest.mark.parametrize("name", ["random", "tpe"])
+def test_duplicates_do_not_count_and_an_exhausted_band_stops(name, tmp_path):
+    """The band of budget 8k in this space holds 11 genomes: asking for 20 trains each reachable
+    one once, the repeated proposals are duplicates outside --trials, and the search says why
+    it stopped."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    tiny = load_space(path)
+    lo, hi = band(8_000, TOL)
+    in_band = {g.key() for g in (tiny.from_vector(list(v)) for v in itertools.product(
+        *[tiny.genes[n].values() for n, _ in tiny.coords])) if lo <= count_params(g) <= hi}
+    calls = Planted(tiny)
+    r = search(tiny, 8_000, name, trials=20, storage=f"sqlite:///{tmp_path}/x.db", objective=calls,
+               progress=False, tol=TOL)
+    trained = [g.key() for g in calls.calls]
+    assert len(trained) == len(set(trained)) == r.trials and set(trained) <= in_band
+    assert r.stopped.startswith("stopped early: none of the last 30 proposals was a new genome")
+    trials = optuna.load_study(study_name=r.study_name, storage=r.storage).trials
+    dups = [t for t in trials if "duplicate_of" in t.user_attrs]
+    missed = [t for t in trials if t.user_attrs.get("failure", "").startswith("projection:")]
+    assert len(dups) + len(missed) >= 30 and len(trials) == len(dups) + len(missed) + r.trials
+    for t in dups:  # told the held genome's result: the sampler learns the value of what it proposed
+        held = trials[t.user_attrs["duplicate_of"]]
+        assert t.user_attrs["genome"] == held.user_attrs["genome"] and t.value == held.value
+        assert t.user_attrs["reused_from"] == held.number and "duplicate_of" not in held.user_attrs
 
 
 def test_search_on_a_journal_file_resumes(small, tmp_path):

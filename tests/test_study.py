@@ -103,6 +103,65 @@ def test_evaluate_records_attrs_and_reuses_genomes(tmp_path, space, genome):
     assert third.reused_from == first.number and len(obj.calls) == 1
 
 
+def test_distinct_evaluation_yields_to_a_genome_held_elsewhere(tmp_path, space, genome):
+    """Two workers (two Evaluators on one study, as two processes) propose one genome: the trial
+    with the lower number trains it, even when it records the genome later; the other becomes a
+    duplicate that does not count, told the result once there is one."""
+    import threading
+
+    study = _study(tmp_path, space)
+    a, b = Counting(0.4), Counting(0.9)
+    ev_a, ev_b = Evaluator(study, a, "tpe"), Evaluator(study, b, "tpe")
+    first, second = ev_a.ask(), ev_b.ask()  # first is still choosing its genome
+    outs = {}
+    worker = threading.Thread(target=lambda: outs.setdefault("b", ev_b.evaluate(genome, role="sample", trial=second,
+                                                                                  distinct=True)))
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive(), "a lower-numbered trial that has not chosen yet may choose this genome: wait"
+    assert ev_a.evaluate(genome, role="sample", trial=first, distinct=True).duplicate_of is None
+    worker.join(10)
+    dup = outs["b"]
+    assert a.calls == [genome] and b.calls == [] and dup.duplicate_of == first.number
+    t = study.trials[second.number]
+    assert t.user_attrs["duplicate_of"] == first.number and not counts_as_done(t)
+    if t.state == TrialState.COMPLETE:  # the holder had finished: its result is reused
+        assert t.value == 0.4 and t.user_attrs["reused_from"] == first.number
+    else:
+        assert t.state == TrialState.FAIL and "still running" in t.user_attrs["failure"]
+    # a later proposal of a trained genome takes its result, and does not count either
+    again = ev_b.evaluate(genome, role="sample", distinct=True)
+    assert again.state == TrialState.COMPLETE and again.value == 0.4 and again.duplicate_of == first.number
+    assert b.calls == [] and not counts_as_done(study.trials[again.number])
+    # without `distinct` (fdpg) the reuse is an evaluation of its own, as before
+    reused = ev_b.evaluate(genome, role="centre", step=0)
+    assert reused.reused_from == first.number and counts_as_done(study.trials[reused.number])
+
+
+def test_a_running_genome_is_taken(tmp_path, space, genome):
+    """While another worker trains a genome, a proposal of it is a duplicate (FAIL, not counted)."""
+    import threading
+
+    study = _study(tmp_path, space)
+    release, started = threading.Event(), threading.Event()
+
+    def slow(g, trial):
+        started.set()
+        release.wait(10)
+        return 0.5
+
+    worker = threading.Thread(target=lambda: Evaluator(study, slow, "tpe").evaluate(genome, role="sample", distinct=True))
+    worker.start()
+    assert started.wait(10)
+    obj = Counting()
+    out = Evaluator(study, obj, "tpe").evaluate(genome, role="sample", distinct=True)
+    release.set()
+    worker.join(10)
+    t = study.trials[out.number]
+    assert out.duplicate_of == 0 and not obj.calls and t.state == TrialState.FAIL and not counts_as_done(t)
+    assert study.trials[0].state == TrialState.COMPLETE and counts_as_done(study.trials[0])
+
+
 def test_failed_pruned_and_interrupted_trials(tmp_path, space, genome):
     study = _study(tmp_path, space)
 

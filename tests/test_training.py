@@ -28,9 +28,37 @@ def test_recipe_round_trip_and_tag():
     assert r.tag.startswith("e30-adamw-") and len(r.tag.split("-")[-1]) == 6
     assert Recipe().tag == Recipe().tag == Recipe(compile=True).tag  # compile is speed, not identity
     assert Recipe(seed=1).tag != Recipe().tag and Recipe(lr=0.05).tag != Recipe().tag
-    # Stable across processes and versions: the hash of the sorted JSON of the fields.
+    # Stable across processes and versions: the hash of the sorted JSON of the fields (while all
+    # are original ones; see test_tag_is_stable_when_recipe_fields_are_added).
     assert Recipe().tag == "e15-sgd-" + __import__("hashlib").sha256(json.dumps(
         {k: v for k, v in Recipe().to_dict().items() if k != "compile"}, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def test_tag_is_stable_when_recipe_fields_are_added():
+    """Study names come from the tag: names made before the identity baseline stay the same, and a
+    field added later (at its neutral value) or a default changed later renames nothing."""
+    import dataclasses
+
+    import nas.training
+
+    # Tags as they were computed before the baseline existed (the hash of every field but compile).
+    assert Recipe().tag == "e15-sgd-747dec" and Recipe(epochs=2).tag == "e2-sgd-bd7f96"
+    assert Recipe(epochs=2, batch_size=128).tag == "e2-sgd-8613d1"
+    assert Recipe(lr=0.05, cutout=8, optimizer="adamw", bf16=False).tag == "e15-adamw-805af5"
+    # A future field, at its default: same identity; set to something else: a new one.
+    Mixup = dataclasses.make_dataclass("Mixup", [("mixup", float, 0.0)], bases=(Recipe,), frozen=True)
+    assert Mixup(epochs=2).tag == Recipe(epochs=2).tag
+    assert Mixup(epochs=2, mixup=0.2).tag != Recipe(epochs=2).tag
+    # Once entered in the baseline, the field's default may change: a recipe that sets the old
+    # neutral value keeps the old name, the new default gets its own.
+    Later = dataclasses.make_dataclass("Later", [("mixup", float, 0.2)], bases=(Recipe,), frozen=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nas.training, "_ADDED", {"mixup": 0.0})
+        assert Later(epochs=2, mixup=0.0).tag == Recipe(epochs=2).tag
+        assert Later(epochs=2).tag == Mixup(epochs=2, mixup=0.2).tag
+    # and changing an original default does not rename a recipe that keeps the old value
+    Faster = dataclasses.make_dataclass("Faster", [("lr", float, 0.2)], bases=(Recipe,), frozen=True)
+    assert Faster(lr=0.1).tag == Recipe().tag and Faster().tag == Recipe(lr=0.2).tag
 
 
 @pytest.mark.parametrize("bad, match", [({"optimizer": "adam"}, "optimizer"), ({"lr": 0}, "lr"),
