@@ -199,7 +199,7 @@ def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifa
 # A quick TPE search of the conv space (the command of issue 9, scaled down to the fixture: each
 # trial is a few optimiser steps, so the processes' start-up dominates).
 TRIALS = 4
-CONV = ["search", "--space", "conv", "--budget", "3000", "--val-size", "200", "--subset", "300", "--batch-size", "100",
+CONV = ["search", "--space", "conv", "--budget", "3000", "--val-size", "200", "--subset", "500", "--batch-size", "100",
         "--trials", str(TRIALS), "--epochs", "1", "--pruner", "none", "--quiet"]
 
 
