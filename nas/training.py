@@ -159,7 +159,8 @@ def default_device() -> torch.device:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' * (n != 1)})"
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
