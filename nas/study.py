@@ -497,6 +497,8 @@ class Evaluator:
         the genome already: of two trials that propose one genome at once, the lower number holds
         it, so while a live lower-numbered trial has not recorded its genome yet, this waits."""
         key, grace = genome.key(), 2 * heartbeat_seconds()
+        optuna_beats = optuna_heartbeat(self.study._storage)
+        give_up = time.monotonic() + grace  # a trial that never records a genome is not a nas trial
         while True:
             now, choosing, earlier = time.time(), False, None
             for t in self.study.get_trials(deepcopy=False):
@@ -506,15 +508,18 @@ class Evaluator:
                     if self._key(t) == key:
                         return t  # trials come in number order: the earliest
                 elif t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < trial.number:
+                    # Where Optuna keeps the heartbeat it also fails dead trials (fail_stale_trials):
+                    # a RUNNING trial there is alive. Elsewhere nas's own beat says so.
                     beat = t.system_attrs.get(HEARTBEAT_ATTR)
-                    if t.state == TrialState.RUNNING and not (isinstance(beat, (int, float)) and now - beat <= grace):
+                    alive = optuna_beats or (isinstance(beat, (int, float)) and now - beat <= grace)
+                    if t.state == TrialState.RUNNING and not alive:
                         continue  # dead (its retry will find this trial's result), or not a nas trial
                     if "genome" in t.user_attrs:
                         if earlier is None and self._key(t) == key:
                             earlier = t
                     elif t.state == TrialState.RUNNING:
                         choosing = True  # a live worker's trial, its genome not proposed yet
-            if earlier is not None or not choosing:
+            if earlier is not None or not choosing or time.monotonic() > give_up:
                 return earlier
             time.sleep(0.05)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,17 @@ def test_tag_is_stable_when_recipe_fields_are_added():
 
     import nas.training
 
-    # Tags as they were computed before the baseline existed (the hash of every field but compile).
-    assert Recipe().tag == "e15-sgd-747dec" and Recipe(epochs=2).tag == "e2-sgd-bd7f96"
-    assert Recipe(epochs=2, batch_size=128).tag == "e2-sgd-8613d1"
+    # Tags as they were computed before the baseline existed (the hash of every field but compile;
+    # lr 0.1 was the default then).
+    old = Recipe(lr=0.1)
+    assert old.tag == "e15-sgd-747dec" and replace(old, epochs=2).tag == "e2-sgd-bd7f96"
+    assert replace(old, epochs=2, batch_size=128).tag == "e2-sgd-8613d1"
     assert Recipe(lr=0.05, cutout=8, optimizer="adamw", bf16=False).tag == "e15-adamw-805af5"
     # A future field, at its default: same identity; set to something else: a new one.
     Mixup = dataclasses.make_dataclass("Mixup", [("mixup", float, 0.0)], bases=(Recipe,), frozen=True)
     assert Mixup(epochs=2).tag == Recipe(epochs=2).tag
     assert Mixup(epochs=2, mixup=0.2).tag != Recipe(epochs=2).tag
+    assert Recipe().tag != old.tag  # the default lr changed (0.1 -> 0.8): a new recipe, a new study
     # Once entered in the baseline, the field's default may change: a recipe that sets the old
     # neutral value keeps the old name, the new default gets its own.
     Later = dataclasses.make_dataclass("Later", [("mixup", float, 0.2)], bases=(Recipe,), frozen=True)
@@ -58,7 +62,7 @@ def test_tag_is_stable_when_recipe_fields_are_added():
         assert Later(epochs=2).tag == Mixup(epochs=2, mixup=0.2).tag
     # and changing an original default does not rename a recipe that keeps the old value
     Faster = dataclasses.make_dataclass("Faster", [("lr", float, 0.2)], bases=(Recipe,), frozen=True)
-    assert Faster(lr=0.1).tag == Recipe().tag and Faster().tag == Recipe(lr=0.2).tag
+    assert Faster(lr=0.1).tag == old.tag and Faster().tag == Recipe(lr=0.2).tag
 
 
 @pytest.mark.parametrize("bad, match", [({"optimizer": "adam"}, "optimizer"), ({"lr": 0}, "lr"),
