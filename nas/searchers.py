@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -264,8 +265,10 @@ def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_
 
     --trials counts distinct trainings. A proposal of a genome the study already holds (trained,
     pruned, or running in any worker) is a duplicate trial, and one that cannot be projected into
-    the band fails; neither counts, and the sampler is asked again. `exhausted_after` such
-    proposals in a row in one worker end the search: the sampler finds nothing new."""
+    the band fails; neither counts, and the sampler is asked again, with a random point of the
+    space queued as the next trial: in a small band (a 1k budget) a model-based sampler keeps
+    proposing what it has, and the random point moves it on. `exhausted_after` such proposals
+    in a row in one worker end the search: the space holds nothing new."""
     exhausted: list[str] = []
 
     def worker(_: int) -> None:
@@ -282,13 +285,21 @@ def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_
                 repeats = 0
                 if on_outcome:
                     on_outcome(out)
-            elif (repeats := repeats + 1) >= exhausted_after:
+                continue
+            if (repeats := repeats + 1) < exhausted_after:
+                ev.study.enqueue_trial(random_params(space, random.Random(trial.number)), user_attrs={"role": "explore"})
+            else:
                 exhausted.append(f"stopped early: none of the last {repeats} proposals was a new genome (each was "
                                  f"already in the study or could not be projected into the band), so this space "
                                  f"looks exhausted for the sampler")
 
     parallel_map(worker, range(jobs), jobs)
     return exhausted[0] if exhausted else budget_trials.why_stopped()
+
+def random_params(space: Space, rng: random.Random) -> dict[str, int]:
+    """A uniformly random value of every searched coordinate, as trial params."""
+    return {space.coord_name(c): rng.choice(space.genes[c[0]].values()) for c in space.coords if not space.is_scale(c)}
+
 
 def enqueue_genomes(study: optuna.Study, space: Space, genomes: list[tuple[str, Genome]]) -> int:
     """Queue (label, genome) pairs as the sampler's next trials, their coordinates as the trial's
