@@ -255,12 +255,13 @@ def test_duplicates_do_not_count_and_an_exhausted_band_stops(name, tmp_path):
     r = search(tiny, 8_000, name, trials=20, storage=f"sqlite:///{tmp_path}/x.db", objective=calls,
                progress=False, tol=TOL)
     trained = [g.key() for g in calls.calls]
-    assert len(trained) == len(set(trained)) == r.trials and set(trained) <= in_band
-    assert r.stopped.startswith("stopped early: none of the last 30 proposals was a new genome")
+    # every genome of the band is found (random points fill in what the sampler keeps missing), once
+    assert len(trained) == len(set(trained)) == r.trials and set(trained) == in_band
+    assert r.stopped.startswith("stopped early:") and r.stopped.endswith("so the band looks exhausted")
     trials = optuna.load_study(study_name=r.study_name, storage=r.storage).trials
     dups = [t for t in trials if "duplicate_of" in t.user_attrs]
     missed = [t for t in trials if t.user_attrs.get("failure", "").startswith("projection:")]
-    assert len(dups) + len(missed) >= 30 and len(trials) == len(dups) + len(missed) + r.trials
+    assert len(dups) + len(missed) >= 1 and len(trials) == len(dups) + len(missed) + r.trials
     for t in dups:  # told the held genome's result: the sampler learns the value of what it proposed
         held = trials[t.user_attrs["duplicate_of"]]
         assert t.user_attrs["genome"] == held.user_attrs["genome"] and t.value == held.value
