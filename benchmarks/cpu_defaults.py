@@ -25,7 +25,7 @@ from nas.data import load_cifar100
 from nas.plan import calibrate
 from nas.searchers import default_start
 from nas.spaces import load_space
-from nas.training import Recipe, train
+from nas.training import space_recipe, train
 
 
 def main() -> None:
@@ -35,11 +35,9 @@ def main() -> None:
     ap.add_argument("--spaces", default="conv-shape,conv-res,mbconv-shape")
     ap.add_argument("--seconds", type=float, default=60.0, help="training time per family and budget")
     ap.add_argument("--subset", type=int, default=15_000)
-    ap.add_argument("--lr", type=float, default=Recipe().lr)
     args = ap.parse_args()
 
     data = load_cifar100(args.data_dir, device="cpu", subset=args.subset)
-    recipe = Recipe(lr=args.lr)
     threads = torch.get_num_threads()
     print(f"cpu, {threads} threads, {len(data.train_y):,} training images, {len(data.val_y):,} validation")
     print("\n1. accuracy per CPU-second: each hand design trained for about the same wall time")
@@ -48,6 +46,7 @@ def main() -> None:
         for name in args.spaces.split(","):
             space = load_space(name)
             genome = project(default_start(space), space, budget)
+            recipe = space_recipe(space)  # each family with its own measured recipe, as nas search trains it
             cal = calibrate(genome, recipe, "cpu", use_cache=False)
             epochs = max(1, round(args.seconds / cal.seconds(len(data.train_y), 1, len(data.val_y))))
             r = train(genome, data, replace(recipe, epochs=epochs), "cpu")
@@ -56,6 +55,7 @@ def main() -> None:
 
     print("\n2. two trials: one after the other with all threads vs both at once, one thread each")
     space = load_space(args.spaces.split(",")[0])
+    recipe = space_recipe(space)
     for budget in parse_budgets(args.budgets):
         a = project(default_start(space), space, budget)
         b = project(space.from_vector([2, 1, 1, 1, 16, 150, 150, 150]), space, budget) \

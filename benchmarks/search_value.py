@@ -30,7 +30,7 @@ from nas.plan import device_defaults
 from nas.searchers import default_start, search
 from nas.spaces import load_space
 from nas.study import trial_genome
-from nas.training import Recipe, evaluate, train
+from nas.training import evaluate, space_recipe, train
 
 
 def mean_std(xs: list[float]) -> str:
@@ -52,7 +52,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    search_recipe = Recipe(epochs=d.epochs)
+    search_recipe = space_recipe(space, epochs=d.epochs)  # the space's measured lr, as nas search uses
     final_recipe = replace(search_recipe, epochs=args.final_epochs)
     full = load_cifar100(args.data_dir, device="cpu", val_size=0)  # final trainings: every training image
     results = out / "results.jsonl"

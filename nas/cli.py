@@ -233,24 +233,40 @@ def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
     g.add_argument("--epochs", "-e", type=_positive, default=epochs_default,
                    help=f"epochs per training (default {epochs_default})" if epochs_default else
                    f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer, help="sgd = SGD, Nesterov momentum 0.9")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    g.add_argument("--schedule", choices=["onecycle", "cosine"], default=d.schedule, help="learning-rate schedule")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to BatchNorm and biases")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--cutout", type=int, default=d.cutout, help="cutout square side in pixels, 0 = off")
+    # Defaults None: what the user did not set comes from the space file's [recipe] table (values
+    # measured for that family, e.g. conv-shape's lr), else from Recipe's defaults.
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd = SGD, Nesterov momentum 0.9")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: the space's [recipe] lr, else {d.lr})")
+    g.add_argument("--schedule", choices=["onecycle", "cosine"], help=f"learning-rate schedule (default {d.schedule})")
+    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    g.add_argument("--weight-decay", type=float,
+                   help=f"not applied to BatchNorm and biases (default: the space's, else {d.weight_decay})")
+    g.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    g.add_argument("--cutout", type=int, help="cutout square side in pixels, 0 = off (default)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     g.add_argument("--no-bf16", action="store_true",
                    help="train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
 
 
-def recipe_from_args(args, epochs: int | None = None):
-    from nas.training import Recipe
+RECIPE_OPTIONS = ("optimizer", "lr", "schedule", "batch_size", "weight_decay", "label_smoothing", "cutout")
 
-    return Recipe(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, batch_size=args.batch_size,
-                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, cutout=args.cutout,
-                  compile=args.compile, bf16=not args.no_bf16, epochs=epochs or args.epochs)
+
+def space_of(genome):
+    """The space a genome names, or None when that file is not found (a genome from elsewhere)."""
+    from nas.spaces import load_space
+
+    try:
+        return load_space(genome.space)
+    except NasError:
+        return None
+
+
+def recipe_from_args(args, epochs: int | None = None, space=None):
+    """The recipe: the options given, over the space's [recipe] table, over Recipe's defaults."""
+    from nas.training import space_recipe
+
+    given = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
+    return space_recipe(space, **given, compile=args.compile, bf16=not args.no_bf16, epochs=epochs or args.epochs)
 
 
 # ---------------------------------------------------------------- nas train
@@ -274,9 +290,9 @@ def cmd_train(args) -> int:
     from nas.spaces import parse_genome
     from nas.training import train_genome_command
 
-    recipe = recipe_from_args(args)
-    overrides = {k: v for k, v in recipe.to_dict().items() if k != "epochs"}
     genome = parse_genome(args.genome, storage=args.storage)
+    recipe = recipe_from_args(args, space=space_of(genome))
+    overrides = {k: v for k, v in recipe.to_dict().items() if k != "epochs"}
     s = train_genome_command(genome, recipe.epochs, args.data_dir, args.out, device=args.device,
                              val_size=args.val_size, subset=args.subset, **overrides)
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
@@ -394,7 +410,7 @@ def cmd_search(args) -> int:
     settings = search_settings(args)
     space = load_space(settings["space"])
     start = parse_genome(args.start, space, storage=args.storage) if args.start else None
-    recipe = recipe_from_args(args, settings["epochs"])
+    recipe = recipe_from_args(args, settings["epochs"], space)
     if args.plan:
         from nas.budget import project
         from nas.searchers import default_start
@@ -472,6 +488,7 @@ def cmd_sweep(args) -> int:
 
     from nas.budget import parse_budgets
     from nas.report import default_report_path, write_summary_json
+    from nas.spaces import load_space
     from nas.study import storage_url
     from nas.sweep import sweep
 
@@ -488,7 +505,7 @@ def cmd_sweep(args) -> int:
         raise NasError("--plan is for nas search (run it per budget); nas sweep prints each search's plan")
     try:
         outcomes = sweep(settings["space"], budgets, final_epochs=args.final_epochs, time_limit=settings["time_limit"],
-                         storage=storage, data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"]),
+                         storage=storage, data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
                          val_size=args.val_size, device=args.device, progress=not args.quiet,
                          baselines=not args.no_baselines, searcher=args.searcher, trials=settings["trials"],
                          jobs=args.jobs, score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,

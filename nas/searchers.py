@@ -760,7 +760,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     prints the plan first; it is skipped when `objective` is given. `noise_seeds` trains the hand
     design with two more seeds (see `measure_noise`) so the report can show the score's noise."""
     from nas.data import check_subset
-    from nas.training import Recipe
+    from nas.training import space_recipe
 
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     budget = check_budget(budget)
@@ -773,7 +773,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
         raise NasError("a search needs a number of trials, a time limit, or both")
     check_subset(subset)  # before the study is created: a failed command leaves nothing behind
     warn_many_jobs(jobs, trials)
-    recipe = recipe or Recipe()
+    recipe = recipe or space_recipe(sp)
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
     if start is not None:

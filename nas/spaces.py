@@ -164,6 +164,7 @@ class Space:
     presets: dict[str, Genome] = field(default_factory=dict)
     path: Path | None = None
     widths: str = "absolute"  # how the searcher sees the stage widths, see WIDTH_MODES
+    recipe: dict[str, Any] = field(default_factory=dict)  # recipe defaults measured for this family
 
     @property
     def stages(self) -> int:
@@ -368,7 +369,7 @@ def _read_space_file(path: Path) -> Space:
         raise NasError(f"{where}: malformed TOML ({e})") from None
     except RecursionError:
         raise NasError(f"{where}: TOML nested too deeply") from None
-    known = {"family", "description", "widths", "options", "genes", "presets"}
+    known = {"family", "description", "widths", "options", "genes", "presets", "recipe"}
     for key in data:
         if key not in known:
             raise NasError(f"{where}: unknown field '{key}' (expected: {', '.join(sorted(known))})")
@@ -398,8 +399,14 @@ def _read_space_file(path: Path) -> Space:
             raise NasError(f"{where}: missing field 'genes.{name}'")
         genes[name] = _parse_gene(name, genes_data[name], family.gene_roles.get(name, "other"),
                                   f"{where}: genes.{name}")
+    recipe = data.get("recipe", {})
+    if not isinstance(recipe, dict):
+        raise NasError(f"{where}: field 'recipe' must be a table of training recipe fields, e.g. lr = 0.8")
+    for key, value in recipe.items():  # the fields themselves are checked when a Recipe is made
+        if not isinstance(value, (int, float, str, bool)):
+            raise NasError(f"{where}: recipe.{key} must be a number, string or true/false")
     space = Space(name=path.stem, family=family, options=options, genes=genes,
-                  description=str(data.get("description", "")), path=path, widths=widths)
+                  description=str(data.get("description", "")), path=path, widths=widths, recipe=dict(recipe))
     presets = data.get("presets", {})
     if not isinstance(presets, dict):
         raise NasError(f"{where}: field 'presets' must be a table")

@@ -23,7 +23,7 @@ from nas.searchers import TRAIN_IMAGES, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
 from nas.study import open_storage, storage_url, study_name, trial_genome
 from nas.text import plural
-from nas.training import Recipe, default_device, train_genome_command
+from nas.training import Recipe, default_device, space_recipe, train_genome_command
 
 if TYPE_CHECKING:
     from nas.data import CifarData
@@ -147,7 +147,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     for budget in budgets:  # a budget the space cannot meet fails now, not after the searches before it
         project(search_options.get("start") or default_start(sp), sp, budget, search_options.get("tol", DEFAULT_TOL))
-    recipe = recipe or Recipe()
+    recipe = recipe or space_recipe(sp)
     if search_options.get("epochs") is not None:
         recipe = replace(recipe, epochs=search_options.pop("epochs"))
     search_options.pop("epochs", None)
@@ -211,8 +211,18 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
             if progress:
                 print(f"budget {budget:,}: final training of the {what} {genome} for {epochs} epochs on "
                       f"{len(data.train_y):,} images", flush=True)
-            records[attr] = final_train(study, genome, final_recipe, attr=attr, data=data, device=device,
-                                        progress=progress, runs_dir=Path(runs_dir), extra=extra)
+            try:
+                records[attr] = final_train(study, genome, final_recipe, attr=attr, data=data, device=device,
+                                            progress=progress, runs_dir=Path(runs_dir), extra=extra)
+            except NasError as e:
+                if attr == "final":
+                    raise
+                # A baseline that fails under the winner's recipe (e.g. diverges) is a result too.
+                records[attr] = {**extra, "genome": genome.to_json(), "genome_str": str(genome), "test_acc": None,
+                                 "failure": str(e), "recipe": final_recipe.to_dict(), "epochs": epochs}
+                study.set_user_attr(attr, records[attr])
+                if progress:
+                    print(f"budget {budget:,}: the {what} failed: {e}", flush=True)
         onnx = export_final(study, records["final"], data_dir=data_dir, progress=progress) if export else None
         outcomes.append(BudgetOutcome(budget, result, records["final"], reused,
                                       {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}, onnx))

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from nas.data import CifarData, augment, batches, load_cifar100, normalize
 from nas.errors import NasError
 from nas.models import build_model
-from nas.spaces import Genome, parse_genome
+from nas.spaces import Genome, Space, parse_genome
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
@@ -50,13 +50,15 @@ _ADDED: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a genome is trained. Defaults follow the brief's training lessons (SGD with Nesterov
-    momentum 0.9, weight decay 5e-4 not on BatchNorm or biases, label smoothing 0.1, random
-    crop + flip), with the peak learning rate measured on CIFAR-100: 0.8 beat 0.1/0.2/0.4 for
-    plain conv hand designs at 10k and 50k parameters (benchmarks/recipe_tuning.py, README)."""
+    """How a genome is trained. Defaults follow the brief's training lessons: SGD with Nesterov
+    momentum 0.9 at lr 0.1, weight decay 5e-4 (not on BatchNorm or biases), label smoothing 0.1,
+    random crop + flip. A space file's [recipe] table overrides them with values measured for
+    its family (`space_recipe`): the conv spaces train at lr 0.8, which beat 0.1/0.2/0.4 for
+    their hand design at 10k and 50k parameters (benchmarks/recipe_tuning.py, README), while lr
+    0.8 made some MBConv genomes diverge, so the default stays 0.1."""
 
     optimizer: str = "sgd"        # "sgd" (Nesterov, momentum 0.9) or "adamw"
-    lr: float = 0.8               # peak learning rate
+    lr: float = 0.1               # peak learning rate
     schedule: str = "onecycle"    # "onecycle": linear up, linear down to 0; "cosine": linear up, cosine to 0
     warmup: float = 0.2           # fraction of all steps spent ramping the learning rate up
     label_smoothing: float = 0.1
@@ -121,6 +123,18 @@ class Recipe:
         `identity()` give equal tags, in any process and any later version."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:6]
         return f"e{self.epochs}-{self.optimizer}-{digest}"
+
+
+def space_recipe(space: Space | None = None, **given: Any) -> Recipe:
+    """The recipe for a genome of `space`: `given` fields, over the space file's [recipe] table
+    (defaults measured for that family), over Recipe's own defaults."""
+    table = dict(space.recipe) if space is not None else {}
+    if table:
+        try:
+            Recipe.from_dict(table)
+        except NasError as e:
+            raise NasError(f"{space.path}: {e}") from None
+    return Recipe.from_dict({**table, **given})
 
 
 @dataclass

@@ -67,6 +67,20 @@ def write_cifar100(root: Path, train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
     return md5
 
 
+# `python LAUNCHER_FILE MD5_JSON nas-args...`: a nas process (tests that start real ones) that
+# patches torchvision's CIFAR-100 checksums to the fixture files' md5s before running the CLI.
+LAUNCHER = """
+import json, sys
+from torchvision.datasets import CIFAR100
+md5 = json.loads(sys.argv[1])
+CIFAR100.train_list = [["train", md5["train"]]]
+CIFAR100.test_list = [["test", md5["test"]]]
+CIFAR100.meta = {**CIFAR100.meta, "md5": md5["meta"]}
+from nas.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.fixture(scope="session")
 def _cifar_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("cifar")

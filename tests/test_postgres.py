@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+from conftest import LAUNCHER  # a nas process that reads the fixture data
 import pytest
 from optuna.trial import TrialState
 
@@ -32,17 +33,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 PORT = 5432  # only names the socket file inside the temp folder: no clash with a real server
 
-# As in test_search_cli: the fixture files have their own md5s, so a worker patches torchvision's.
-LAUNCHER = """
-import json, sys
-from torchvision.datasets import CIFAR100
-md5 = json.loads(sys.argv[1])
-CIFAR100.train_list = [["train", md5["train"]]]
-CIFAR100.test_list = [["test", md5["test"]]]
-CIFAR100.meta = {**CIFAR100.meta, "md5": md5["meta"]}
-from nas.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def _pg_bindir() -> Path | None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+from conftest import LAUNCHER  # a nas process that reads the fixture data
 import pytest
 from optuna.trial import TrialState
 
@@ -22,17 +23,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Small, fast trials: a 3k-parameter model, 600 of the fixture's training images, 200 for validation.
 BASE = ["search", "--budget", "3000", "--space", "mbconv", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
 
-# The fixture files have their own md5s: a subprocess must patch torchvision's checksums too.
-LAUNCHER = """
-import json, sys
-from torchvision.datasets import CIFAR100
-md5 = json.loads(sys.argv[1])
-CIFAR100.train_list = [["train", md5["train"]]]
-CIFAR100.test_list = [["test", md5["test"]]]
-CIFAR100.meta = {**CIFAR100.meta, "md5": md5["meta"]}
-from nas.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def _journal(path: str) -> optuna.storages.BaseStorage:

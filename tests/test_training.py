@@ -43,7 +43,7 @@ def test_tag_is_stable_when_recipe_fields_are_added():
     import nas.training
 
     # Tags as they were computed before the baseline existed (the hash of every field but compile;
-    # lr 0.1 was the default then).
+    # lr 0.1 is the default).
     old = Recipe(lr=0.1)
     assert old.tag == "e15-sgd-747dec" and replace(old, epochs=2).tag == "e2-sgd-bd7f96"
     assert replace(old, epochs=2, batch_size=128).tag == "e2-sgd-8613d1"
@@ -52,7 +52,7 @@ def test_tag_is_stable_when_recipe_fields_are_added():
     Mixup = dataclasses.make_dataclass("Mixup", [("mixup", float, 0.0)], bases=(Recipe,), frozen=True)
     assert Mixup(epochs=2).tag == Recipe(epochs=2).tag
     assert Mixup(epochs=2, mixup=0.2).tag != Recipe(epochs=2).tag
-    assert Recipe().tag != old.tag  # the default lr changed (0.1 -> 0.8): a new recipe, a new study
+    assert Recipe().tag == old.tag
     # Once entered in the baseline, the field's default may change: a recipe that sets the old
     # neutral value keeps the old name, the new default gets its own.
     Later = dataclasses.make_dataclass("Later", [("mixup", float, 0.2)], bases=(Recipe,), frozen=True)
@@ -218,3 +218,18 @@ def test_bf16_is_part_of_the_recipe_identity_and_can_be_turned_off():
     assert Recipe(bf16=True).tag != Recipe(bf16=False).tag
     assert not bf16_autocast(torch.device("cpu"), wanted=False)
     assert bf16_autocast(torch.device("cuda"), wanted=True)
+
+
+def test_space_recipe_table_sets_defaults_the_user_can_override(tmp_path):
+    from nas.spaces import load_space
+    from nas.training import space_recipe
+
+    conv = load_space("conv-shape")
+    assert conv.recipe == {"lr": 0.8} and space_recipe(conv).lr == 0.8
+    assert space_recipe(conv, lr=0.2, epochs=3) == Recipe(lr=0.2, epochs=3)
+    assert space_recipe(load_space("mbconv")) == Recipe() and space_recipe(None, epochs=2) == Recipe(epochs=2)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('family = "conv"\n[recipe]\nlr = "fast"\n[genes]\ndepth = {low = 1, high = 2}\n'
+                   'width = {low = 2, high = 8}\n')
+    with pytest.raises(NasError, match=r"bad.toml: recipe: lr must be a float, got 'fast'"):
+        space_recipe(load_space(bad))
