@@ -35,14 +35,16 @@ def main() -> None:
     ap.add_argument("--spaces", default="conv-shape,conv-res,mbconv-shape")
     ap.add_argument("--seconds", type=float, default=60.0, help="training time per family and budget")
     ap.add_argument("--subset", type=int, default=15_000)
+    ap.add_argument("--parts", default="1,2", help="which measurements to run (1: accuracy per second, 2: concurrency)")
     args = ap.parse_args()
 
     data = load_cifar100(args.data_dir, device="cpu", subset=args.subset)
     threads = torch.get_num_threads()
     print(f"cpu, {threads} threads, {len(data.train_y):,} training images, {len(data.val_y):,} validation")
+    parts = set(args.parts.split(","))
     print("\n1. accuracy per CPU-second: each hand design trained for about the same wall time")
     print(f"{'budget':>8}  {'space':<14} {'genome':<40} {'params':>8} {'img/s':>7} {'epochs':>6} {'seconds':>7} {'val acc':>8}")
-    for budget in parse_budgets(args.budgets):
+    for budget in parse_budgets(args.budgets) if "1" in parts else []:
         for name in args.spaces.split(","):
             space = load_space(name)
             genome = project(default_start(space), space, budget)
@@ -56,7 +58,7 @@ def main() -> None:
     print("\n2. two trials: one after the other with all threads vs both at once, one thread each")
     space = load_space(args.spaces.split(",")[0])
     recipe = space_recipe(space)
-    for budget in parse_budgets(args.budgets):
+    for budget in parse_budgets(args.budgets) if "2" in parts else []:
         a = project(default_start(space), space, budget)
         b = project(space.from_vector([2, 1, 1, 1, 16, 150, 150, 150]), space, budget) \
             if space.growth and space.stages == 4 and "expand" not in space.genes else a

@@ -248,7 +248,8 @@ class Plan:
         full = self.expected_trials * self.seconds_per_trial
         if self.time_limit_s is None:
             return full
-        return min(full, self.time_limit_s + self.seconds_per_trial / self.epochs)
+        until_deadline = self.time_limit_s + self.seconds_per_trial / self.epochs
+        return until_deadline if self.trials is None else min(full, until_deadline)  # no count: runs to the end
 
     def lines(self) -> list[str]:
         rungs = (f", pruned at {', '.join(map(str, hyperband_rungs(self.epochs)[:-1]))} epoch(s) when behind"
