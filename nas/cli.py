@@ -589,18 +589,21 @@ def add_report(sub) -> None:
         "report", help=COMMAND_HELP["report"],
         description="Write one self-contained HTML file (plotly inlined, opens offline): accuracy vs "
                     "parameters with the reference curves, per-budget search progress and learning curves, "
-                    "the fdpg path, and a table of winners.")
+                    "the fdpg path, and a table of winners; and beside it <name>.json, the per-budget summary "
+                    "of the final trainings (winner, baselines, epochs, minutes, scaling fit).")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="output file (default reports/<storage name>.html)")
     p.add_argument("--title", help="page title")
 
 
 def cmd_report(args) -> int:
-    from nas.report import default_report_path, write_report
+    from nas.report import default_report_path, write_report, write_summary_json
     from nas.study import resolve_storage
 
     storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
-    print(write_report(storage, args.out or default_report_path(storage), title=args.title))
+    out = write_report(storage, args.out or default_report_path(storage), title=args.title)
+    print(out)
+    print(write_summary_json(storage, out.with_suffix(".json")))
     return 0
 
 

@@ -108,6 +108,8 @@ def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "reports" / "cli.html").is_file()
     assert main(["report", "--storage", storage, "--out", str(tmp_path / "r.html")]) == 0
     assert "3,000" in (tmp_path / "r.html").read_text()
+    summary = json.loads((tmp_path / "r.json").read_text())  # the JSON summary beside the page
+    assert [b["budget"] for b in summary["budgets"]] == [3000]
     # a mistyped storage is an error, not a new empty study
     code = main(["report", "--storage", str(tmp_path / "missing.log")])
     assert code == 2 and "no study storage" in capsys.readouterr().err
