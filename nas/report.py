@@ -24,10 +24,9 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from nas import reference
-from nas.errors import NasError
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
-from nas.study import failure_reason, is_journal, open_storage
+from nas.study import failure_reason, open_storage
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget

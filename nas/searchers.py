@@ -19,7 +19,6 @@ leaves the centre. A rerun replays the walk from the study's records without tra
 from __future__ import annotations
 
 import math
-import math
 import os
 import random
 import sys

@@ -209,7 +209,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
             if data is None:
                 data = load_cifar100(data_dir, device=device or str(default_device()), val_size=0)
             if progress:
-                print(f"budget {budget:,}: final training of the {what} {genome} for {epochs} epochs on "
+                print(f"budget {budget:,}: final training of the {what} {genome} for {plural(epochs, 'epoch')} on "
                       f"{len(data.train_y):,} images", flush=True)
             try:
                 records[attr] = final_train(study, genome, final_recipe, attr=attr, data=data, device=device,

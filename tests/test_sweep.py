@@ -3,7 +3,6 @@ winner, resume without redoing."""
 
 import json
 
-import json
 
 import optuna
 import pytest
