@@ -643,11 +643,12 @@ class _Progress:
     LOG_EVERY_S = 60.0
 
     def __init__(self, total: int, done: int, enabled: bool, best: float | None, deadline: float | None,
-                 seconds_per_trial: float | None):
+                 seconds_per_trial: float | None, counted: bool = True):
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
         self.total, self.done, self.enabled, self.best = total, done, enabled, best
+        self.counted = counted  # False: `total` is only the plan's guess, the deadline ends the search
         self.deadline, self.estimate = deadline, seconds_per_trial
         self.started = time.time()
         self.finished = 0
@@ -664,9 +665,10 @@ class _Progress:
 
     def eta_s(self) -> float | None:
         """Seconds left: the remaining trials at the mean measured trial time (the calibrated
-        estimate until a trial has finished), cut at the deadline."""
+        estimate until a trial has finished), cut at the deadline; without a trial count, the
+        time to the deadline."""
         per = (time.time() - self.started) / self.finished if self.finished else self.estimate
-        left = None if per is None else max(0, self.total - self.done) * per
+        left = None if per is None or not self.counted else max(0, self.total - self.done) * per
         if self.deadline is not None:
             until = max(0.0, self.deadline - time.time())
             left = until if left is None else min(left, until)
@@ -696,6 +698,8 @@ class _Progress:
             if out.reused_from is None:
                 self.finished += 1
             self.done += 1
+            if self.done > self.total:  # more (e.g. pruned, shorter) trials than the plan guessed
+                self.total = self.bar.total = self.done
             if not self.enabled:
                 return
             self.bar.update(1)
@@ -809,7 +813,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     tops = top_trials(study, budget, 1)
     total = trials if trials is not None else done + (the_plan.expected_trials if the_plan else 0)
     bar = _Progress(total, done, progress, tops[0].value if tops else None, deadline,
-                    the_plan.seconds_per_trial if the_plan else None)
+                    the_plan.seconds_per_trial if the_plan else None, counted=trials is not None)
     budget_trials.on_wait = bar.wait
     bar.note(f"study '{study.study_name}' in {url} ({plural(done, 'trial')} done)")
     measure = own_objective and not no_time_left and noise_seeds

@@ -106,3 +106,16 @@ def test_plan_arithmetic():
     assert plan.seconds_per_trial == pytest.approx(per)
     assert plan.expected_trials == max(1, int(600 // per))
     assert plan.eta_s == pytest.approx(600 + per / 4)  # no trial count: to the deadline, plus one epoch
+
+
+def test_progress_eta_without_a_trial_count_runs_to_the_deadline():
+    from nas.searchers import _Progress
+
+    bar = _Progress(total=5, done=0, enabled=False, best=None, deadline=time.time() + 600, seconds_per_trial=1.0,
+                    counted=False)
+    bar.done = 9  # more trials than the plan guessed: still 10 minutes to the deadline
+    assert 590 < bar.eta_s() <= 600
+    counted = _Progress(total=5, done=3, enabled=False, best=None, deadline=None, seconds_per_trial=10.0)
+    assert counted.eta_s() == pytest.approx(20.0)
+    bar.close()
+    counted.close()
