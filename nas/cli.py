@@ -352,8 +352,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", action="store_true",
                    help="print what the run would do (device, space, fidelity, trials, seconds per trial from a "
                         "short calibration on this machine, ETA) and exit without training or creating trials")
-    p.add_argument("--jobs", "-j", type=_positive, default=1,
-                   help="trials trained at once (threads; fdpg: a step's probes) (default 1)")
+    p.add_argument("--jobs", "-j", type=_positive,
+                   help=f"trials trained at once, the CPU threads split between them (fdpg: a step's probes) "
+                        f"(default: {CPU_DEFAULTS.jobs} on a CPU with at least {CPU_DEFAULTS.jobs} threads, measured "
+                        f"faster than one trial on all threads; 1 on CUDA)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
                                      "path ending in .log (default sqlite:///studies/nas.db)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
@@ -397,7 +399,7 @@ def search_settings(args) -> dict[str, Any]:
         trials, limit = (None, d.time_limit_s) if d.time_limit_s is not None else (d.trials, None)
     subset = d.subset if args.subset is None else (args.subset or None)
     return {"space": args.space or d.space, "trials": trials, "time_limit": limit, "subset": subset,
-            "epochs": args.epochs or d.epochs}
+            "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs}
 
 
 def cmd_search(args) -> int:
@@ -418,11 +420,11 @@ def cmd_search(args) -> int:
         project(start or default_start(space), space, args.budget, args.tol)  # an unreachable budget: one line
         plan = make_plan(space, args.budget, args.searcher, recipe, trials=settings["trials"],
                          time_limit=settings["time_limit"], subset=settings["subset"], val_size=args.val_size,
-                         tol=args.tol, pruner=args.pruner, device=args.device)
+                         tol=args.tol, pruner=args.pruner, device=args.device, jobs=settings["jobs"])
         print("\n".join(plan.lines()))
         return 0
     try:
-        result = search(space, args.budget, args.searcher, trials=settings["trials"], jobs=args.jobs,
+        result = search(space, args.budget, args.searcher, trials=settings["trials"], jobs=settings["jobs"],
                         storage=args.storage, data_dir=args.data_dir, score=args.score, pruner=args.pruner,
                         seed=args.seed, tol=args.tol, recipe=recipe, progress=not args.quiet,
                         subset=settings["subset"], val_size=args.val_size, start=start, device=args.device,
@@ -508,7 +510,7 @@ def cmd_sweep(args) -> int:
                          storage=storage, data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
                          val_size=args.val_size, device=args.device, progress=not args.quiet,
                          baselines=not args.no_baselines, searcher=args.searcher, trials=settings["trials"],
-                         jobs=args.jobs, score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
+                         jobs=settings["jobs"], score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
                          subset=settings["subset"], export=not args.no_export)
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "

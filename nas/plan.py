@@ -42,6 +42,7 @@ class DeviceDefaults:
     subset: int | None
     trials: int
     time_limit_s: float | None
+    jobs: int = 1                   # trials trained at once, the CPU threads split between them
 
     def describe(self) -> str:
         images = f"{self.subset:,} images" if self.subset else "all 45,000 training images"
@@ -52,7 +53,10 @@ class DeviceDefaults:
 # CPU: the plain conv family trains ~6x more images/s than MBConv at 50k parameters on 2 cores
 # (README, "Choosing the default space"); 20 minutes leaves room for data loading, the
 # calibration and the last running epoch inside the promised 30.
-CPU_DEFAULTS = DeviceDefaults(space="conv-shape", epochs=4, subset=15_000, trials=10_000, time_limit_s=20 * 60)
+# Two trials at once, one thread each, beat one trial on two threads by 1.55x (10k) and 1.28x
+# (50k) on the 2-core machine (benchmarks/cpu_defaults.py --parts 2): small models leave a core idle.
+CPU_DEFAULTS = DeviceDefaults(space="conv-shape", epochs=4, subset=15_000, trials=10_000, time_limit_s=20 * 60,
+                              jobs=2)
 # Of a sweep's --time, the share that goes to the searches; the rest trains the winners.
 SWEEP_SEARCH_SHARE = 0.5
 CUDA_DEFAULTS = DeviceDefaults(space="mbconv-shape", epochs=15, subset=None, trials=40, time_limit_s=None)
@@ -64,7 +68,9 @@ def device_defaults(device: str | torch.device | None = None) -> DeviceDefaults:
     import torch
 
     dev = torch.device(device) if device is not None else default_device()
-    return CUDA_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
+    if dev.type == "cuda":
+        return CUDA_DEFAULTS
+    return replace(CPU_DEFAULTS, jobs=max(1, min(CPU_DEFAULTS.jobs, torch.get_num_threads())))
 
 
 # ---------------------------------------------------------------- durations
@@ -225,13 +231,15 @@ class Plan:
     pruner: str
     trials: int | None              # None: as many as the time limit allows
     time_limit_s: float | None
-    calibration: Calibration
+    calibration: Calibration        # of one trial, on the threads one job gets
     done: int = 0                   # trials already in the study
+    jobs: int = 1                   # trials trained at once
 
     @property
     def seconds_per_trial(self) -> float:
-        """A trial trained to its last epoch (pruned trials take less)."""
-        return self.calibration.seconds(self.train_images, self.epochs, self.val_images)
+        """Wall seconds per trial trained to its last epoch (pruned trials take less), `jobs` of
+        them running at once."""
+        return self.calibration.seconds(self.train_images, self.epochs, self.val_images) / self.jobs
 
     @property
     def expected_trials(self) -> int:
@@ -267,7 +275,7 @@ class Plan:
             f"  device:   {self.device}{', bf16 autocast' if self.bf16 else ', float32'}",
             f"  fidelity: {self.train_images:,} training images x {self.epochs} epoch{'s' * (self.epochs != 1)} "
             f"per trial{rungs}; {self.val_images:,} validation images",
-            f"  trials:   {count}",
+            f"  trials:   {count}" + (f", {self.jobs} at a time" if self.jobs > 1 else ""),
             f"  speed:    ~{self.seconds_per_trial:.0f} s per full trial ({cal.train_images_per_s:,.0f} train "
             f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''})",
             f"  ETA:      {duration(self.eta_s)}",

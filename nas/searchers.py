@@ -724,8 +724,9 @@ class _Progress:
 
 def make_plan(space: Space, budget: int, searcher: str, recipe: Recipe, *, trials: int | None,
               time_limit: float | None, subset: int | None, val_size: int, tol: float, pruner: str,
-              device: str | None, done: int = 0) -> Plan:
-    """The plan of a search (see nas.plan), calibrated on the budget's hand design."""
+              device: str | None, done: int = 0, jobs: int = 1) -> Plan:
+    """The plan of a search (see nas.plan), calibrated on the budget's hand design with the
+    threads one of `jobs` concurrent trials gets."""
     from nas.plan import Plan, calibrate
     from nas.training import bf16_autocast, default_device
 
@@ -733,12 +734,13 @@ def make_plan(space: Space, budget: int, searcher: str, recipe: Recipe, *, trial
 
     dev = torch.device(device) if device is not None else default_device()
     hand = project(default_start(space), space, budget, tol)
-    cal = calibrate(hand, recipe, dev)
+    with _torch_threads_per_job(jobs if dev.type == "cpu" else 1):
+        cal = calibrate(hand, recipe, dev)
     train_images = subset or (TRAIN_IMAGES - val_size)
     return Plan(space=space.name, searcher=searcher, budget=budget, band=band(budget, tol), device=cal.device,
                 bf16=bf16_autocast(dev, recipe.bf16), train_images=train_images, val_images=val_size,
                 epochs=recipe.epochs, pruner=pruner, trials=trials, time_limit_s=time_limit, calibration=cal,
-                done=done)
+                done=done, jobs=jobs)
 
 
 def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int | None = 40,
@@ -806,7 +808,7 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     no_time_left = time_limit is not None and time_limit <= 0  # e.g. a resumed sweep's budget whose share is used
     if (plan if plan is not None else progress) and own_objective and not no_time_left:
         the_plan = make_plan(sp, budget, searcher, recipe, trials=trials, time_limit=time_limit, subset=subset,
-                             val_size=val_size, tol=tol, pruner=pruner, device=device, done=done)
+                             val_size=val_size, tol=tol, pruner=pruner, device=device, done=done, jobs=jobs)
         if progress:
             for line in the_plan.lines():
                 print(line, file=sys.stderr, flush=True)

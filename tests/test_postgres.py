@@ -118,7 +118,7 @@ def test_three_workers_one_study_on_postgres(postgres_url, cifar_dir, _cifar_fil
     # Two workers with the same seed propose the same genomes at the same time (the worst case
     # for "never train a genome twice"); the third its own.
     seeds = [0, 0, 1]
-    base = ["search", "--budget", "3000", "--val-size", "200", "--subset", "600", "--batch-size", "128",
+    base = ["search", "--jobs", "1", "--budget", "3000", "--val-size", "200", "--subset", "600", "--batch-size", "128",
             "--searcher", "random", "--trials", str(want), "--epochs", "2", "--pruner", "none",
             "--storage", postgres_url, "--data-dir", str(cifar_dir), "--quiet"]
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]

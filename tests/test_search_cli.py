@@ -21,7 +21,7 @@ from nas.study import DIED, INTERRUPTED, failure_reason
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Small, fast trials: a 3k-parameter model, 600 of the fixture's training images, 200 for validation.
-BASE = ["search", "--budget", "3000", "--space", "mbconv", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
+BASE = ["search", "--budget", "3000", "--space", "mbconv", "--jobs", "1", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
 
 
 
@@ -189,7 +189,7 @@ def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifa
 # A quick TPE search of the conv space (the command of issue 9, scaled down to the fixture: each
 # trial is a few optimiser steps, so the processes' start-up dominates).
 TRIALS = 4
-CONV = ["search", "--space", "conv", "--budget", "3000", "--val-size", "200", "--subset", "500", "--batch-size", "100",
+CONV = ["search", "--space", "conv", "--jobs", "1", "--budget", "3000", "--val-size", "200", "--subset", "500", "--batch-size", "100",
         "--trials", str(TRIALS), "--epochs", "1", "--pruner", "none", "--quiet"]
 
 
