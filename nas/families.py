@@ -21,6 +21,7 @@ from nas.family import (
     segment,
     split_body,
 )
+from nas.resnet import ResNetFamily
 
 if TYPE_CHECKING:
     from nas.spaces import Genome
@@ -151,7 +152,7 @@ class MBConvFamily(Family):
         return genes, implied
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (ConvFamily(), MBConvFamily())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (ConvFamily(), MBConvFamily(), ResNetFamily())}
 
 
 def architecture(genome: Genome) -> list[BlockSpec]:
