@@ -26,6 +26,7 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
+from nas.spaces import Genome
 from nas.study import failure_reason, open_storage
 from nas.text import plural
 
@@ -171,18 +172,8 @@ def trial_label(t: FrozenTrial) -> str:
 def genome_coords(genome_json: str) -> dict[str, int]:
     """A genome's genes as named integer coordinates (per-stage genes become name1..nameS),
     in its family's gene order, like `Space.coords`, so plots list stem, depth, width, ..."""
-    d = json.loads(genome_json)
-    genes = d.get("genes", {})
-    family = FAMILIES.get(d.get("family"))
-    order = family.gene_names({**family.default_options, **d.get("options", {})}) if family else []
-    out: dict[str, int] = {}
-    for name in [n for n in order if n in genes] + [n for n in genes if n not in order]:
-        value = genes[name]
-        if isinstance(value, list):
-            out.update({f"{name}{i + 1}": v for i, v in enumerate(value)})
-        else:
-            out[name] = value
-    return out
+    g = Genome.from_json(genome_json)
+    return FAMILIES[g.family].named_genes(g)
 
 
 def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -353,12 +344,8 @@ def search_added_table(studies: list[StudyView]) -> str:
 
 def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
     """(widths, depths) per stage of a genome, for comparing shapes across budgets."""
-    from nas.spaces import Genome
-
     g = Genome.from_json(genome_json)
-    fam = FAMILIES[g.family]
-    widths = fam.widths(g.genes, g.options) if hasattr(fam, "widths") else list(g.genes.get("width", []))
-    return list(widths), list(g.genes.get("depth", []))
+    return FAMILIES[g.family].stage_shape(g)
 
 
 def fig_winner_shapes(studies: list[StudyView]) -> go.Figure | None:

@@ -362,19 +362,9 @@ def midpoint(space: Space) -> Genome:
 
 def default_start(space: Space) -> Genome:
     """fdpg's default start, from the brief's design lessons: one block per stage (the reference
-    study's best plain member), widths doubling stage by stage ("wider blocks deeper in"),
-    expansion 4 and the smallest kernel. Only proportions matter: projection sets the scale."""
-    base = {"stem": 16, "width_base": 16, "width_slope": 16, "expand": 4, "growth": 200}
-    values = []
-    for name, stage in space.coords:
-        g = space.genes[name]
-        if name == "width":
-            values.append(16 * 2 ** stage)
-        elif name in base:
-            values.append(base[name])
-        else:  # depth, kernel and any gene a user's family adds
-            values.append(g.minimum)
-    return space.from_vector(values)
+    study's best plain member), widths doubling stage by stage ("wider blocks deeper in");
+    the space's family chooses it (`Family.default_start`)."""
+    return space.family.default_start(space)
 
 
 def tangent(g: np.ndarray, n: np.ndarray) -> np.ndarray:

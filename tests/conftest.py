@@ -118,3 +118,45 @@ def cifar_data(cifar_dir: Path):
 def _calibration_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Calibrations (nas.plan) go to a test-session file, not the user's ~/.cache."""
     monkeypatch.setenv("NAS_CALIBRATION_CACHE", str(tmp_path_factory.getbasetemp() / "calibration.json"))
+
+
+# ---------------------------------------------------------------- random genomes of every space file
+
+def builtin_space_names() -> list[str]:
+    """The space files nas ships: tests over all of them cover every family that has one."""
+    from nas.spaces import BUILTIN_SPACES_DIR
+
+    return sorted(p.stem for p in BUILTIN_SPACES_DIR.glob("*.toml"))
+
+
+def option_values(check, rng) -> list:
+    """Every allowed value of an option (a sample of a numeric range, with its ends)."""
+    if hasattr(check, "choices"):
+        return list(check.choices)
+    if hasattr(check, "int_range"):
+        lo, hi = check.int_range
+        return [lo, hi, rng.randint(lo, hi)]
+    lo, hi = check.float_range
+    return [0, 0.0, lo, 0.1, 0.25, 1 / 3, 1e-7, hi - 1e-9, rng.uniform(lo, hi)]
+
+
+def random_genome(space_name: str, rng, options: dict | None = None, max_width: int = 600, max_other: int = 7):
+    """A genome of the space's family with random genes (not only inside the space's ranges:
+    widths up to `max_width`, other genes up to `max_other`) and random options (each option
+    kept from the space file, or drawn from its allowed values)."""
+    from nas.spaces import Genome, load_space
+
+    sp = load_space(space_name)
+    family = sp.family
+    if options is None:
+        options = dict(sp.options)
+        for key, check in family.option_checks.items():
+            if rng.random() < 0.5:
+                options[key] = rng.choice(option_values(check, rng))
+    stages = options["stages"]
+    genes = {}
+    for name in family.gene_names(options):
+        high = max_width if family.gene_roles[name] == "width" else max_other
+        values = [rng.randint(family.lowest(name), high) for _ in range(stages if name in family.per_stage else 1)]
+        genes[name] = values if name in family.per_stage else values[0]
+    return Genome.from_dict({"space": sp.name, "family": family.name, "genes": genes, "options": options})

@@ -217,8 +217,11 @@ def test_fdpg_path_follows_the_centres(sweep):
 
 
 def test_genome_coords():
-    g = json.dumps({"family": "conv", "genes": {"stem": 8, "width": [4, 16]}})
-    assert genome_coords(g) == {"stem": 8, "width1": 4, "width2": 16}
+    g = load_space("mbconv").genome({"stem": 8, "depth": [1, 2, 1, 1], "width": [4, 16, 16, 32],
+                                     "expand": [4, 6, 4, 4], "kernel": [3, 5, 3, 3]})
+    coords = genome_coords(g.to_json())
+    assert list(coords)[:4] == ["stem", "depth1", "depth2", "depth3"]  # the family's gene order
+    assert coords["width2"] == 16 and coords["expand2"] == 6 and coords["kernel4"] == 3 and len(coords) == 17
 
 
 def test_genome_strings_are_escaped(tmp_path):
