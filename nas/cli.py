@@ -469,7 +469,7 @@ def add_sweep(sub) -> None:
                    help="comma-separated budgets, searched in this order; 5k and 1M work too "
                         f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")
     p.add_argument("--time", type=_duration, metavar="DURATION",
-                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE:.0%} goes to the searches, equally per "
+                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE * 100:.0f}%% goes to the searches, equally per "
                         "budget (a rerun counts the time its studies already used), the rest to the final "
                         "trainings, equally per budget, each budget's winner and baselines getting the most "
                         f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "
