@@ -236,17 +236,13 @@ def parse_trial_ref(ref: str) -> tuple[str, int] | None:
 
 def train_command(genome_json: str, recipe: dict[str, Any] | None, out: str, val_size: int | None = None) -> str:
     """The `nas train` command line that trains `genome_json` with `recipe` into `out`."""
-    from nas.training import Recipe
+    from nas.training import Recipe, recipe_options
 
-    d, r = Recipe().to_dict(), {**Recipe().to_dict(), **(recipe or {})}
+    r = {**Recipe().to_dict(), **(recipe or {})}
     flags = [f"--epochs {r['epochs']}"]
-    for key, flag in (("optimizer", "--optimizer"), ("lr", "--lr"), ("schedule", "--schedule"),
-                      ("batch_size", "--batch-size"), ("weight_decay", "--weight-decay"),
-                      ("label_smoothing", "--label-smoothing"), ("cutout", "--cutout")):
-        if r[key] != d[key]:
-            flags.append(f"{flag} {r[key]}")
-    if not r["bf16"]:
-        flags.append("--no-bf16")
+    for f, flag in recipe_options():  # the options whose value is not the default
+        if f.name != "epochs" and r[f.name] != f.default:
+            flags.append(flag if isinstance(f.default, bool) else f"{flag} {r[f.name]}")
     if val_size and val_size != 5000:
         flags.append(f"--val-size {val_size}")
     return f"nas train {shlex.quote(genome_json)} {' '.join(flags)} --out {shlex.quote(out)}"

@@ -110,8 +110,7 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
     from nas.counting import count_flops
 
     out = runs_dir / study.study_name / attr.replace(":", "-")
-    summary = train_genome_command(genome, recipe.epochs, out_dir=out, device=device, progress=progress,
-                                   data=data, **{k: v for k, v in recipe.to_dict().items() if k != "epochs"})
+    summary = train_genome_command(genome, recipe, out_dir=out, device=device, progress=progress, data=data)
     record = {
         **extra, "genome": genome.to_json(), "genome_str": str(genome), "params": summary["params"],
         "flops": count_flops(genome), "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],

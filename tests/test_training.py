@@ -178,8 +178,8 @@ def test_callback_exceptions_propagate(cifar_data):
 
 def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
     out = tmp_path / "run"
-    s = train_genome_command(SMALL.to_json(), 2, data_dir=cifar_dir, out_dir=out, device="cpu", val_size=200,
-                             progress=False, lr=0.2, batch_size=64)
+    s = train_genome_command(SMALL.to_json(), Recipe(epochs=2, lr=0.2, batch_size=64), data_dir=cifar_dir,
+                             out_dir=out, device="cpu", val_size=200, progress=False)
     assert s["status"] == "ok" and s["epochs"] == 2 and s["genome_str"] == str(SMALL)
     assert 0 < s["val_acc"] <= 1 and 0 < s["test_acc"] <= 1 and s["recipe"]["lr"] == 0.2
     assert json.loads((out / "result.json").read_text())["test_acc"] == s["test_acc"]
@@ -192,8 +192,8 @@ def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
 
 def test_train_command_failure_and_bad_run_dir(cifar_dir, tmp_path):
     with pytest.raises(NasError, match="training failed: loss became"):
-        train_genome_command(SMALL, 1, data_dir=cifar_dir, out_dir=tmp_path / "r", device="cpu", val_size=200,
-                             progress=False, lr=1e30)
+        train_genome_command(SMALL, Recipe(epochs=1, lr=1e30), data_dir=cifar_dir, out_dir=tmp_path / "r",
+                             device="cpu", val_size=200, progress=False)
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "failed"
     with pytest.raises(NasError, match="model.pt is missing"):
         load_trained(tmp_path / "r")
