@@ -157,7 +157,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
 
     from nas import __version__
     from nas.counting import count_flops, count_params
-    from nas.training import load_trained
+    from nas.training import load_trained, output_classes
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -170,7 +170,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     except json.JSONDecodeError as e:
         raise NasError(f"{result_file} is not valid JSON: {e}") from None
     spec = input_spec_of(summary, data_dir)
-    num_classes = _classes(model)
+    num_classes = output_classes(model)
     out_path = Path(out) if out else run / "model.onnx"
     if out_path.suffix.lower() != ".onnx":
         raise NasError(f"output file must end in .onnx, got {out_path}")
@@ -215,11 +215,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp_card, card_file)
     return ExportResult(out_path, card_file, card)
-
-
-def _classes(model: nn.Module) -> int:
-    with torch.no_grad():
-        return int(model.float().cpu().eval()(torch.zeros(1, 3, 32, 32)).shape[1])
 
 
 def parse_trial_ref(ref: str) -> tuple[str, int] | None:

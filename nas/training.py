@@ -252,6 +252,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData
     return correct.item() / len(x)
 
 
+@torch.no_grad()
+def output_classes(model: nn.Module) -> int:
+    """How many classes `model` predicts: the width of its logits for one blank 32x32 image, in
+    eval mode (BatchNorm statistics stay as they are)."""
+    p = next(model.parameters(), None)
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, 3, 32, 32, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None else torch.float32)
+        return int(model(x).shape[1])
+    finally:
+        model.train(was_training)
+
+
 class _Diverged(Exception):
     def __init__(self, epoch: int, step: int, value: float):
         super().__init__(f"loss became {value} at epoch {epoch} step {step}")
@@ -268,6 +283,7 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
     `callback(epoch, val_acc)` (epoch 1-based; val_acc None without a validation split) runs after
     each epoch; returning False stops the run early (status "ok", `stopped_early`). Exceptions it raises propagate unchanged. A NaN or
     infinite loss, or CUDA running out of memory, ends the run with status "failed" and a reason.
+    A model whose head does not predict `data.num_classes` classes raises NasError before training.
     """
     dev = torch.device(device) if device is not None else default_device()
     if data.device != dev:
@@ -282,6 +298,10 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
         model = model_or_genome
     # channels_last on the CPU too: oneDNN's NHWC kernels trained these small nets ~1.3-1.7x faster.
     model = model.to(dev, memory_format=torch.channels_last)
+    classes = output_classes(model)
+    if classes != data.num_classes:  # else a CUDA assert or a silent mismatch, deep in the loop
+        what = model_or_genome if isinstance(model_or_genome, Genome) else "the model"
+        raise NasError(f"{what} has a {classes}-class head but the data has {data.num_classes} classes")
     forward = torch.compile(model) if recipe.compile and cuda else model
     params = sum(p.numel() for p in model.parameters())
 

@@ -77,3 +77,11 @@ def test_recipe_options_come_from_the_recipe_fields(monkeypatch, capsys):
     defaults = recipe_from_args(build_parser("train").parse_args(["train", "seed-m4"]))
     assert defaults == newer(epochs=15)
 
+
+def test_a_head_that_does_not_fit_the_data_fails_before_training(cifar_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "conv:8x1|8x1|16x1|16x1;num_classes=10", "--data-dir", str(cifar_dir), "--out", str(out),
+                 "--device", "cpu", "--val-size", "200"])
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err == ("nas: error: conv:8x1|8x1|16x1|16x1;num_classes=10 has a 10-class head "
+                                       "but the data has 100 classes\n")

@@ -176,6 +176,15 @@ def test_callback_exceptions_propagate(cifar_data):
         train(SMALL, cifar_data, Recipe(epochs=2, batch_size=256), device="cpu", callback=cb)
 
 
+def test_a_head_that_does_not_fit_the_data_is_a_one_line_error(cifar_data):
+    ten = Genome.from_dict({**SMALL.to_dict(), "options": {**SMALL.options, "num_classes": 10}})
+    with pytest.raises(NasError) as e:
+        train(ten, cifar_data, FAST, device="cpu")
+    assert str(e.value) == f"{ten} has a 10-class head but the data has 100 classes"
+    with pytest.raises(NasError, match="^the model has a 7-class head but the data has 100 classes$"):
+        train(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7)), cifar_data, FAST, device="cpu")
+
+
 def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
     out = tmp_path / "run"
     s = train_genome_command(SMALL.to_json(), Recipe(epochs=2, lr=0.2, batch_size=64), data_dir=cifar_dir,
