@@ -22,13 +22,16 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from nas.errors import NasError
+
+if TYPE_CHECKING:
+    from nas.data import CifarSource
 
 CHECK_IMAGES = 100
 CHECK_TOLERANCE = 1e-4  # max abs difference of logits, ONNX Runtime vs PyTorch
@@ -106,13 +109,15 @@ def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Te
     return normalize(x, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
 
 
-def check_batch(spec: dict[str, Any], data_dir: str | Path | None, n: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
+def check_batch(spec: dict[str, Any], data_dir: str | Path | None, n: int = CHECK_IMAGES,
+                data: CifarSource | None = None) -> tuple[torch.Tensor, str]:
     """`n` normalised images to compare on, and what they are: the first `n` CIFAR-100 test
-    images when the data set is found, else `n` random images (uniform pixels, seed 0)."""
+    images when the data set is found (in `data` when the caller has read it, else in
+    `data_dir`), else `n` random images (uniform pixels, seed 0)."""
     from nas.data import FOLDER, load_test_images, resolve_data_dir
 
     try:
-        images, _ = load_test_images(data_dir, n)
+        images, _ = data.test_images(n) if data is not None else load_test_images(data_dir, n)
         what = f"the first {len(images)} CIFAR-100 test images"
     except NasError as e:
         if "not found" not in str(e):
@@ -148,10 +153,12 @@ def input_spec_of(summary: dict[str, Any], data_dir: str | Path | None) -> dict[
 # ---------------------------------------------------------------- runs and trials
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: bool = True,
-               data_dir: str | Path | None = None, source: dict[str, Any] | None = None) -> ExportResult:
+               data_dir: str | Path | None = None, source: dict[str, Any] | None = None,
+               data: CifarSource | None = None) -> ExportResult:
     """Export the training run in `run_dir` to `out` (default `run_dir/model.onnx`) and write the
     model card next to it. With `check`, the file is compared with PyTorch on CHECK_IMAGES images
-    and not written unless the logits agree within CHECK_TOLERANCE."""
+    and not written unless the logits agree within CHECK_TOLERANCE. `data`: CIFAR-100 as the
+    caller already read it (a sweep), else it is read from `data_dir`."""
     import onnx
     import onnxruntime
 
@@ -182,7 +189,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
                                     "nas.input.mean": json.dumps(spec["mean"]), "nas.input.std": json.dumps(spec["std"]),
                                     "nas.input.normalize": spec.get("normalize", "(pixel / 255 - mean) / std")})
         if check:
-            batch, what = check_batch(spec, data_dir)
+            batch, what = check_batch(spec, data_dir, data=data)
             got = compare(model, tmp, batch)
             if not got["max_abs_diff"] <= CHECK_TOLERANCE:
                 raise NasError(f"export check failed: ONNX Runtime's logits differ from PyTorch's by up to "
