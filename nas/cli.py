@@ -225,30 +225,26 @@ VAL_SIZE_HELP = "validation images carved from the training set (default 5000)"
 SUBSET_HELP = "train on only this many training images, at least 500 (5 per class): quick runs"
 
 
-def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
-    from nas.training import Recipe
+def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
+    """One option per Recipe field, as its metadata describes it (nas.training `_field`), so a
+    new field is an option of train, search and sweep without an edit here. Defaults, but
+    --epochs', are None: what the user did not set comes from the space file's [recipe] table
+    (values measured for that family, e.g. conv-shape's lr), else from Recipe's defaults."""
+    from nas.training import recipe_options
 
-    d = Recipe()
     g = p.add_argument_group("training recipe")
+    # First, and by hand: the one option whose default depends on the command.
     g.add_argument("--epochs", "-e", type=_positive, default=epochs_default,
                    help=f"epochs per training (default {epochs_default})" if epochs_default else
                    f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)")
-    # Defaults None: what the user did not set comes from the space file's [recipe] table (values
-    # measured for that family, e.g. conv-shape's lr), else from Recipe's defaults.
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd = SGD, Nesterov momentum 0.9")
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default: the space's [recipe] lr, else {d.lr})")
-    g.add_argument("--schedule", choices=["onecycle", "cosine"], help=f"learning-rate schedule (default {d.schedule})")
-    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    g.add_argument("--weight-decay", type=float,
-                   help=f"not applied to BatchNorm and biases (default: the space's, else {d.weight_decay})")
-    g.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
-    g.add_argument("--cutout", type=int, help="cutout square side in pixels, 0 = off (default)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
-    g.add_argument("--no-bf16", action="store_true",
-                   help="train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
-
-
-RECIPE_OPTIONS = ("optimizer", "lr", "schedule", "batch_size", "weight_decay", "label_smoothing", "cutout")
+    for f, flag in recipe_options():
+        if f.name == "epochs":
+            continue
+        text = (f.metadata.get("help") or "default {default}").format(default=f.default).replace("%", "%%")
+        if isinstance(f.default, bool):  # a flag that sets the value other than the default
+            g.add_argument(flag, dest=f.name, action="store_const", const=not f.default, help=text)
+        else:
+            g.add_argument(flag, dest=f.name, type=type(f.default), choices=f.metadata.get("choices"), help=text)
 
 
 def space_of(genome):
@@ -262,11 +258,14 @@ def space_of(genome):
 
 
 def recipe_from_args(args, epochs: int | None = None, space=None):
-    """The recipe: the options given, over the space's [recipe] table, over Recipe's defaults."""
-    from nas.training import space_recipe
+    """The recipe: the options given (`epochs` over --epochs), over the space's [recipe] table,
+    over Recipe's defaults."""
+    from nas.training import recipe_options, space_recipe
 
-    given = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
-    return space_recipe(space, **given, compile=args.compile, bf16=not args.no_bf16, epochs=epochs or args.epochs)
+    given = {f.name: getattr(args, f.name) for f, _ in recipe_options() if getattr(args, f.name) is not None}
+    if epochs:
+        given["epochs"] = epochs
+    return space_recipe(space, **given)
 
 
 # ---------------------------------------------------------------- nas train
@@ -292,9 +291,8 @@ def cmd_train(args) -> int:
 
     genome = parse_genome(args.genome, storage=args.storage)
     recipe = recipe_from_args(args, space=space_of(genome))
-    overrides = {k: v for k, v in recipe.to_dict().items() if k != "epochs"}
-    s = train_genome_command(genome, recipe.epochs, args.data_dir, args.out, device=args.device,
-                             val_size=args.val_size, subset=args.subset, **overrides)
+    s = train_genome_command(genome, recipe, args.data_dir, args.out, device=args.device,
+                             val_size=args.val_size, subset=args.subset)
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
     val = "-" if s["val_acc"] is None else f"{s['val_acc']:.2%}"
     print(f"val acc:  {val}   test acc: {s['test_acc']:.2%}   "
@@ -469,7 +467,7 @@ def add_sweep(sub) -> None:
                    help="comma-separated budgets, searched in this order; 5k and 1M work too "
                         f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")
     p.add_argument("--time", type=_duration, metavar="DURATION",
-                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE:.0%} goes to the searches, equally per "
+                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE * 100:.0f}%% goes to the searches, equally per "
                         "budget (a rerun counts the time its studies already used), the rest to the final "
                         "trainings, equally per budget, each budget's winner and baselines getting the most "
                         f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "

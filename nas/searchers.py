@@ -37,12 +37,13 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.budget import band, check_budget, param_gradient, project
 from nas.errors import NasError, warn
 from nas.spaces import Genome, Space, load_space
-from nas.study import (Evaluator, Objective, Outcome, TrainingObjective, counts_as_done, fail_stale_trials,
-                       heartbeat_seconds, open_study, resolve_storage, searcher_trials, top_trials,
-                       training_objective, trial_genome)
+from nas.study import (Evaluator, Objective, Outcome, counts_as_done, fail_stale_trials, heartbeat_seconds,
+                       open_study, resolve_storage, searcher_trials, top_trials, trial_genome)
 from nas.text import plural
 
 if TYPE_CHECKING:
+    from nas.data import CifarSource
+    from nas.objective import TrainingObjective
     from nas.plan import Plan
     from nas.training import Recipe
 
@@ -608,6 +609,8 @@ def measure_noise(study: optuna.Study, objective: TrainingObjective, genome: Gen
     apart two trials of one genome land by luck alone (the report draws it as a band)."""
     import statistics
 
+    from nas.objective import TrainingObjective
+
     noise = dict(study.user_attrs.get(NOISE_ATTR) or {})
     if noise.get("genome") != genome.to_json():
         noise = {"genome": genome.to_json(), "genome_str": str(genome), "values": {}}
@@ -734,13 +737,13 @@ def make_plan(space: Space, budget: int, searcher: str, recipe: Recipe, *, trial
 
 
 def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int | None = 40,
-           epochs: int | None = None, jobs: int = 1, storage: str | None = None, data_dir: str | Path | None = None,
+           jobs: int = 1, storage: str | None = None, data_dir: str | Path | None = None,
            score: str = "val", pruner: str = "hyperband", seed: int = 0, tol: float = 0.1,
            recipe: Recipe | None = None, objective: Objective | None = None, progress: bool = True, *,
            subset: int | None = None, val_size: int = 5000, start: Genome | None = None,
            device: str | None = None, time_limit: float | None = None,
            transfer: list[tuple[str, Genome]] | None = None, plan: bool | None = None,
-           noise_seeds: bool = True) -> SearchResult:
+           noise_seeds: bool = True, data: CifarSource | None = None) -> SearchResult:
     """Search `space` for the genome with the best score under `budget` parameters.
 
     Every evaluation is a trial of the study of (space, budget, recipe) in `storage`; trials
@@ -750,9 +753,10 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     end below them. `time_limit` (seconds) ends the search: no trial starts after it, and the
     running one stops at its next epoch boundary (recorded as failed, retried on a rerun);
     `trials` None means no count limit. `objective` replaces training (tests, benchmarks); by
-    default genomes are trained on CIFAR-100 from `data_dir` (`subset` training images,
-    `val_size` held out) for `epochs` epochs. `plan` (default: when `progress`) calibrates and
-    prints the plan first; it is skipped when `objective` is given. `noise_seeds` trains the hand
+    default genomes are trained with `recipe` (its epochs included) on CIFAR-100 (`subset`
+    training images, `val_size` held out) from `data` (read once by the caller) or `data_dir`.
+    `plan` (default: when `progress`) calibrates and prints the plan first; it is skipped when
+    `objective` is given. `noise_seeds` trains the hand
     design with two more seeds (see `measure_noise`) so the report can show the score's noise."""
     from nas.data import check_subset
     from nas.training import space_recipe
@@ -769,8 +773,6 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
     check_subset(subset)  # before the study is created: a failed command leaves nothing behind
     warn_many_jobs(jobs, trials)
     recipe = recipe or space_recipe(sp)
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
     if start is not None:
         sp.check(start, "start genome")
     hand = project(start or default_start(sp), sp, budget, tol)  # a budget the space cannot meet fails here
@@ -788,9 +790,11 @@ def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int |
         enqueue_genomes(study, sp, [("start", hand), *(transfer or [])])
     own_objective = objective is None
     if objective is None:
-        objective = _LazyObjective(lambda: training_objective(recipe, data_dir=data_dir, score=score, subset=subset,
-                                                              val_size=val_size, device=device, progress=progress,
-                                                              deadline=deadline))
+        from nas.objective import training_objective
+
+        objective = _LazyObjective(lambda: training_objective(recipe, data=data, data_dir=data_dir, score=score,
+                                                              subset=subset, val_size=val_size, device=device,
+                                                              progress=progress, deadline=deadline))
     ev = Evaluator(study, objective, searcher, recipe.to_dict())
     budget_trials = TrialBudget(ev, trials, deadline=deadline)
     done = budget_trials.done()

@@ -2,8 +2,8 @@
 
 What a study and its trials contain is the contract in docs/design.md ("Study and trial
 records"); this module is the only writer of it. A genome is evaluated through an `Objective`
-(`Callable[[Genome, optuna.Trial | None], float]`): `TrainingObjective` trains it, tests and
-benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one trial: it records
+(`Callable[[Genome, optuna.Trial | None], float]`): `nas.objective.TrainingObjective` trains it,
+tests and benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one trial: it records
 the genome, reuses the result when the genome was already evaluated in the study, keeps a
 heartbeat while it runs, and marks the trial failed or pruned when it ends badly. For a
 sampler's proposals it also keeps workers apart: a genome held anywhere in the study, running
@@ -44,7 +44,6 @@ from nas.errors import NasError
 from nas.spaces import Genome, Space
 
 if TYPE_CHECKING:
-    from nas.data import CifarData
     from nas.training import Recipe
 
 DEFAULT_STORAGE = "sqlite:///studies/nas.db"
@@ -656,70 +655,3 @@ class Evaluator:
         for trial in running:
             self.fail(trial, INTERRUPTED)
         return [t.number for t in running]
-
-
-# ---------------------------------------------------------------- the training objective
-
-@dataclass
-class TrainingObjective:
-    """Trains a genome with `recipe` on `data`; scores it by the last-epoch validation accuracy
-    (`score="val"`) or the fitted learning-curve asymptote (`score="asymptote"`). Reports every
-    epoch to the trial, stops early when the trial's pruner says so, and records the curve."""
-
-    data: CifarData
-    recipe: Recipe
-    score: str = "val"
-    device: str | None = None
-    progress: bool = False
-    deadline: float | None = None  # time.time() at which a running trial stops after its epoch
-
-    def __call__(self, genome: Genome, trial: optuna.Trial | None = None) -> float:
-        from nas.curves import fit_asymptote
-        from nas.training import train
-
-        pruned = late = False
-
-        def on_epoch(epoch: int, val_acc: float) -> bool | None:
-            nonlocal pruned, late
-            if trial is not None:
-                trial.report(val_acc, epoch)
-                if trial.should_prune():
-                    pruned = True
-                    return False
-            if self.deadline is not None and epoch < self.recipe.epochs and time.time() >= self.deadline:
-                late = True
-                return False
-            return None
-
-        label = f"#{trial.number} " if trial is not None else ""
-        result = train(genome, self.data, self.recipe, self.device, callback=on_epoch, progress=self.progress,
-                       desc=f"{label}{genome}")
-        epochs = [c["epoch"] for c in result.curve]
-        accs = [c["val_acc"] for c in result.curve]
-        asym = fit_asymptote(epochs, accs) if result.curve else None
-        attrs = {"curve": result.curve, "val_acc": result.val_acc,
-                 "asymptote": asym.alpha if asym else None, "asymptote_std": asym.alpha_std if asym else None,
-                 "wall_time_s": result.wall_time_s, "device": result.device}
-        if trial is not None:
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-        if not result.ok:
-            raise EvaluationFailed(result.failure or "training failed")
-        if pruned:
-            raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
-        if late:
-            raise DeadlineReached(f"stopped at the time limit after epoch {result.epochs} of {self.recipe.epochs}")
-        return asym.alpha if self.score == "asymptote" and asym is not None else result.val_acc
-
-
-def training_objective(recipe: Recipe, *, data_dir: str | Path | None = None, score: str = "val",
-                       subset: int | None = None, val_size: int = DEFAULT_VAL_SIZE, device: str | None = None,
-                       progress: bool = False, deadline: float | None = None) -> TrainingObjective:
-    """Load CIFAR-100 onto the training device once and return the objective that trains on it."""
-    from nas.data import load_cifar100
-    from nas.training import default_device
-
-    dev = str(device or default_device())
-    data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
-    return TrainingObjective(data, recipe, score=score, device=dev, progress=progress, deadline=deadline)
-

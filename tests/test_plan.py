@@ -13,7 +13,8 @@ from nas.searchers import search
 from nas.spaces import load_space
 from nas.budget import project
 from nas.searchers import default_start
-from nas.study import Evaluator, TrainingObjective, counts_as_done, open_study
+from nas.objective import TrainingObjective
+from nas.study import Evaluator, counts_as_done, open_study
 from nas.training import Recipe
 
 

@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 
 from nas.budget import project
 from nas.errors import NasError
+from nas.objective import TrainingObjective
 from nas.spaces import load_space
-from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator, TrainingObjective,
+from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator,
                        counts_as_done, dashboard_command, fail_stale_trials, failure_reason, heartbeat,
                        open_storage, open_study, optuna_heartbeat, resolve_storage, study_name)
 from nas.training import Recipe

@@ -10,9 +10,12 @@ import pytest
 from nas.errors import NasError
 from nas.budget import parse_budgets
 from nas.report import write_report, write_summary_json
+from nas.spaces import load_space
 from nas.sweep import sweep
+from nas.training import space_recipe
 
-OPTS = dict(searcher="random", trials=2, epochs=1, val_size=200, pruner="none", progress=False)
+OPTS = dict(searcher="random", trials=2, recipe=space_recipe(load_space("conv"), epochs=1), val_size=200,
+            pruner="none", progress=False)
 
 
 def test_parse_budgets():
@@ -22,12 +25,19 @@ def test_parse_budgets():
             parse_budgets(bad)
 
 
-def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
+def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
+    import nas.data
+
+    reads = []  # every CIFAR file decoded, by whichever path (training, search split, export check)
+    real_read = nas.data._read_split
+    monkeypatch.setattr(nas.data, "_read_split", lambda root, train: reads.append(train) or real_read(root, train))
     storage = f"sqlite:///{tmp_path}/sweep.db"
     runs = tmp_path / "runs"
     outcomes = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
                      runs_dir=runs, **OPTS)
     assert [o.budget for o in outcomes] == [3000, 8000]
+    # two searches, four final trainings and two exports: the training and test files are read once
+    assert reads == [True, False]
     summaries = optuna.get_all_study_summaries(storage)
     assert len(summaries) == 2
     for o in outcomes:
@@ -62,6 +72,7 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
     again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
                   runs_dir=runs, **OPTS)
     assert all(o.final_reused for o in again)
+    assert reads[2:] in ([], [True, False])  # the rerun, too, reads the files at most once
     assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
 
