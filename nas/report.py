@@ -26,7 +26,7 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
-from nas.study import failure_reason, open_storage
+from nas.study import failure_reason, open_storage, storage_database
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget
@@ -130,8 +130,7 @@ def load_studies(storage: str | optuna.storages.BaseStorage) -> list[StudyView]:
 
 def default_report_path(storage: str) -> Path:
     """reports/<storage stem>.html, e.g. sqlite:///studies/nas.db -> reports/nas.html."""
-    stem = Path(storage.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]).stem
-    return Path("reports") / f"{stem or 'report'}.html"
+    return Path("reports") / f"{Path(storage_database(storage) or '').stem or 'report'}.html"
 
 
 # ---------------------------------------------------------------- formatting
