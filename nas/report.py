@@ -2,7 +2,9 @@
 
 The page reads only what docs/design.md ("Study and trial records") promises is in a study,
 through Optuna's public API, and inlines plotly.js once so it opens offline. Accuracies are
-stored in [0, 1] and shown in %.
+stored in [0, 1] and shown in %. This module computes the figures, tables' records and
+summaries; templates/report.html.j2 lays them out (autoescaped, so no value reaches the page
+unescaped; plotly's hover text is HTML too, so genome strings are escaped for it here).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import optuna
 import plotly.graph_objects as go
+from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
@@ -27,7 +31,7 @@ from nas import reference
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
 from nas.spaces import Genome
-from nas.study import failure_reason, open_storage
+from nas.study import failure_reason, open_storage, storage_database
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget
@@ -96,6 +100,9 @@ class StudyView:
         # several searchers may share a study: its attr lists them all, e.g. "tpe,fdpg"
         return "fdpg" in str(self.attrs.get("searcher", "")).split(",")
 
+    def failure_reasons(self) -> list[str]:
+        return sorted({str(failure_reason(t) or "no reason recorded") for t in self.failed})
+
     def status(self) -> str | None:
         """Why the study has nothing to plot, or None when it has completed trials."""
         if self.complete:
@@ -131,8 +138,7 @@ def load_studies(storage: str | optuna.storages.BaseStorage) -> list[StudyView]:
 
 def default_report_path(storage: str) -> Path:
     """reports/<storage stem>.html, e.g. sqlite:///studies/nas.db -> reports/nas.html."""
-    stem = Path(storage.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]).stem
-    return Path("reports") / f"{stem or 'report'}.html"
+    return Path("reports") / f"{Path(storage_database(storage) or '').stem or 'report'}.html"
 
 
 # ---------------------------------------------------------------- formatting
@@ -319,29 +325,6 @@ def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
     return _layout(fig, "What search added", 420)
 
 
-def search_added_table(studies: list[StudyView]) -> str:
-    rows = [s for s in studies if s.final]
-    if not rows:
-        return '<p class="note">No final trainings yet.</p>'
-    head = ("<tr><th>budget</th><th>winner</th><th>test</th><th>hand design</th><th>test</th>"
-            "<th>reference model</th><th>test</th><th>winner − hand</th><th>epochs</th></tr>")
-    out = []
-    for s in rows:
-        f, hand, seed = s.final, s.baselines.get("hand"), s.baselines.get("seed")
-
-        def cell(r: dict | None) -> str:
-            if not r:
-                return "<td>—</td><td>—</td>"
-            return (f"<td><code>{html.escape(str(r.get('genome_str')))}</code> ({count_str(r.get('params'))})</td>"
-                    f"<td>{pct(r.get('test_acc'))}</td>")
-
-        diff = (f"{100 * (f['test_acc'] - hand['test_acc']):+.2f} pts"
-                if hand and hand.get("test_acc") is not None and f.get("test_acc") is not None else "—")
-        out.append(f"<tr><td>{budget_str(s.budget)}</td>{cell(f)}{cell(hand)}{cell(seed)}<td>{diff}</td>"
-                   f"<td>{f.get('epochs', '—')}</td></tr>")
-    return f'<table class="winners">{head}{"".join(out)}</table>'
-
-
 def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
     """(widths, depths) per stage of a genome, for comparing shapes across budgets."""
     g = Genome.from_json(genome_json)
@@ -416,6 +399,10 @@ def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
     return out
 
 
+def public_points_by_source() -> list[tuple[str, list[reference.RefPoint]]]:
+    return [(source, [p for p in reference.PUBLIC_POINTS if p.source == source]) for source in reference.public_sources()]
+
+
 def _add_reference_traces(fig: go.Figure) -> None:
     ref = reference.REFERENCE_STUDY
     fig.add_trace(go.Scatter(
@@ -425,8 +412,7 @@ def _add_reference_traces(fig: go.Figure) -> None:
         hovertext=[f"{p.model}: {count_str(p.params)} params, test {pct(p.test_acc)}<br>{p.source}"
                    for p in ref], hoverinfo="text"))
     symbols = ["diamond", "triangle-up", "cross", "x"]
-    for i, source in enumerate(reference.public_sources()):
-        pts = [p for p in reference.PUBLIC_POINTS if p.source == source]
+    for i, (source, pts) in enumerate(public_points_by_source()):
         fig.add_trace(go.Scatter(
             x=[p.params for p in pts], y=[100 * p.test_acc for p in pts], mode="markers+text",
             name=f"public: {source}", text=[p.model for p in pts], textposition="top center",
@@ -523,13 +509,12 @@ def fig_fdpg_path(s: StudyView) -> go.Figure:
 
 # ---------------------------------------------------------------- page
 
-def plot_div(fig: go.Figure, div_id: str) -> str:
-    # plotly.js is inlined once in <head>; each figure only carries its data.
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
-
-
-def _maybe_plot(fig: go.Figure | None, div_id: str) -> str:
-    return plot_div(fig, div_id) if fig is not None else '<p class="note">Nothing to show yet.</p>'
+def plot_div(fig: go.Figure | None, div_id: str) -> Markup | None:
+    """The figure as a div for the page (None for no figure); plotly.js is inlined once in <head>,
+    each figure only carries its data."""
+    if fig is None:
+        return None
+    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG))
 
 
 def slug(name: str) -> str:
@@ -548,128 +533,60 @@ def summary_line(studies: list[StudyView]) -> str:
             for s in studies if s.best]
     if best:
         parts.append("best per budget " + ", ".join(best))
-    return html.escape(" · ".join(parts))
+    return " · ".join(parts)
 
 
-def winners_table(studies: list[StudyView]) -> str:
-    head = ("<tr><th>study</th><th>budget</th><th>genome</th><th>params</th><th>FLOPs</th>"
-            "<th>val acc</th><th>test acc</th><th>epochs</th><th>training time</th><th>device</th></tr>")
-    rows = []
-    for s in studies:
-        name = f'<a href="#study-{slug(s.name)}">{html.escape(s.name)}</a>'
-        if s.final:
-            f, note = s.final, ""
-        elif s.best:  # not final-trained yet: show the search's best, marked as such
-            f = {**s.best.user_attrs, "val_acc": s.best.user_attrs.get("val_acc", s.best.value)}
-            note = ' <span class="note">(search best; no final training yet)</span>'
-        else:
-            rows.append(f'<tr><td>{name}</td><td>{budget_str(s.budget)}</td>'
-                        f'<td colspan="8" class="note">{html.escape(s.status() or "")}</td></tr>')
-            continue
-        rows.append(
-            f"<tr><td>{name}</td><td>{budget_str(s.budget)}</td>"
-            f"<td><code>{html.escape(str(f.get('genome_str', '?')))}</code>{note}</td>"
-            f"<td>{count_str(f.get('params'))}</td><td>{count_str(f.get('flops'))}</td>"
-            f"<td>{pct(f.get('val_acc'))}</td><td>{pct(f.get('test_acc'))}</td>"
-            f"<td>{f.get('epochs', '—') if s.final else '—'}</td>"
-            f"<td>{duration_str(f.get('wall_time_s'))}</td><td>{html.escape(str(f.get('device', '—')))}</td></tr>")
-    if not rows:
-        return '<p class="note">No studies, so no winners yet.</p>'
-    return f'<table class="winners">{head}{"".join(rows)}</table>'
+def winner_record(s: StudyView) -> dict[str, Any] | None:
+    """What the winners table shows for a study: its final training, else its search's best trial
+    (not final-trained yet), else None."""
+    if s.final:
+        return s.final
+    if s.best:
+        return {**s.best.user_attrs, "val_acc": s.best.user_attrs.get("val_acc", s.best.value)}
+    return None
 
 
-def study_section(s: StudyView) -> str:
-    """One budget: its record line, then its plots, or the reason there are none."""
-    attrs = [f"budget {budget_str(s.budget)}", f"searcher {s.attrs.get('searcher', '?')}",
-             f"space {s.attrs.get('space', '?')}", f"{plural(len(s.trials), 'trial')} ({state_counts(s.trials) or 'none'})"]
-    out = [f'<section class="study" id="study-{slug(s.name)}">',
-           f"<h3>{html.escape(s.name)}</h3>", f'<p class="meta">{html.escape(" · ".join(attrs))}</p>']
-    status = s.status()
-    if status:
-        out.append(f'<p class="status">{html.escape(status)}</p>')
-        if s.failed:
-            reasons = sorted({str(failure_reason(t) or "no reason recorded") for t in s.failed})
-            out.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>")
-    else:
-        key = slug(s.name)
-        out.append(plot_div(fig_search_progress(s), f"progress-{key}"))
-        out.append(plot_div(fig_learning_curves(s), f"curves-{key}"))
-        if s.is_fdpg:
-            out.append(plot_div(fig_fdpg_path(s), f"fdpg-{key}"))
-    out.append("</section>")
-    return "\n".join(out)
+def search_gain(s: StudyView) -> float | None:
+    """Test accuracy of the winner minus that of the hand design, both final-trained alike."""
+    f, hand = s.final or {}, s.baselines.get("hand")
+    if hand and hand.get("test_acc") is not None and f.get("test_acc") is not None:
+        return f["test_acc"] - hand["test_acc"]
+    return None
 
 
-def reference_list() -> str:
-    items = [f"<li>{html.escape(reference.REFERENCE_STUDY_SOURCE)}: "
-             + ", ".join(f"{p.model} {count_str(p.params)} → {pct(p.test_acc)}" for p in reference.REFERENCE_STUDY)
-             + "</li>"]
-    for source in reference.public_sources():
-        pts = [p for p in reference.PUBLIC_POINTS if p.source == source]
-        items.append(f'<li><a href="https://github.com/{html.escape(source)}">{html.escape(source)}</a>: '
-                     + ", ".join(html.escape(f"{p.model} ~{count_str(p.params)} → {pct(p.test_acc)}"
-                                             + (f" ({p.recipe})" if p.recipe else "")) for p in pts)
-                     + "</li>")
-    return "<ul>" + "".join(items) + "</ul>"
+def study_plots(s: StudyView) -> list[Markup]:
+    """A budget's own plots; none while it has no completed trial."""
+    if s.status():
+        return []
+    key = slug(s.name)
+    plots = [plot_div(fig_search_progress(s), f"progress-{key}"), plot_div(fig_learning_curves(s), f"curves-{key}")]
+    if s.is_fdpg:
+        plots.append(plot_div(fig_fdpg_path(s), f"fdpg-{key}"))
+    return plots
 
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 0 24px 48px; color: #222; }
-header { border-bottom: 2px solid #1f3b73; padding: 16px 0 8px; margin-bottom: 8px; }
-h1 { margin: 0 0 4px; color: #1f3b73; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
-.meta, .note { color: #666; } .status { font-weight: bold; color: #a33; }
-nav a { margin-right: 14px; }
-table.winners { border-collapse: collapse; width: 100%; font-size: 14px; }
-table.winners th, table.winners td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; }
-table.winners th { background: #f3f5f9; }
-code { font-size: 13px; }
-section.study { margin: 16px 0 28px; }
-"""
+# The page's layout is templates/report.html.j2 (package data); it is autoescaped, so every value
+# put into it is escaped and only the plots and plotly.js come in as Markup.
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("nas", "templates"), autoescape=True,
+                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                               keep_trailing_newline=True)
+TEMPLATES.filters.update(pct=pct, count=count_str, budget=budget_str, duration=duration_str, plural=plural,
+                         slug=slug)
+TEMPLATES.globals.update(state_counts=state_counts)
 
 
 def render_html(studies: list[StudyView], storage: str, title: str) -> str:
-    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    sections = "\n".join(study_section(s) for s in studies) or '<p class="status">No studies in this storage yet.</p>'
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>{CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-<header>
-<h1>{html.escape(title)}</h1>
-<p class="meta">storage <code>{html.escape(storage)}</code> · generated {html.escape(now)}</p>
-<p class="summary">{summary_line(studies)}</p>
-<nav><a href="#curve">accuracy vs parameters</a><a href="#winners">winners</a><a href="#added">what search added</a>
-<a href="#shapes">shapes</a>
-<a href="#budgets">per budget</a><a href="#references">references</a></nav>
-</header>
-<h2 id="curve">Accuracy vs parameters</h2>
-<p class="note">Trial points and the best-per-budget curve show the search score (validation accuracy or
-its fitted asymptote); stars are the winners' test accuracy after final training; grey and purple
-points are published test accuracies (see <a href="#references">references</a>).</p>
-{plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params")}
-<h2 id="winners">Winners</h2>
-{winners_table(studies)}
-<h2 id="added">What search added</h2>
-<p class="note">Per budget, the search's winner beside the space's hand design (its default start
-projected to the budget) and the reference study's model for that budget, all trained with the same
-final recipe and epochs on all training images; test accuracy.</p>
-{search_added_table(studies)}
-{_maybe_plot(fig_search_added(studies), "search-added")}
-<h2 id="shapes">Winners' shapes</h2>
-{_maybe_plot(fig_winner_shapes(studies), "winner-shapes")}
-<h2 id="budgets">Per budget</h2>
-{sections}
-<h2 id="references">References</h2>
-{reference_list()}
-</body>
-</html>
-"""
+    return TEMPLATES.get_template("report.html.j2").render(
+        title=title, storage=storage, generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        plotly_js=Markup(get_plotlyjs()), summary=summary_line(studies),
+        curve_plot=plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params"),
+        winners=[(s, winner_record(s)) for s in studies],
+        added=[(s, search_gain(s)) for s in studies if s.final],
+        added_plot=plot_div(fig_search_added(studies), "search-added"),
+        shapes_plot=plot_div(fig_winner_shapes(studies), "winner-shapes"),
+        sections=[(s, study_plots(s)) for s in studies],
+        reference_source=reference.REFERENCE_STUDY_SOURCE, reference_points=reference.REFERENCE_STUDY,
+        public_points=public_points_by_source())
 
 
 def write_report(storage: str, out: str | Path, title: str | None = None) -> Path:

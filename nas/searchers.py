@@ -637,17 +637,16 @@ class _Progress:
 
     def __init__(self, total: int, done: int, enabled: bool, best: float | None, deadline: float | None,
                  seconds_per_trial: float | None, counted: bool = True):
-        from tqdm.auto import tqdm
+        from nas.progress import progress_bar
 
-        self._tqdm = tqdm
         self.total, self.done, self.enabled, self.best = total, done, enabled, best
         self.counted = counted  # False: `total` is only the plan's guess, the deadline ends the search
         self.deadline, self.estimate = deadline, seconds_per_trial
         self.started = time.time()
         self.finished = 0
         self.tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="search",
-                        disable=not self.tty, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self.bar = progress_bar(total, enabled, initial=min(done, total), unit="trial", desc="search",
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = None
@@ -700,11 +699,11 @@ class _Progress:
             what = (f"{out.value:.2%}" if out.value is not None else "-") + f" {out.state.name.lower()}"
             reused = f" (reused #{out.reused_from})" if out.reused_from is not None else ""
             took = f" in {out.seconds:.0f} s" if out.seconds is not None else ""
-            self._tqdm.write(f"trial #{out.number}: {out.genome}  {what}{took}{reused}", file=sys.stderr)
+            self.bar.write(f"trial #{out.number}: {out.genome}  {what}{took}{reused}", file=sys.stderr)
 
     def note(self, text: str) -> None:
         if self.enabled:
-            self._tqdm.write(text, file=sys.stderr)
+            self.bar.write(text, file=sys.stderr)
 
     def wait(self, n: int) -> None:
         self.note(f"waiting for {plural(n, 'trial')} running in another process "

@@ -97,15 +97,39 @@ def resolve_storage(storage: str | None = None, create: bool = True) -> str:
     SQLite or journal file is made; without, a SQLite or journal file that does not exist is a
     NasError (Optuna would silently create an empty one)."""
     url = storage_url(storage)
-    path = url if is_journal(url) else url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:":
+    path = storage_file(url)
+    if path is None:
         return url
     if create:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    elif not Path(path).is_file():
-        raise NasError(f"no study storage at '{path}'" + (f" (from {url})" if path != url else "")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.is_file():
+        raise NasError(f"no study storage at '{path}'" + (f" (from {url})" if str(path) != url else "")
                        + ("" if storage else "; pass --storage, or run nas search first"))
     return url
+
+
+def storage_database(url: str) -> str | None:
+    """Where a storage URL (or journal file path) keeps its studies: the journal file, the SQLite
+    file, or a server's database name; None when it names none. URLs are parsed by SQLAlchemy,
+    as Optuna's RDBStorage parses them (the query string is not part of the name)."""
+    if is_journal(url):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).database or None
+    except ArgumentError:  # not a URL Optuna could open either; opening it says why
+        return None
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file of a journal or SQLite storage; None for a database server or an in-memory
+    SQLite database."""
+    if is_journal(url):
+        return Path(url)
+    database = storage_database(url) if url.startswith("sqlite:") else None
+    return Path(database) if database and database != ":memory:" else None
 
 
 def open_storage(storage: str | None = None, create: bool = True) -> optuna.storages.BaseStorage:
@@ -154,8 +178,8 @@ def _sqlite_wal(url: str) -> None:
     rollback journal, a reader (a heartbeat, another job's query) stalls every writer's commit."""
     import sqlite3
 
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if not path or path == ":memory:":
+    path = storage_file(url)
+    if path is None:
         return
     con = sqlite3.connect(path, timeout=60)
     try:
@@ -167,10 +191,9 @@ def _sqlite_wal(url: str) -> None:
 def dashboard_command(storage: str | None = None) -> str:
     """The shell command that opens the storage in optuna-dashboard (absolute SQLite path)."""
     url = storage_url(storage)
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path and path != ":memory:":
-            url = "sqlite:///" + str(Path(path).resolve())
+    path = storage_file(url)
+    if path is not None and not is_journal(url) and not path.is_absolute():
+        url = "sqlite:///" + str(path.resolve())
     return f"optuna-dashboard {url}"
 
 

@@ -107,10 +107,18 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
     """Train `genome` with `recipe` on all training images, test it, record it as the study's user
     attr `attr` ("final" for the winner, "baseline:<kind>" for a baseline) and keep the weights
     under `runs_dir/<study>/<attr>/`."""
-    from nas.counting import count_flops
-
     out = runs_dir / study.study_name / attr.replace(":", "-")
     summary = train_genome_command(genome, recipe, out_dir=out, device=device, progress=progress, data=data)
+    return record_final_training(study, attr, genome, recipe, summary, extra)
+
+
+def record_final_training(study: optuna.Study, attr: str, genome: Genome, recipe: Recipe, summary: dict[str, Any],
+                          extra: dict[str, Any]) -> dict[str, Any]:
+    """Record a final training as the study's user attr `attr` (docs/design.md, "Study and trial
+    records"): `summary` is what `train_genome_command` returned, `extra` what the sweep adds
+    (the winner's trial and search score, a baseline's preset). Returns the record."""
+    from nas.counting import count_flops
+
     record = {
         **extra, "genome": genome.to_json(), "genome_str": str(genome), "params": summary["params"],
         "flops": count_flops(genome), "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],

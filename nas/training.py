@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from nas.data import CifarData, augment, batches, load_cifar100, normalize
 from nas.errors import NasError
 from nas.models import build_model
+from nas.progress import progress_bar
 from nas.spaces import Genome, Space, parse_genome
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -321,8 +321,8 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
     train_time, images_seen, epoch = 0.0, 0, 0
     start = time.perf_counter()
     # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
-    with tqdm(total=total_steps, disable=None if progress else True, unit="batch", leave=False,
-              desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")) as bar:
+    with progress_bar(total_steps, progress, unit="batch", leave=False,
+                      desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")) as bar:
         try:
             for epoch in range(1, recipe.epochs + 1):
                 model.train()

@@ -160,3 +160,44 @@ def random_genome(space_name: str, rng, options: dict | None = None, max_width: 
         values = [rng.randint(family.lowest(name), high) for _ in range(stages if name in family.per_stage else 1)]
         genes[name] = values if name in family.per_stage else values[0]
     return Genome.from_dict({"space": sp.name, "family": family.name, "genes": genes, "options": options})
+
+
+class PlantedTraining:
+    """A stand-in for `nas.training.train` (patch it there) for tests of what nas records: no
+    network is trained, each genome gets a learning curve rising to a planted accuracy that
+    depends on its parameter count, depth and genes and the recipe's seed, so searches write their real
+    trial and study records with distinct, repeatable results in milliseconds. The `fail_on`-th
+    training (counted from 1) diverges, as a NaN loss does."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.fail_on, self.calls = fail_on, 0
+
+    @staticmethod
+    def accuracy(genome, seed: int = 0) -> float:
+        import math
+        import zlib
+
+        from nas.counting import count_params
+
+        luck = zlib.crc32(genome.to_json().encode()) % 1000 / 1000  # repeatable across processes
+        depth = sum(genome.genes.get("depth", [1]))  # deeper is better: a walk has a way up
+        return 0.03 * math.log(count_params(genome)) - 0.15 + 0.01 * depth + 0.01 * luck + 0.004 * seed
+
+    def __call__(self, genome, data, recipe, device=None, callback=None, **_):
+        from nas.counting import count_params
+        from nas.training import TrainResult
+
+        self.calls += 1
+        final, curve, failure = self.accuracy(genome, recipe.seed), [], None
+        for epoch in range(1, recipe.epochs + 1):
+            if self.calls == self.fail_on:
+                failure = f"diverged: loss is nan at epoch {epoch}, step 1"
+                break
+            acc = final * (0.5 + 0.5 * epoch / recipe.epochs)
+            curve.append({"epoch": epoch, "train_loss": 4.6 - 0.3 * epoch, "val_acc": acc})
+            if callback is not None and callback(epoch, acc) is False:
+                break
+        return TrainResult(curve=curve, val_acc=curve[-1]["val_acc"] if curve else 0.0,
+                           status="failed" if failure else "ok", failure=failure, epochs=len(curve),
+                           stopped_early=len(curve) < recipe.epochs and not failure, wall_time_s=12.5,
+                           train_time_s=10.0, images_seen=0, device="cpu", params=count_params(genome))

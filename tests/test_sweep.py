@@ -2,6 +2,7 @@
 winner, resume without redoing."""
 
 import json
+import re
 
 
 import optuna
@@ -16,6 +17,13 @@ from nas.training import space_recipe
 
 OPTS = dict(searcher="random", trials=2, recipe=space_recipe(load_space("conv"), epochs=1), val_size=200,
             pruner="none", progress=False)
+
+
+def plotted(page: str, div_id: str) -> list[dict]:
+    """The traces a report page hands to plotly for the plot in div `div_id`."""
+    start = re.search(rf'Plotly\.newPlot\(\s*"{div_id}",\s*', page)
+    assert start, f"no plot {div_id} in the page"
+    return json.JSONDecoder().raw_decode(page, start.end())[0]
 
 
 def test_parse_budgets():
@@ -80,8 +88,21 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     for o in outcomes:
         assert o.final["genome_str"] in html
         assert o.baselines["hand"]["genome_str"] in html
-    assert "Accuracy vs parameters" in html or "accuracy vs parameters" in html.lower()
-    assert "What search added" in html and "Winners&#x27; shapes across budgets" in html or "shapes across budgets" in html
+    # the curve: each budget's winner at its parameter count and final test accuracy, beside the
+    # search's best; then what search added over the hand design, and the winners' shapes
+    series = outcomes[0].search.study_name.replace("-b3000", "")
+    curve = {t["name"]: t for t in plotted(html, "accuracy-vs-params")}
+    winners = curve[f"{series}: winners, final test acc"]
+    assert winners["x"] == [o.final["params"] for o in outcomes]
+    assert winners["y"] == pytest.approx([100 * o.final["test_acc"] for o in outcomes])
+    best = curve[f"{series}: best per budget (search score)"]
+    assert best["x"] == [o.search.best.user_attrs["params"] for o in outcomes]
+    assert best["y"] == pytest.approx([100 * o.search.best.value for o in outcomes])
+    added = {t["name"]: t for t in plotted(html, "search-added")}
+    assert added["search winner"]["x"] == ["3k", "8k"]
+    assert added["search winner"]["y"] == pytest.approx([100 * o.final["test_acc"] for o in outcomes])
+    assert added["hand design"]["y"] == pytest.approx([100 * o.baselines["hand"]["test_acc"] for o in outcomes])
+    assert [t["name"] for t in plotted(html, "winner-shapes") if t.get("showlegend", True)] == ["3k", "8k"]
 
     summary = json.loads(write_summary_json(storage, tmp_path / "sweep.json").read_text())
     assert [b["budget"] for b in summary["budgets"]] == [3000, 8000]
