@@ -163,10 +163,11 @@ def random_genome(space_name: str, rng, options: dict | None = None, max_width: 
 
 
 class PlantedTraining:
-    """A stand-in for `nas.training.train` (patch it there) for tests of what nas records: no
-    network is trained, each genome gets a learning curve rising to a planted accuracy that
-    depends on its parameter count, depth and genes and the recipe's seed, so searches write their real
-    trial and study records with distinct, repeatable results in milliseconds. The `fail_on`-th
+    """A stand-in for `nas.training.train` (patch `nas.objective.train`, where searches call it)
+    for tests of what nas records: no network is trained, each genome gets a learning curve rising
+    to a planted accuracy that depends on its parameter count, depth and genes and the recipe's
+    seed, so searches write their real trial and study records with distinct, repeatable results
+    in milliseconds. The `fail_on`-th
     training (counted from 1) diverges, as a NaN loss does."""
 
     def __init__(self, fail_on: int | None = None):

@@ -31,7 +31,7 @@ DASHBOARD = [sys.executable, "-c", "import sys; from optuna_dashboard._cli impor
 def make_study(storage: str, data_dir, monkeypatch) -> optuna.Study:
     """A 4-trial TPE search of the conv space on the fixture data whose last trial diverges
     (trainings 1-2 measure the score's noise, 3-6 are the trials)."""
-    monkeypatch.setattr("nas.training.train", PlantedTraining(fail_on=6))
+    monkeypatch.setattr("nas.objective.train", PlantedTraining(fail_on=6))
     result = search("conv", 5000, "tpe", trials=4, storage=storage, data_dir=data_dir, recipe=Recipe(epochs=3),
                     val_size=200, pruner="none", progress=False)
     return optuna.load_study(study_name=result.study_name, storage=storage)

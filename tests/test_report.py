@@ -68,9 +68,9 @@ def make_sweep(path: Path, data_dir: Path) -> str:
     storage = f"sqlite:///{path}"
     with pytest.MonkeyPatch.context() as mp:
         # trainings 1-2 measure the noise of the score, 3 is the hand design: the second trial diverges
-        mp.setattr("nas.training.train", PlantedTraining(fail_on=4))
+        mp.setattr("nas.objective.train", PlantedTraining(fail_on=4))
         tpe = run_search(storage, data_dir, 5000, "tpe", trials=7)
-        mp.setattr("nas.training.train", PlantedTraining())
+        mp.setattr("nas.objective.train", PlantedTraining())
         fdpg = run_search(storage, data_dir, 10_000, "fdpg", trials=30)
     record_winner(tpe, 0.142)
     record_winner(fdpg, 0.231)
