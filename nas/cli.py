@@ -12,11 +12,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nas.errors import NasError
 from nas.plan import CPU_DEFAULTS, CUDA_DEFAULTS, SWEEP_SEARCH_SHARE
 from nas.text import plural
+
+if TYPE_CHECKING:
+    from nas.searchers import SearchConfig
+    from nas.spaces import Genome
 
 
 class _Parser(argparse.ArgumentParser):
@@ -400,6 +404,15 @@ def search_settings(args) -> dict[str, Any]:
             "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs}
 
 
+def search_config(args, settings: dict[str, Any], start: Genome | None = None) -> SearchConfig:
+    """The SearchConfig of `nas search` and `nas sweep` options (`settings`: see search_settings)."""
+    from nas.searchers import SearchConfig
+
+    return SearchConfig(searcher=args.searcher, trials=settings["trials"], jobs=settings["jobs"], score=args.score,
+                        pruner=args.pruner, seed=args.seed, tol=args.tol, subset=settings["subset"],
+                        val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"])
+
+
 def cmd_search(args) -> int:
     import optuna
 
@@ -411,22 +424,17 @@ def cmd_search(args) -> int:
     space = load_space(settings["space"])
     start = parse_genome(args.start, space, storage=args.storage) if args.start else None
     recipe = recipe_from_args(args, settings["epochs"], space)
+    config = search_config(args, settings, start)
     if args.plan:
         from nas.budget import project
         from nas.searchers import default_start
 
         project(start or default_start(space), space, args.budget, args.tol)  # an unreachable budget: one line
-        plan = make_plan(space, args.budget, args.searcher, recipe, trials=settings["trials"],
-                         time_limit=settings["time_limit"], subset=settings["subset"], val_size=args.val_size,
-                         tol=args.tol, pruner=args.pruner, device=args.device, jobs=settings["jobs"])
-        print("\n".join(plan.lines()))
+        print("\n".join(make_plan(space, args.budget, config, recipe).lines()))
         return 0
     try:
-        result = search(space, args.budget, args.searcher, trials=settings["trials"], jobs=settings["jobs"],
-                        storage=args.storage, data_dir=args.data_dir, score=args.score, pruner=args.pruner,
-                        seed=args.seed, tol=args.tol, recipe=recipe, progress=not args.quiet,
-                        subset=settings["subset"], val_size=args.val_size, start=start, device=args.device,
-                        time_limit=settings["time_limit"])
+        result = search(space, args.budget, config, storage=args.storage, data_dir=args.data_dir, recipe=recipe,
+                        progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials are kept in {args.storage or 'sqlite:///studies/nas.db'}; "
               f"rerun the same command to continue", file=sys.stderr)
@@ -504,12 +512,10 @@ def cmd_sweep(args) -> int:
     if args.plan:
         raise NasError("--plan is for nas search (run it per budget); nas sweep prints each search's plan")
     try:
-        outcomes = sweep(settings["space"], budgets, final_epochs=args.final_epochs, time_limit=settings["time_limit"],
-                         storage=storage, data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
-                         val_size=args.val_size, device=args.device, progress=not args.quiet,
-                         baselines=not args.no_baselines, searcher=args.searcher, trials=settings["trials"],
-                         jobs=settings["jobs"], score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
-                         subset=settings["subset"], export=not args.no_export)
+        outcomes = sweep(settings["space"], budgets, search_config(args, settings),
+                         final_epochs=args.final_epochs, time_limit=settings["time_limit"], storage=storage,
+                         data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
+                         progress=not args.quiet, baselines=not args.no_baselines, export=not args.no_export)
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
               f"rerun the same command to continue", file=sys.stderr)

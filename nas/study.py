@@ -60,6 +60,8 @@ IDENTITY_ATTRS = ("genome", "genome_str", "params", "flops", "recipe", "searcher
 RESULT_ATTRS = ("curve", "val_acc", "asymptote", "asymptote_std", "wall_time_s", "device")
 # On a sampler's proposal of a genome the study already held: the holder's trial number.
 DUPLICATE_ATTR = "duplicate_of"
+# System attr of a trial whose sampler chose the genome itself (fdpg's walk): {genome, role, step}.
+PROPOSAL_ATTR = "nas:proposal"
 
 Objective = Callable[[Genome, "optuna.Trial | None"], float]
 
@@ -276,6 +278,11 @@ def trial_genome_by_number(study: str, number: int, storage: str | None = None) 
     return genome
 
 
+def trial_proposal(trial: optuna.Trial) -> dict[str, Any] | None:
+    """The genome, role and step a sampler chose for `trial` itself (PROPOSAL_ATTR), if it did."""
+    return trial.storage.get_trial_system_attrs(_trial_id(trial)).get(PROPOSAL_ATTR)
+
+
 def counts_as_done(t: FrozenTrial) -> bool:
     """Finished for good: complete, pruned, or failed for a reason that a rerun would not fix
     (interrupted and dead-process trials are not done: a rerun evaluates them again). A sampler's
@@ -409,14 +416,17 @@ def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> lis
 
 
 def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
-    """A WAITING copy of `t` (params and identity attrs), marked like Optuna's retry callback's."""
+    """A WAITING copy of `t` (params, identity attrs and proposal), marked like Optuna's retry
+    callback's (which copies every system attr)."""
     history = [*t.system_attrs.get("retry_history", []), t.number]
     if len(history) > MAX_RETRY:
         return
+    proposal = {PROPOSAL_ATTR: t.system_attrs[PROPOSAL_ATTR]} if PROPOSAL_ATTR in t.system_attrs else {}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=t.params, distributions=t.distributions,
         user_attrs={k: t.user_attrs[k] for k in IDENTITY_ATTRS if k in t.user_attrs},
-        system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history}))
+        system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history,
+                      **proposal}))
 
 
 # ---------------------------------------------------------------- evaluating genomes as trials

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from conftest import PlantedTraining
 
-from nas.searchers import search
+from nas.searchers import SearchConfig, search
 from nas.training import Recipe
 
 pytest.importorskip("optuna_dashboard", reason="optuna-dashboard not installed (pip install -e .[test])")
@@ -32,8 +32,8 @@ def make_study(storage: str, data_dir, monkeypatch) -> optuna.Study:
     """A 4-trial TPE search of the conv space on the fixture data whose last trial diverges
     (trainings 1-2 measure the score's noise, 3-6 are the trials)."""
     monkeypatch.setattr("nas.objective.train", PlantedTraining(fail_on=6))
-    result = search("conv", 5000, "tpe", trials=4, storage=storage, data_dir=data_dir, recipe=Recipe(epochs=3),
-                    val_size=200, pruner="none", progress=False)
+    result = search("conv", 5000, SearchConfig("tpe", trials=4, val_size=200, pruner="none"), storage=storage,
+                    data_dir=data_dir, recipe=Recipe(epochs=3), progress=False)
     return optuna.load_study(study_name=result.study_name, storage=storage)
 
 

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from nas.cli import main
 from nas.errors import NasError
 from nas.plan import CPU_DEFAULTS, Plan, calibrate, duration, hyperband_rungs, parse_duration
-from nas.searchers import search
+from nas.searchers import SearchConfig, search
 from nas.spaces import load_space
 from nas.budget import project
 from nas.searchers import default_start
@@ -50,8 +50,8 @@ class Slow:
 def test_time_limit_starts_no_trial_after_the_deadline(tmp_path):
     slow = Slow(0.6)
     t0 = time.time()
-    r = search("conv-shape", 20_000, "random", trials=None, time_limit=2.0, storage=f"sqlite:///{tmp_path}/t.db",
-               objective=slow, progress=False)
+    r = search("conv-shape", 20_000, SearchConfig("random", trials=None, time_limit=2.0),
+               storage=f"sqlite:///{tmp_path}/t.db", objective=slow, progress=False)
     took = time.time() - t0
     assert r.stopped == "time limit reached"
     assert slow.started and max(slow.started) < t0 + 2.0 + 0.5  # nothing started after the deadline
@@ -72,7 +72,8 @@ def test_a_trial_running_at_the_deadline_stops_at_an_epoch_and_is_retried(cifar_
     assert t.state == TrialState.FAIL and t.user_attrs["failure"] == "stopped at the time limit after epoch 1 of 3"
     assert len(t.user_attrs["curve"]) == 1 and not counts_as_done(t)  # a rerun trains it again
     objective.deadline = None
-    r2 = search(space, 3000, "random", trials=1, storage=storage, objective=objective, progress=False, recipe=recipe)
+    r2 = search(space, 3000, SearchConfig("random", trials=1), storage=storage, objective=objective, progress=False,
+                recipe=recipe)
     done = [t for t in optuna.load_study(study_name=r2.study_name, storage=storage).trials
             if t.state == TrialState.COMPLETE]
     assert len(done) == 1 and len(done[0].user_attrs["curve"]) == 3

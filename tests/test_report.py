@@ -22,7 +22,7 @@ from nas.counting import count_params
 from nas.errors import NasError
 from nas.report import (default_report_path, fig_accuracy_vs_params, fig_search_added, scaling_fit, fig_fdpg_path, genome_coords,
                         load_studies, pareto_front, write_report)
-from nas.searchers import search
+from nas.searchers import SearchConfig, search
 from nas.spaces import load_space
 from nas.study import EvaluationFailed, Evaluator, open_study, trial_genome
 from nas.sweep import record_final_training
@@ -37,8 +37,8 @@ FINAL_RECIPE = Recipe(epochs=200)
 def run_search(storage: str, data_dir: Path, budget: int, searcher: str, trials: int, **options) -> optuna.Study:
     """`nas search` of the mbconv space as the CLI runs it (its own training objective, the hand
     design first, the seed-to-seed noise measured), on the fixture data."""
-    result = search("mbconv", budget, searcher, trials=trials, storage=storage, data_dir=data_dir, recipe=RECIPE,
-                    val_size=200, pruner="none", progress=False, **options)
+    config = SearchConfig(searcher, trials=trials, val_size=200, pruner="none", **options)
+    result = search("mbconv", budget, config, storage=storage, data_dir=data_dir, recipe=RECIPE, progress=False)
     return optuna.load_study(study_name=result.study_name, storage=storage)
 
 
@@ -256,7 +256,8 @@ def test_genome_strings_are_escaped(tmp_path):
         trial.set_user_attr("genome_str", "<b>evil</b>&co")
         return 0.25
 
-    search("mbconv", 5000, "tpe", trials=1, storage=storage, objective=evil, recipe=RECIPE, progress=False)
+    search("mbconv", 5000, SearchConfig("tpe", trials=1), storage=storage, objective=evil, recipe=RECIPE,
+           progress=False)
     page = write_report(storage, tmp_path / "x.html").read_text()
     assert "<b>evil</b>" not in page
     assert "<code>&lt;b&gt;evil&lt;/b&gt;&amp;co</code>" in page

@@ -4,19 +4,19 @@ winner, resume without redoing."""
 import json
 import re
 
-
 import optuna
 import pytest
 
-from nas.errors import NasError
 from nas.budget import parse_budgets
+from nas.errors import NasError
 from nas.report import write_report, write_summary_json
+from nas.searchers import SearchConfig
 from nas.spaces import load_space
 from nas.sweep import sweep
 from nas.training import space_recipe
 
-OPTS = dict(searcher="random", trials=2, recipe=space_recipe(load_space("conv"), epochs=1), val_size=200,
-            pruner="none", progress=False)
+OPTS = {"config": SearchConfig("random", trials=2, val_size=200, pruner="none"), "progress": False,
+        "recipe": space_recipe(load_space("conv"), epochs=1)}
 
 
 def plotted(page: str, div_id: str) -> list[dict]:
