@@ -69,8 +69,11 @@ def write_cifar100(root: Path, train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
 
 # `python LAUNCHER_FILE MD5_JSON nas-args...`: a nas process (tests that start real ones) that
 # patches torchvision's CIFAR-100 checksums to the fixture files' md5s before running the CLI.
+# It restores Python's Ctrl-C handler: a test suite started in the background of a
+# non-interactive shell ignores SIGINT, and its children would inherit that.
 LAUNCHER = """
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torchvision.datasets import CIFAR100
 md5 = json.loads(sys.argv[1])
 CIFAR100.train_list = [["train", md5["train"]]]

@@ -149,8 +149,7 @@ def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, time
 def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifar_files, tmp_path):
     _, md5 = _cifar_files
     storage = f"sqlite:///{tmp_path}/k.db"
-    # 10 epochs: a trial lasts long enough under load that the signal lands while it runs
-    args = [*BASE, "--searcher", "random", "--trials", "3", "--epochs", "10", "--pruner", "none",
+    args = [*BASE, "--searcher", "random", "--trials", "3", "--epochs", "3", "--pruner", "none",
             "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]
     log = tmp_path / "log.txt"
     proc = _launch(md5, args, tmp_path, log)
