@@ -503,10 +503,11 @@ def measure_noise(study: optuna.Study, objective: TrainingObjective, genome: Gen
         if str(seed) not in values:
             values[str(seed)] = TrainingObjective(objective.data, replace(objective.recipe, seed=seed),
                                                   score=objective.score, device=objective.device)(genome, None)
-    start = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if t.user_attrs.get("seed") == "start" and t.user_attrs.get("genome") == genome.to_json()]
-    if start:
-        values["0"] = start[0].value
+    # The genome's own trial (the samplers' queued start, fdpg's first centre) trained it with seed 0.
+    own = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+           if t.user_attrs.get("genome") == genome.to_json() and t.user_attrs.get("reused_from") is None]
+    if own:
+        values["0"] = own[0].value
     noise["values"] = values
     noise["sigma"] = statistics.stdev(values.values()) if len(values) >= 2 else None
     study.set_user_attr(NOISE_ATTR, noise)

@@ -154,6 +154,8 @@ def test_accuracy_plot_has_fit_and_noise(sweep):
     traces = {t.name: t for t in fig_accuracy_vs_params(load_studies(sweep[0])).data}
     band = traces[f"{series(studies[0])}: ±2σ seed-to-seed (search score)"]
     sigmas = [s.user_attrs["score_noise"]["sigma"] for s in studies]  # measured by each search
+    # seeds 1 and 2 beside the hand design's own trial (seed 0), for TPE's queued start and fdpg's first centre
+    assert [sorted(s.user_attrs["score_noise"]["values"]) for s in studies] == [["0", "1", "2"]] * 2
     assert all(sigma > 0 for sigma in sigmas)
     assert list(band.error_y.array) == pytest.approx([200 * sigma for sigma in sigmas])  # 2 sigma, in points
     assert list(band.x) == [s.best_trial.user_attrs["params"] for s in studies]
