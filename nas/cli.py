@@ -534,7 +534,8 @@ def cmd_sweep(args) -> int:
             print(f"onnx:      {o.onnx}")
     out = args.out or str(default_report_path(storage))
     _print_dashboard_and_report(storage, out)
-    print(f"summary:   {write_summary_json(storage, Path(out).with_suffix('.json'))}")
+    summary = write_summary_json(storage, Path(out).with_suffix(".json"))
+    print(f"summary:   {summary} (the curve as a Markdown table: {summary.with_suffix('.md')})")
     return 0
 
 
@@ -609,7 +610,9 @@ def cmd_report(args) -> int:
     storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
     out = write_report(storage, args.out or default_report_path(storage), title=args.title)
     print(out)
-    print(write_summary_json(storage, out.with_suffix(".json")))
+    summary = write_summary_json(storage, out.with_suffix(".json"))
+    print(summary)
+    print(summary.with_suffix(".md"))
     return 0
 
 

@@ -382,14 +382,58 @@ def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
 
 
 def write_summary_json(storage: str, out: str | Path) -> Path:
-    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON."""
+    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON, and the
+    curve as a Markdown table beside it (`curve_markdown`, same name with .md), for a README."""
     studies = load_studies(storage)
     rows = sweep_summary(studies)
     fit = scaling_fit([(r["winner"]["params"], r["winner"]["test_acc"]) for r in rows])
     doc = {"storage": storage, "budgets": rows,
            "scaling_fit": None if fit is None else {"form": "test error = a * params^-alpha", "a": fit.a,
                                                     "alpha": fit.alpha}}
+    write_text_atomic(Path(out).with_suffix(".md"), curve_markdown(doc), "summary table")
     return write_text_atomic(out, json.dumps(doc, indent=2) + "\n", "summary file")
+
+
+def nearest_reference_model(budget: int) -> reference.RefPoint:
+    """The reference study's model whose parameter count is nearest the budget (by ratio)."""
+    return min(reference.REFERENCE_STUDY, key=lambda p: abs(math.log(p.params / budget)))
+
+
+def best_public_point(budget: int) -> reference.RefPoint | None:
+    """The most accurate public point with between half the budget and the budget parameters."""
+    near = [p for p in reference.PUBLIC_POINTS if budget / 2 <= p.params <= budget]
+    return max(near, key=lambda p: p.test_acc, default=None)
+
+
+def curve_markdown(doc: dict[str, Any]) -> str:
+    """The summary (`write_summary_json`'s document) as a Markdown table: per budget the winner,
+    its test accuracy beside the baselines trained with the same recipe, the reference study's
+    published number and the best public point at or under the budget."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def baseline(b: dict[str, Any] | None) -> str:
+        if not b:
+            return "—"
+        acc = pct(b["test_acc"]) if b.get("test_acc") is not None else "failed"
+        return f"{acc} (`{cell(b['genome_str'])}`)" if not b.get("preset") else f"{acc} ({b['preset']})"
+
+    lines = ["| budget | winner (short form) | params | test acc | hand design, same recipe | "
+             "reference model, same recipe | reference study (published, 200 ep Adam) | "
+             "best public point at or under the budget | final epochs | search min | final-training min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["budgets"]:
+        w, ref, pub = r["winner"], nearest_reference_model(r["budget"]), best_public_point(r["budget"])
+        public = f"{pct(pub.test_acc)} ({pub.model}, ~{count_str(pub.params)})" if pub else "—"
+        lines.append(
+            f"| {count_str(r['budget'])} | `{cell(w['genome_str'])}` | {count_str(w['params'])} | "
+            f"**{pct(w['test_acc'])}** | {baseline(r['baselines'].get('hand'))} | "
+            f"{baseline(r['baselines'].get('seed'))} | {pct(ref.test_acc)} ({ref.model}, {count_str(ref.params)}) | "
+            f"{public} | {r['final_epochs']} | {r['search_minutes']:.1f} | {r['final_training_minutes']:.1f} |")
+    fit = doc.get("scaling_fit")
+    if fit:
+        lines += ["", f"Scaling fit of the winners: test error = {fit['a']:.3f} × params^−{fit['alpha']:.3f}."]
+    return "\n".join(lines) + "\n"
 
 
 def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:

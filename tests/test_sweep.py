@@ -110,6 +110,15 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
         assert b["winner"]["genome_str"] == o.final["genome_str"] and b["winner"]["test_acc"] == o.final["test_acc"]
         assert b["baselines"]["hand"]["test_acc"] == o.baselines["hand"]["test_acc"]
         assert b["final_epochs"] == 2 and b["search_minutes"] > 0
+    # the Markdown table beside it: one row per budget, from the same records
+    rows = [line for line in (tmp_path / "sweep.md").read_text().splitlines() if line.startswith("| 3,000")
+            or line.startswith("| 8,000")]
+    assert len(rows) == 2
+    for row, o in zip(rows, outcomes):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        assert cells[1] == f"`{o.final['genome_str']}`".replace("|", "\\|")
+        assert cells[3] == f"**{100 * o.final['test_acc']:.2f}%**"
+        assert cells[4].startswith(f"{100 * o.baselines['hand']['test_acc']:.2f}%")
 
 
 def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
