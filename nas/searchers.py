@@ -485,12 +485,14 @@ class _LazyObjective:
 
 NOISE_SEEDS = (1, 2)  # besides the start trial's seed 0
 NOISE_ATTR = "score_noise"
+NOISE_MIN_TRIALS = 10  # the noise trainings (two trials' time) run only if a time limit leaves room for this many
 
 
-def measure_noise(study: optuna.Study, objective: TrainingObjective, genome: Genome) -> None:
-    """Train `genome` with other seeds at the search's fidelity and keep the scores, and their
-    standard deviation with the start trial's, in the study's user attr `score_noise`: how far
-    apart two trials of one genome land by luck alone (the report draws it as a band)."""
+def measure_noise(study: optuna.Study, genome: Genome, objective: TrainingObjective | None) -> None:
+    """Train `genome` with other seeds at the search's fidelity (unless `objective` is None) and
+    keep the scores, and their standard deviation with the start trial's, in the study's user
+    attr `score_noise`: how far apart two trials of one genome land by luck alone (the report
+    draws it as a band)."""
     import statistics
 
     from nas.objective import TrainingObjective
@@ -499,7 +501,7 @@ def measure_noise(study: optuna.Study, objective: TrainingObjective, genome: Gen
     if noise.get("genome") != genome.to_json():
         noise = {"genome": genome.to_json(), "genome_str": str(genome), "values": {}}
     values = dict(noise["values"])
-    for seed in NOISE_SEEDS:
+    for seed in NOISE_SEEDS if objective is not None else ():
         if str(seed) not in values:
             values[str(seed)] = TrainingObjective(objective.data, replace(objective.recipe, seed=seed),
                                                   score=objective.score, device=objective.device)(genome, None)
@@ -678,9 +680,11 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     the_plan = None
     # e.g. a resumed sweep's budget whose share is used
     no_time_left = config.time_limit is not None and config.time_limit <= 0
-    if (config.plan if config.plan is not None else progress) and own_objective and not no_time_left:
-        the_plan = make_plan(sp, budget, config, recipe, done=done)
-        if progress:
+    show_plan = config.plan if config.plan is not None else progress
+    noise = own_objective and not no_time_left and config.noise_seeds
+    if own_objective and not no_time_left and (show_plan or (noise and config.time_limit is not None)):
+        the_plan = make_plan(sp, budget, config, recipe, done=done)  # also sizes the noise measurement
+        if show_plan and progress:
             for line in the_plan.lines():
                 print(line, file=sys.stderr, flush=True)
     tops = top_trials(study, budget, 1)
@@ -689,17 +693,23 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
                     the_plan.seconds_per_trial if the_plan else None, counted=config.trials is not None)
     budget_trials.on_wait = bar.wait
     bar.note(f"study '{study.study_name}' in {url} ({plural(done, 'trial')} done)")
-    measure = own_objective and not no_time_left and config.noise_seeds
+    measured = all(str(seed) in (study.user_attrs.get(NOISE_ATTR) or {}).get("values", {}) for seed in NOISE_SEEDS)
+    train_noise = noise and not measured
+    if train_noise and the_plan is not None and the_plan.time_limit_s is not None and \
+            the_plan.time_limit_s < NOISE_MIN_TRIALS * the_plan.seconds_per_trial:
+        train_noise = False  # two trainings would eat most of a short search
+        bar.note(f"not measuring the score's seed-to-seed noise: it costs two trials, and the time limit leaves "
+                 f"room for about {plural(the_plan.expected_trials, 'trial')}")
     try:
         with warnings.catch_warnings(), _torch_threads_per_job(config.jobs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if measure and len((study.user_attrs.get(NOISE_ATTR) or {}).get("values", {})) < len(NOISE_SEEDS):
+            if train_noise:
                 bar.note(f"measuring the seed-to-seed noise of the score on {hand} (seeds {NOISE_SEEDS})")
-                measure_noise(study, objective.get(), hand)
+                measure_noise(study, hand, objective.get())
             stopped = run_trials(ev, sp, budget, config.tol, budget_trials, sampler, config.jobs,
                                  on_outcome=bar.outcome)
-        if measure:
-            measure_noise(study, objective.get(), hand)  # adds the start trial's own score
+        if noise:
+            measure_noise(study, hand, None)  # adds the start trial's own score
     except KeyboardInterrupt:
         ev.interrupt_running()
         raise
