@@ -27,7 +27,7 @@ from pathlib import Path
 from nas.budget import parse_budgets, project
 from nas.data import load_cifar100
 from nas.plan import device_defaults
-from nas.searchers import default_start, search
+from nas.searchers import SearchConfig, default_start, search
 from nas.spaces import load_space
 from nas.study import trial_genome
 from nas.training import evaluate, space_recipe, train
@@ -75,9 +75,10 @@ def main() -> None:
                 f.write(json.dumps(line) + "\n")
         for searcher in ("tpe", "random"):
             for seed in seeds:
-                r = search(space, budget, searcher, trials=None, time_limit=60 * args.minutes,
-                           storage=str(out / f"b{budget}-{searcher}-s{seed}.log"), data_dir=args.data_dir,
-                           seed=seed, recipe=search_recipe, subset=d.subset, progress=False, noise_seeds=False)
+                config = SearchConfig(searcher, trials=None, time_limit=60 * args.minutes, seed=seed,
+                                      subset=d.subset, noise_seeds=False)
+                r = search(space, budget, config, storage=str(out / f"b{budget}-{searcher}-s{seed}.log"),
+                           data_dir=args.data_dir, recipe=search_recipe, progress=False)
                 if r.best is None:
                     raise SystemExit(f"the {searcher} search at {budget:,} finished no trial in {args.minutes:g} min; "
                                      f"give it more --minutes")

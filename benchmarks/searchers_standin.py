@@ -24,7 +24,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.budget import project  # noqa: E402
-from nas.searchers import search  # noqa: E402
+from nas.searchers import SearchConfig, search  # noqa: E402
 from nas.spaces import Genome, load_space  # noqa: E402
 
 WEIGHTS = {"stem": 0.05, "width": 0.05, "depth": 0.03, "expand": 0.02, "kernel": 0.01}
@@ -70,8 +70,8 @@ def main() -> None:
             for name in searchers:
                 objective = StandIn(space, args.budget, args.noise, seed)
                 t0 = time.perf_counter()
-                r = search(space, args.budget, name, trials=args.trials, storage=f"sqlite:///{tmp}/{name}-{seed}.db",
-                           objective=objective, seed=seed, pruner="none", progress=False)
+                r = search(space, args.budget, SearchConfig(name, trials=args.trials, seed=seed, pruner="none"),
+                           storage=f"sqlite:///{tmp}/{name}-{seed}.db", objective=objective, progress=False)
                 times[name] += time.perf_counter() - t0
                 best = Genome.from_json(r.best.user_attrs["genome"])
                 results[name].append(objective.exact(best))

@@ -104,14 +104,13 @@ class _Counter:
 
 
 def min_params(space: Space, options: dict | None = None) -> int:
-    """The smallest parameter count any genome of the space reaches."""
-    c = _Counter(space, options or space.options)
-    return c([space.genes[n].minimum for n, _ in space.coords])
+    """The smallest parameter count any genome of the space reaches (its family says which genome)."""
+    return architecture_params(space.family.smallest(space, options or space.options))
 
 
 def max_params(space: Space, options: dict | None = None) -> int:
-    c = _Counter(space, options or space.options)
-    return c([space.genes[n].maximum for n, _ in space.coords])
+    """The parameter count with every gene at its maximum."""
+    return architecture_params(space.extreme("max", options or space.options))
 
 
 def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL) -> Genome:

@@ -12,11 +12,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nas.errors import NasError
 from nas.plan import CPU_DEFAULTS, CUDA_DEFAULTS, SWEEP_SEARCH_SHARE
 from nas.text import plural
+
+if TYPE_CHECKING:
+    from nas.searchers import SearchConfig
+    from nas.spaces import Genome
 
 
 class _Parser(argparse.ArgumentParser):
@@ -225,30 +229,26 @@ VAL_SIZE_HELP = "validation images carved from the training set (default 5000)"
 SUBSET_HELP = "train on only this many training images, at least 500 (5 per class): quick runs"
 
 
-def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int) -> None:
-    from nas.training import Recipe
+def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
+    """One option per Recipe field, as its metadata describes it (nas.training `_field`), so a
+    new field is an option of train, search and sweep without an edit here. Defaults, but
+    --epochs', are None: what the user did not set comes from the space file's [recipe] table
+    (values measured for that family, e.g. conv-shape's lr), else from Recipe's defaults."""
+    from nas.training import recipe_options
 
-    d = Recipe()
     g = p.add_argument_group("training recipe")
+    # First, and by hand: the one option whose default depends on the command.
     g.add_argument("--epochs", "-e", type=_positive, default=epochs_default,
                    help=f"epochs per training (default {epochs_default})" if epochs_default else
                    f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)")
-    # Defaults None: what the user did not set comes from the space file's [recipe] table (values
-    # measured for that family, e.g. conv-shape's lr), else from Recipe's defaults.
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd = SGD, Nesterov momentum 0.9")
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default: the space's [recipe] lr, else {d.lr})")
-    g.add_argument("--schedule", choices=["onecycle", "cosine"], help=f"learning-rate schedule (default {d.schedule})")
-    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    g.add_argument("--weight-decay", type=float,
-                   help=f"not applied to BatchNorm and biases (default: the space's, else {d.weight_decay})")
-    g.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
-    g.add_argument("--cutout", type=int, help="cutout square side in pixels, 0 = off (default)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
-    g.add_argument("--no-bf16", action="store_true",
-                   help="train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
-
-
-RECIPE_OPTIONS = ("optimizer", "lr", "schedule", "batch_size", "weight_decay", "label_smoothing", "cutout")
+    for f, flag in recipe_options():
+        if f.name == "epochs":
+            continue
+        text = (f.metadata.get("help") or "default {default}").format(default=f.default).replace("%", "%%")
+        if isinstance(f.default, bool):  # a flag that sets the value other than the default
+            g.add_argument(flag, dest=f.name, action="store_const", const=not f.default, help=text)
+        else:
+            g.add_argument(flag, dest=f.name, type=type(f.default), choices=f.metadata.get("choices"), help=text)
 
 
 def space_of(genome):
@@ -262,11 +262,14 @@ def space_of(genome):
 
 
 def recipe_from_args(args, epochs: int | None = None, space=None):
-    """The recipe: the options given, over the space's [recipe] table, over Recipe's defaults."""
-    from nas.training import space_recipe
+    """The recipe: the options given (`epochs` over --epochs), over the space's [recipe] table,
+    over Recipe's defaults."""
+    from nas.training import recipe_options, space_recipe
 
-    given = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
-    return space_recipe(space, **given, compile=args.compile, bf16=not args.no_bf16, epochs=epochs or args.epochs)
+    given = {f.name: getattr(args, f.name) for f, _ in recipe_options() if getattr(args, f.name) is not None}
+    if epochs:
+        given["epochs"] = epochs
+    return space_recipe(space, **given)
 
 
 # ---------------------------------------------------------------- nas train
@@ -292,9 +295,8 @@ def cmd_train(args) -> int:
 
     genome = parse_genome(args.genome, storage=args.storage)
     recipe = recipe_from_args(args, space=space_of(genome))
-    overrides = {k: v for k, v in recipe.to_dict().items() if k != "epochs"}
-    s = train_genome_command(genome, recipe.epochs, args.data_dir, args.out, device=args.device,
-                             val_size=args.val_size, subset=args.subset, **overrides)
+    s = train_genome_command(genome, recipe, args.data_dir, args.out, device=args.device,
+                             val_size=args.val_size, subset=args.subset)
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
     val = "-" if s["val_acc"] is None else f"{s['val_acc']:.2%}"
     print(f"val acc:  {val}   test acc: {s['test_acc']:.2%}   "
@@ -402,6 +404,15 @@ def search_settings(args) -> dict[str, Any]:
             "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs}
 
 
+def search_config(args, settings: dict[str, Any], start: Genome | None = None) -> SearchConfig:
+    """The SearchConfig of `nas search` and `nas sweep` options (`settings`: see search_settings)."""
+    from nas.searchers import SearchConfig
+
+    return SearchConfig(searcher=args.searcher, trials=settings["trials"], jobs=settings["jobs"], score=args.score,
+                        pruner=args.pruner, seed=args.seed, tol=args.tol, subset=settings["subset"],
+                        val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"])
+
+
 def cmd_search(args) -> int:
     import optuna
 
@@ -413,22 +424,17 @@ def cmd_search(args) -> int:
     space = load_space(settings["space"])
     start = parse_genome(args.start, space, storage=args.storage) if args.start else None
     recipe = recipe_from_args(args, settings["epochs"], space)
+    config = search_config(args, settings, start)
     if args.plan:
         from nas.budget import project
         from nas.searchers import default_start
 
         project(start or default_start(space), space, args.budget, args.tol)  # an unreachable budget: one line
-        plan = make_plan(space, args.budget, args.searcher, recipe, trials=settings["trials"],
-                         time_limit=settings["time_limit"], subset=settings["subset"], val_size=args.val_size,
-                         tol=args.tol, pruner=args.pruner, device=args.device, jobs=settings["jobs"])
-        print("\n".join(plan.lines()))
+        print("\n".join(make_plan(space, args.budget, config, recipe).lines()))
         return 0
     try:
-        result = search(space, args.budget, args.searcher, trials=settings["trials"], jobs=settings["jobs"],
-                        storage=args.storage, data_dir=args.data_dir, score=args.score, pruner=args.pruner,
-                        seed=args.seed, tol=args.tol, recipe=recipe, progress=not args.quiet,
-                        subset=settings["subset"], val_size=args.val_size, start=start, device=args.device,
-                        time_limit=settings["time_limit"])
+        result = search(space, args.budget, config, storage=args.storage, data_dir=args.data_dir, recipe=recipe,
+                        progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials are kept in {args.storage or 'sqlite:///studies/nas.db'}; "
               f"rerun the same command to continue", file=sys.stderr)
@@ -469,7 +475,7 @@ def add_sweep(sub) -> None:
                    help="comma-separated budgets, searched in this order; 5k and 1M work too "
                         f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")
     p.add_argument("--time", type=_duration, metavar="DURATION",
-                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE:.0%} goes to the searches, equally per "
+                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE * 100:.0f}%% goes to the searches, equally per "
                         "budget (a rerun counts the time its studies already used), the rest to the final "
                         "trainings, equally per budget, each budget's winner and baselines getting the most "
                         f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "
@@ -506,12 +512,10 @@ def cmd_sweep(args) -> int:
     if args.plan:
         raise NasError("--plan is for nas search (run it per budget); nas sweep prints each search's plan")
     try:
-        outcomes = sweep(settings["space"], budgets, final_epochs=args.final_epochs, time_limit=settings["time_limit"],
-                         storage=storage, data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
-                         val_size=args.val_size, device=args.device, progress=not args.quiet,
-                         baselines=not args.no_baselines, searcher=args.searcher, trials=settings["trials"],
-                         jobs=settings["jobs"], score=args.score, pruner=args.pruner, seed=args.seed, tol=args.tol,
-                         subset=settings["subset"], export=not args.no_export)
+        outcomes = sweep(settings["space"], budgets, search_config(args, settings),
+                         final_epochs=args.final_epochs, time_limit=settings["time_limit"], storage=storage,
+                         data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
+                         progress=not args.quiet, baselines=not args.no_baselines, export=not args.no_export)
     except KeyboardInterrupt:
         print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
               f"rerun the same command to continue", file=sys.stderr)
@@ -530,7 +534,8 @@ def cmd_sweep(args) -> int:
             print(f"onnx:      {o.onnx}")
     out = args.out or str(default_report_path(storage))
     _print_dashboard_and_report(storage, out)
-    print(f"summary:   {write_summary_json(storage, Path(out).with_suffix('.json'))}")
+    summary = write_summary_json(storage, Path(out).with_suffix(".json"))
+    print(f"summary:   {summary} (the curve as a Markdown table: {summary.with_suffix('.md')})")
     return 0
 
 
@@ -605,7 +610,9 @@ def cmd_report(args) -> int:
     storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
     out = write_report(storage, args.out or default_report_path(storage), title=args.title)
     print(out)
-    print(write_summary_json(storage, out.with_suffix(".json")))
+    summary = write_summary_json(storage, out.with_suffix(".json"))
+    print(summary)
+    print(summary.with_suffix(".md"))
     return 0
 
 

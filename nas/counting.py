@@ -6,42 +6,13 @@ import functools
 import logging
 import warnings
 
-from nas.families import Conv, Head, MaxPool, MBConv, BlockSpec, architecture
+from nas.families import architecture
 from nas.spaces import Genome
-
-
-def conv_params(c_in: int, c_out: int, kernel: int, bias: bool, groups: int = 1) -> int:
-    return c_out * (c_in // groups) * kernel * kernel + (c_out if bias else 0)
-
-
-def batchnorm_params(c: int) -> int:
-    return 2 * c  # weight and bias; running stats are buffers, not parameters
-
-
-def block_params(spec: BlockSpec) -> int:
-    """Parameters of one block spec, as `nas.models.build_block` would create them."""
-    if isinstance(spec, Conv):
-        return conv_params(spec.c_in, spec.c_out, spec.kernel, spec.bias) + batchnorm_params(spec.c_out)
-    if isinstance(spec, MBConv):
-        s = spec
-        n = conv_params(s.c_in, s.c_inner, 1, s.bias) + batchnorm_params(s.c_inner)
-        n += conv_params(s.c_inner, s.c_inner, s.kernel, s.bias, groups=s.c_inner) + batchnorm_params(s.c_inner)
-        if s.se:
-            n += conv_params(s.c_inner, s.se, 1, True) + conv_params(s.se, s.c_inner, 1, True)
-        n += conv_params(s.c_inner, s.c_out, 1, s.bias) + batchnorm_params(s.c_out)
-        if s.skip == "project":
-            n += conv_params(s.c_in, s.c_out, 1, s.bias)
-        return n
-    if isinstance(spec, MaxPool):
-        return 0
-    if isinstance(spec, Head):
-        return spec.c_in * spec.classes + spec.classes
-    raise TypeError(f"no parameter formula for block spec {spec!r}")
 
 
 def architecture_params(genome: Genome) -> int:
     """The count itself, uncached (callers with their own cache key use this)."""
-    return sum(block_params(b) for b in architecture(genome))
+    return sum(b.params() for b in architecture(genome))
 
 
 @functools.lru_cache(maxsize=1 << 16)

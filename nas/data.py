@@ -1,4 +1,5 @@
-"""CIFAR-100 on the training device: loading, a stratified validation split, batched augmentation.
+"""CIFAR-100 on the training device: loading (once per command), a stratified validation split,
+batched augmentation.
 
 The images stay uint8 tensors on the device (150 MB for the training set); every batch is cropped,
 flipped, normalised and optionally cut out with tensor ops there, so there is no DataLoader and
@@ -120,6 +121,31 @@ def _read_split(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray, list[s
     return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
 
 
+@dataclass(frozen=True)
+class CifarArrays:
+    """CIFAR-100 as read from disk, before any split: uint8 (N, 3, 32, 32) images and int64
+    labels as numpy arrays on the CPU, and the class names."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+
+
+def read_cifar100(data_dir: str | Path | None = None, download: bool = True) -> CifarArrays:
+    """Check (downloading what is missing, if allowed) and decode the CIFAR-100 training and
+    test batches. Slow (md5 of every file, unpickling): `CifarSource` calls it once per command."""
+    root = resolve_data_dir(data_dir)
+    _check_files(root, download)
+    try:
+        x, y, classes = _read_split(root, train=True)
+        test_x, test_y, _ = _read_split(root, train=False)
+    except RuntimeError as e:  # torchvision's own md5 check, e.g. a file changed since ours
+        raise NasError(f"CIFAR-100 in {root / FOLDER} could not be read: {e}") from None
+    return CifarArrays(x, y, test_x, test_y, classes)
+
+
 def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (taken, rest): `n_take` indices spread over the classes as evenly as possible
     (per-class counts differ by at most one), chosen at random with `seed`; both sorted."""
@@ -148,20 +174,14 @@ def check_subset(subset: int | None, classes: int = CLASSES) -> None:
                        f"({MIN_PER_CLASS} per class of {classes}), got {subset:,}")
 
 
-def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device = "cpu", val_size: int = 5000,
-                  seed: int = 0, download: bool = True, subset: int | None = None) -> CifarData:
-    """CIFAR-100 as uint8 tensors on `device`, with `val_size` training images held out for
-    validation (seeded, stratified by class; 0 holds none out). `subset` keeps only that many of the remaining
-    training images (also stratified), for quick runs; validation and test are not reduced."""
+def split_cifar100(arrays: CifarArrays, device: str | torch.device = "cpu", val_size: int = 5000, seed: int = 0,
+                   subset: int | None = None) -> CifarData:
+    """`arrays` as uint8 tensors on `device`, with `val_size` training images held out for
+    validation (seeded, stratified by class; 0 holds none out). `subset` keeps only that many of
+    the remaining training images (also stratified), for quick runs; validation and test are not
+    reduced."""
     check_subset(subset)
-    root = resolve_data_dir(data_dir)
-    _check_files(root, download)
-    try:
-        x, y, classes = _read_split(root, train=True)
-        test_x, test_y, _ = _read_split(root, train=False)
-    except RuntimeError as e:  # torchvision's own md5 check, e.g. a file changed since ours
-        raise NasError(f"CIFAR-100 in {root / FOLDER} could not be read: {e}") from None
-    num_classes = len(classes)
+    x, y = arrays.train_x, arrays.train_y
     if not 0 <= val_size < len(y):  # 0: train on every training image (a final training)
         raise NasError(f"val_size must be between 0 and {len(y) - 1}, got {val_size}")
     val_idx, train_idx = stratified_split(y, val_size, seed)
@@ -180,8 +200,44 @@ def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return CifarData(train_x=t(train_x), train_y=t(y[train_idx]), val_x=t(x[val_idx]), val_y=t(y[val_idx]),
-                     test_x=t(test_x), test_y=t(test_y), num_classes=num_classes,
-                     mean=mean.to(device), std=std.to(device), classes=classes)
+                     test_x=t(arrays.test_x), test_y=t(arrays.test_y), num_classes=len(arrays.classes),
+                     mean=mean.to(device), std=std.to(device), classes=list(arrays.classes))
+
+
+class CifarSource:
+    """CIFAR-100 from one folder onto one device, read from disk at most once (at the first
+    request, so a command that turns out to have nothing to train reads nothing). A command that
+    needs several splits, like a sweep (each budget's search split, all 50,000 images for the final
+    trainings, test images for each export's check), derives them all from that one read."""
+
+    def __init__(self, data_dir: str | Path | None = None, device: str | torch.device = "cpu", download: bool = True):
+        self.data_dir, self.device, self.download = data_dir, device, download
+        self._arrays: CifarArrays | None = None
+        self._splits: dict[tuple[int, int, int | None], CifarData] = {}
+
+    def arrays(self) -> CifarArrays:
+        if self._arrays is None:
+            self._arrays = read_cifar100(self.data_dir, self.download)
+        return self._arrays
+
+    def split(self, val_size: int = 5000, seed: int = 0, subset: int | None = None) -> CifarData:
+        """The data set split as `split_cifar100` does it, made once per (val_size, seed, subset)."""
+        check_subset(subset)  # before reading anything
+        key = (val_size, seed, subset)
+        if key not in self._splits:
+            self._splits[key] = split_cifar100(self.arrays(), self.device, val_size, seed, subset)
+        return self._splits[key]
+
+    def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` (default all) test images and labels, on the CPU."""
+        a = self.arrays()
+        return torch.from_numpy(np.ascontiguousarray(a.test_x[:n])), torch.from_numpy(a.test_y[:n])
+
+
+def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device = "cpu", val_size: int = 5000,
+                  seed: int = 0, download: bool = True, subset: int | None = None) -> CifarData:
+    """CIFAR-100 read from `data_dir` and split onto `device` (see `split_cifar100`)."""
+    return CifarSource(data_dir, device, download).split(val_size, seed, subset)
 
 
 def load_test_images(data_dir: str | Path | None = None, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

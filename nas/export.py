@@ -22,13 +22,16 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from nas.errors import NasError
+
+if TYPE_CHECKING:
+    from nas.data import CifarSource
 
 CHECK_IMAGES = 100
 CHECK_TOLERANCE = 1e-4  # max abs difference of logits, ONNX Runtime vs PyTorch
@@ -106,13 +109,15 @@ def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Te
     return normalize(x, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
 
 
-def check_batch(spec: dict[str, Any], data_dir: str | Path | None, n: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
+def check_batch(spec: dict[str, Any], data_dir: str | Path | None, n: int = CHECK_IMAGES,
+                data: CifarSource | None = None) -> tuple[torch.Tensor, str]:
     """`n` normalised images to compare on, and what they are: the first `n` CIFAR-100 test
-    images when the data set is found, else `n` random images (uniform pixels, seed 0)."""
+    images when the data set is found (in `data` when the caller has read it, else in
+    `data_dir`), else `n` random images (uniform pixels, seed 0)."""
     from nas.data import FOLDER, load_test_images, resolve_data_dir
 
     try:
-        images, _ = load_test_images(data_dir, n)
+        images, _ = data.test_images(n) if data is not None else load_test_images(data_dir, n)
         what = f"the first {len(images)} CIFAR-100 test images"
     except NasError as e:
         if "not found" not in str(e):
@@ -148,16 +153,18 @@ def input_spec_of(summary: dict[str, Any], data_dir: str | Path | None) -> dict[
 # ---------------------------------------------------------------- runs and trials
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: bool = True,
-               data_dir: str | Path | None = None, source: dict[str, Any] | None = None) -> ExportResult:
+               data_dir: str | Path | None = None, source: dict[str, Any] | None = None,
+               data: CifarSource | None = None) -> ExportResult:
     """Export the training run in `run_dir` to `out` (default `run_dir/model.onnx`) and write the
     model card next to it. With `check`, the file is compared with PyTorch on CHECK_IMAGES images
-    and not written unless the logits agree within CHECK_TOLERANCE."""
+    and not written unless the logits agree within CHECK_TOLERANCE. `data`: CIFAR-100 as the
+    caller already read it (a sweep), else it is read from `data_dir`."""
     import onnx
     import onnxruntime
 
     from nas import __version__
     from nas.counting import count_flops, count_params
-    from nas.training import load_trained
+    from nas.training import load_trained, output_classes
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -170,7 +177,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     except json.JSONDecodeError as e:
         raise NasError(f"{result_file} is not valid JSON: {e}") from None
     spec = input_spec_of(summary, data_dir)
-    num_classes = _classes(model)
+    num_classes = output_classes(model)
     out_path = Path(out) if out else run / "model.onnx"
     if out_path.suffix.lower() != ".onnx":
         raise NasError(f"output file must end in .onnx, got {out_path}")
@@ -182,7 +189,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
                                     "nas.input.mean": json.dumps(spec["mean"]), "nas.input.std": json.dumps(spec["std"]),
                                     "nas.input.normalize": spec.get("normalize", "(pixel / 255 - mean) / std")})
         if check:
-            batch, what = check_batch(spec, data_dir)
+            batch, what = check_batch(spec, data_dir, data=data)
             got = compare(model, tmp, batch)
             if not got["max_abs_diff"] <= CHECK_TOLERANCE:
                 raise NasError(f"export check failed: ONNX Runtime's logits differ from PyTorch's by up to "
@@ -217,11 +224,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     return ExportResult(out_path, card_file, card)
 
 
-def _classes(model: nn.Module) -> int:
-    with torch.no_grad():
-        return int(model.float().cpu().eval()(torch.zeros(1, 3, 32, 32)).shape[1])
-
-
 def parse_trial_ref(ref: str) -> tuple[str, int] | None:
     """`STUDY#N` -> (study name, N); None when `ref` is not of that form."""
     name, sep, number = ref.rpartition("#")
@@ -236,17 +238,13 @@ def parse_trial_ref(ref: str) -> tuple[str, int] | None:
 
 def train_command(genome_json: str, recipe: dict[str, Any] | None, out: str, val_size: int | None = None) -> str:
     """The `nas train` command line that trains `genome_json` with `recipe` into `out`."""
-    from nas.training import Recipe
+    from nas.training import Recipe, recipe_options
 
-    d, r = Recipe().to_dict(), {**Recipe().to_dict(), **(recipe or {})}
+    r = {**Recipe().to_dict(), **(recipe or {})}
     flags = [f"--epochs {r['epochs']}"]
-    for key, flag in (("optimizer", "--optimizer"), ("lr", "--lr"), ("schedule", "--schedule"),
-                      ("batch_size", "--batch-size"), ("weight_decay", "--weight-decay"),
-                      ("label_smoothing", "--label-smoothing"), ("cutout", "--cutout")):
-        if r[key] != d[key]:
-            flags.append(f"{flag} {r[key]}")
-    if not r["bf16"]:
-        flags.append("--no-bf16")
+    for f, flag in recipe_options():  # the options whose value is not the default
+        if f.name != "epochs" and r[f.name] != f.default:
+            flags.append(flag if isinstance(f.default, bool) else f"{flag} {r[f.name]}")
     if val_size and val_size != 5000:
         flags.append(f"--val-size {val_size}")
     return f"nas train {shlex.quote(genome_json)} {' '.join(flags)} --out {shlex.quote(out)}"

@@ -1,11 +1,12 @@
-"""Block specs -> torch.nn.Module."""
+"""The torch modules of the built-in block specs (`nas.blocks`), and a genome's whole network."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from nas.families import Conv, Head, MaxPool, MBConv, BlockSpec, architecture
+from nas.blocks import Conv, Head, MBConv
+from nas.families import architecture
 from nas.spaces import Genome
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -76,21 +77,9 @@ class Classifier(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def build_block(spec: BlockSpec) -> nn.Module:
-    if isinstance(spec, Conv):
-        return ConvLayer(spec)
-    if isinstance(spec, MBConv):
-        return MBConvBlock(spec)
-    if isinstance(spec, MaxPool):
-        return nn.MaxPool2d(2)
-    if isinstance(spec, Head):
-        return Classifier(spec)
-    raise TypeError(f"no module for block spec {spec!r}")
-
-
 def build_model(genome: Genome) -> nn.Sequential:
     """The network of a genome; outputs logits (softmax is part of the loss)."""
-    model = nn.Sequential(*(build_block(b) for b in architecture(genome)))
+    model = nn.Sequential(*(b.build() for b in architecture(genome)))
     init_weights(model)
     return model
 

@@ -2,7 +2,9 @@
 
 The page reads only what docs/design.md ("Study and trial records") promises is in a study,
 through Optuna's public API, and inlines plotly.js once so it opens offline. Accuracies are
-stored in [0, 1] and shown in %.
+stored in [0, 1] and shown in %. This module computes the figures, tables' records and
+summaries; templates/report.html.j2 lays them out (autoescaped, so no value reaches the page
+unescaped; plotly's hover text is HTML too, so genome strings are escaped for it here).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import optuna
 import plotly.graph_objects as go
+from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
@@ -26,7 +30,8 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
-from nas.study import failure_reason, open_storage
+from nas.spaces import Genome
+from nas.study import failure_reason, open_storage, storage_database
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget
@@ -95,6 +100,9 @@ class StudyView:
         # several searchers may share a study: its attr lists them all, e.g. "tpe,fdpg"
         return "fdpg" in str(self.attrs.get("searcher", "")).split(",")
 
+    def failure_reasons(self) -> list[str]:
+        return sorted({str(failure_reason(t) or "no reason recorded") for t in self.failed})
+
     def status(self) -> str | None:
         """Why the study has nothing to plot, or None when it has completed trials."""
         if self.complete:
@@ -130,8 +138,7 @@ def load_studies(storage: str | optuna.storages.BaseStorage) -> list[StudyView]:
 
 def default_report_path(storage: str) -> Path:
     """reports/<storage stem>.html, e.g. sqlite:///studies/nas.db -> reports/nas.html."""
-    stem = Path(storage.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]).stem
-    return Path("reports") / f"{stem or 'report'}.html"
+    return Path("reports") / f"{Path(storage_database(storage) or '').stem or 'report'}.html"
 
 
 # ---------------------------------------------------------------- formatting
@@ -171,18 +178,8 @@ def trial_label(t: FrozenTrial) -> str:
 def genome_coords(genome_json: str) -> dict[str, int]:
     """A genome's genes as named integer coordinates (per-stage genes become name1..nameS),
     in its family's gene order, like `Space.coords`, so plots list stem, depth, width, ..."""
-    d = json.loads(genome_json)
-    genes = d.get("genes", {})
-    family = FAMILIES.get(d.get("family"))
-    order = family.gene_names({**family.default_options, **d.get("options", {})}) if family else []
-    out: dict[str, int] = {}
-    for name in [n for n in order if n in genes] + [n for n in genes if n not in order]:
-        value = genes[name]
-        if isinstance(value, list):
-            out.update({f"{name}{i + 1}": v for i, v in enumerate(value)})
-        else:
-            out[name] = value
-    return out
+    g = Genome.from_json(genome_json)
+    return FAMILIES[g.family].named_genes(g)
 
 
 def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -328,37 +325,10 @@ def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
     return _layout(fig, "What search added", 420)
 
 
-def search_added_table(studies: list[StudyView]) -> str:
-    rows = [s for s in studies if s.final]
-    if not rows:
-        return '<p class="note">No final trainings yet.</p>'
-    head = ("<tr><th>budget</th><th>winner</th><th>test</th><th>hand design</th><th>test</th>"
-            "<th>reference model</th><th>test</th><th>winner − hand</th><th>epochs</th></tr>")
-    out = []
-    for s in rows:
-        f, hand, seed = s.final, s.baselines.get("hand"), s.baselines.get("seed")
-
-        def cell(r: dict | None) -> str:
-            if not r:
-                return "<td>—</td><td>—</td>"
-            return (f"<td><code>{html.escape(str(r.get('genome_str')))}</code> ({count_str(r.get('params'))})</td>"
-                    f"<td>{pct(r.get('test_acc'))}</td>")
-
-        diff = (f"{100 * (f['test_acc'] - hand['test_acc']):+.2f} pts"
-                if hand and hand.get("test_acc") is not None and f.get("test_acc") is not None else "—")
-        out.append(f"<tr><td>{budget_str(s.budget)}</td>{cell(f)}{cell(hand)}{cell(seed)}<td>{diff}</td>"
-                   f"<td>{f.get('epochs', '—')}</td></tr>")
-    return f'<table class="winners">{head}{"".join(out)}</table>'
-
-
 def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
     """(widths, depths) per stage of a genome, for comparing shapes across budgets."""
-    from nas.spaces import Genome
-
     g = Genome.from_json(genome_json)
-    fam = FAMILIES[g.family]
-    widths = fam.widths(g.genes, g.options) if hasattr(fam, "widths") else list(g.genes.get("width", []))
-    return list(widths), list(g.genes.get("depth", []))
+    return FAMILIES[g.family].stage_shape(g)
 
 
 def fig_winner_shapes(studies: list[StudyView]) -> go.Figure | None:
@@ -412,14 +382,58 @@ def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
 
 
 def write_summary_json(storage: str, out: str | Path) -> Path:
-    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON."""
+    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON, and the
+    curve as a Markdown table beside it (`curve_markdown`, same name with .md), for a README."""
     studies = load_studies(storage)
     rows = sweep_summary(studies)
     fit = scaling_fit([(r["winner"]["params"], r["winner"]["test_acc"]) for r in rows])
     doc = {"storage": storage, "budgets": rows,
            "scaling_fit": None if fit is None else {"form": "test error = a * params^-alpha", "a": fit.a,
                                                     "alpha": fit.alpha}}
+    write_text_atomic(Path(out).with_suffix(".md"), curve_markdown(doc), "summary table")
     return write_text_atomic(out, json.dumps(doc, indent=2) + "\n", "summary file")
+
+
+def nearest_reference_model(budget: int) -> reference.RefPoint:
+    """The reference study's model whose parameter count is nearest the budget (by ratio)."""
+    return min(reference.REFERENCE_STUDY, key=lambda p: abs(math.log(p.params / budget)))
+
+
+def best_public_point(budget: int) -> reference.RefPoint | None:
+    """The most accurate public point with between half the budget and the budget parameters."""
+    near = [p for p in reference.PUBLIC_POINTS if budget / 2 <= p.params <= budget]
+    return max(near, key=lambda p: p.test_acc, default=None)
+
+
+def curve_markdown(doc: dict[str, Any]) -> str:
+    """The summary (`write_summary_json`'s document) as a Markdown table: per budget the winner,
+    its test accuracy beside the baselines trained with the same recipe, the reference study's
+    published number and the best public point at or under the budget."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def baseline(b: dict[str, Any] | None) -> str:
+        if not b:
+            return "—"
+        acc = pct(b["test_acc"]) if b.get("test_acc") is not None else "failed"
+        return f"{acc} (`{cell(b['genome_str'])}`)" if not b.get("preset") else f"{acc} ({b['preset']})"
+
+    lines = ["| budget | winner (short form) | params | test acc | hand design, same recipe | "
+             "reference model, same recipe | reference study (published, 200 ep Adam) | "
+             "best public point at or under the budget | final epochs | search min | final-training min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["budgets"]:
+        w, ref, pub = r["winner"], nearest_reference_model(r["budget"]), best_public_point(r["budget"])
+        public = f"{pct(pub.test_acc)} ({pub.model}, ~{count_str(pub.params)})" if pub else "—"
+        lines.append(
+            f"| {count_str(r['budget'])} | `{cell(w['genome_str'])}` | {count_str(w['params'])} | "
+            f"**{pct(w['test_acc'])}** | {baseline(r['baselines'].get('hand'))} | "
+            f"{baseline(r['baselines'].get('seed'))} | {pct(ref.test_acc)} ({ref.model}, {count_str(ref.params)}) | "
+            f"{public} | {r['final_epochs']} | {r['search_minutes']:.1f} | {r['final_training_minutes']:.1f} |")
+    fit = doc.get("scaling_fit")
+    if fit:
+        lines += ["", f"Scaling fit of the winners: test error = {fit['a']:.3f} × params^−{fit['alpha']:.3f}."]
+    return "\n".join(lines) + "\n"
 
 
 def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
@@ -427,6 +441,10 @@ def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
     for s in sorted(studies, key=lambda s: s.budget or 0):
         out.setdefault(s.series, []).append(s)
     return out
+
+
+def public_points_by_source() -> list[tuple[str, list[reference.RefPoint]]]:
+    return [(source, [p for p in reference.PUBLIC_POINTS if p.source == source]) for source in reference.public_sources()]
 
 
 def _add_reference_traces(fig: go.Figure) -> None:
@@ -438,8 +456,7 @@ def _add_reference_traces(fig: go.Figure) -> None:
         hovertext=[f"{p.model}: {count_str(p.params)} params, test {pct(p.test_acc)}<br>{p.source}"
                    for p in ref], hoverinfo="text"))
     symbols = ["diamond", "triangle-up", "cross", "x"]
-    for i, source in enumerate(reference.public_sources()):
-        pts = [p for p in reference.PUBLIC_POINTS if p.source == source]
+    for i, (source, pts) in enumerate(public_points_by_source()):
         fig.add_trace(go.Scatter(
             x=[p.params for p in pts], y=[100 * p.test_acc for p in pts], mode="markers+text",
             name=f"public: {source}", text=[p.model for p in pts], textposition="top center",
@@ -536,13 +553,12 @@ def fig_fdpg_path(s: StudyView) -> go.Figure:
 
 # ---------------------------------------------------------------- page
 
-def plot_div(fig: go.Figure, div_id: str) -> str:
-    # plotly.js is inlined once in <head>; each figure only carries its data.
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
-
-
-def _maybe_plot(fig: go.Figure | None, div_id: str) -> str:
-    return plot_div(fig, div_id) if fig is not None else '<p class="note">Nothing to show yet.</p>'
+def plot_div(fig: go.Figure | None, div_id: str) -> Markup | None:
+    """The figure as a div for the page (None for no figure); plotly.js is inlined once in <head>,
+    each figure only carries its data."""
+    if fig is None:
+        return None
+    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG))
 
 
 def slug(name: str) -> str:
@@ -561,128 +577,60 @@ def summary_line(studies: list[StudyView]) -> str:
             for s in studies if s.best]
     if best:
         parts.append("best per budget " + ", ".join(best))
-    return html.escape(" · ".join(parts))
+    return " · ".join(parts)
 
 
-def winners_table(studies: list[StudyView]) -> str:
-    head = ("<tr><th>study</th><th>budget</th><th>genome</th><th>params</th><th>FLOPs</th>"
-            "<th>val acc</th><th>test acc</th><th>epochs</th><th>training time</th><th>device</th></tr>")
-    rows = []
-    for s in studies:
-        name = f'<a href="#study-{slug(s.name)}">{html.escape(s.name)}</a>'
-        if s.final:
-            f, note = s.final, ""
-        elif s.best:  # not final-trained yet: show the search's best, marked as such
-            f = {**s.best.user_attrs, "val_acc": s.best.user_attrs.get("val_acc", s.best.value)}
-            note = ' <span class="note">(search best; no final training yet)</span>'
-        else:
-            rows.append(f'<tr><td>{name}</td><td>{budget_str(s.budget)}</td>'
-                        f'<td colspan="8" class="note">{html.escape(s.status() or "")}</td></tr>')
-            continue
-        rows.append(
-            f"<tr><td>{name}</td><td>{budget_str(s.budget)}</td>"
-            f"<td><code>{html.escape(str(f.get('genome_str', '?')))}</code>{note}</td>"
-            f"<td>{count_str(f.get('params'))}</td><td>{count_str(f.get('flops'))}</td>"
-            f"<td>{pct(f.get('val_acc'))}</td><td>{pct(f.get('test_acc'))}</td>"
-            f"<td>{f.get('epochs', '—') if s.final else '—'}</td>"
-            f"<td>{duration_str(f.get('wall_time_s'))}</td><td>{html.escape(str(f.get('device', '—')))}</td></tr>")
-    if not rows:
-        return '<p class="note">No studies, so no winners yet.</p>'
-    return f'<table class="winners">{head}{"".join(rows)}</table>'
+def winner_record(s: StudyView) -> dict[str, Any] | None:
+    """What the winners table shows for a study: its final training, else its search's best trial
+    (not final-trained yet), else None."""
+    if s.final:
+        return s.final
+    if s.best:
+        return {**s.best.user_attrs, "val_acc": s.best.user_attrs.get("val_acc", s.best.value)}
+    return None
 
 
-def study_section(s: StudyView) -> str:
-    """One budget: its record line, then its plots, or the reason there are none."""
-    attrs = [f"budget {budget_str(s.budget)}", f"searcher {s.attrs.get('searcher', '?')}",
-             f"space {s.attrs.get('space', '?')}", f"{plural(len(s.trials), 'trial')} ({state_counts(s.trials) or 'none'})"]
-    out = [f'<section class="study" id="study-{slug(s.name)}">',
-           f"<h3>{html.escape(s.name)}</h3>", f'<p class="meta">{html.escape(" · ".join(attrs))}</p>']
-    status = s.status()
-    if status:
-        out.append(f'<p class="status">{html.escape(status)}</p>')
-        if s.failed:
-            reasons = sorted({str(failure_reason(t) or "no reason recorded") for t in s.failed})
-            out.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>")
-    else:
-        key = slug(s.name)
-        out.append(plot_div(fig_search_progress(s), f"progress-{key}"))
-        out.append(plot_div(fig_learning_curves(s), f"curves-{key}"))
-        if s.is_fdpg:
-            out.append(plot_div(fig_fdpg_path(s), f"fdpg-{key}"))
-    out.append("</section>")
-    return "\n".join(out)
+def search_gain(s: StudyView) -> float | None:
+    """Test accuracy of the winner minus that of the hand design, both final-trained alike."""
+    f, hand = s.final or {}, s.baselines.get("hand")
+    if hand and hand.get("test_acc") is not None and f.get("test_acc") is not None:
+        return f["test_acc"] - hand["test_acc"]
+    return None
 
 
-def reference_list() -> str:
-    items = [f"<li>{html.escape(reference.REFERENCE_STUDY_SOURCE)}: "
-             + ", ".join(f"{p.model} {count_str(p.params)} → {pct(p.test_acc)}" for p in reference.REFERENCE_STUDY)
-             + "</li>"]
-    for source in reference.public_sources():
-        pts = [p for p in reference.PUBLIC_POINTS if p.source == source]
-        items.append(f'<li><a href="https://github.com/{html.escape(source)}">{html.escape(source)}</a>: '
-                     + ", ".join(html.escape(f"{p.model} ~{count_str(p.params)} → {pct(p.test_acc)}"
-                                             + (f" ({p.recipe})" if p.recipe else "")) for p in pts)
-                     + "</li>")
-    return "<ul>" + "".join(items) + "</ul>"
+def study_plots(s: StudyView) -> list[Markup]:
+    """A budget's own plots; none while it has no completed trial."""
+    if s.status():
+        return []
+    key = slug(s.name)
+    plots = [plot_div(fig_search_progress(s), f"progress-{key}"), plot_div(fig_learning_curves(s), f"curves-{key}")]
+    if s.is_fdpg:
+        plots.append(plot_div(fig_fdpg_path(s), f"fdpg-{key}"))
+    return plots
 
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 0 24px 48px; color: #222; }
-header { border-bottom: 2px solid #1f3b73; padding: 16px 0 8px; margin-bottom: 8px; }
-h1 { margin: 0 0 4px; color: #1f3b73; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
-.meta, .note { color: #666; } .status { font-weight: bold; color: #a33; }
-nav a { margin-right: 14px; }
-table.winners { border-collapse: collapse; width: 100%; font-size: 14px; }
-table.winners th, table.winners td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; }
-table.winners th { background: #f3f5f9; }
-code { font-size: 13px; }
-section.study { margin: 16px 0 28px; }
-"""
+# The page's layout is templates/report.html.j2 (package data); it is autoescaped, so every value
+# put into it is escaped and only the plots and plotly.js come in as Markup.
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("nas", "templates"), autoescape=True,
+                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                               keep_trailing_newline=True)
+TEMPLATES.filters.update(pct=pct, count=count_str, budget=budget_str, duration=duration_str, plural=plural,
+                         slug=slug)
+TEMPLATES.globals.update(state_counts=state_counts)
 
 
 def render_html(studies: list[StudyView], storage: str, title: str) -> str:
-    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    sections = "\n".join(study_section(s) for s in studies) or '<p class="status">No studies in this storage yet.</p>'
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>{CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-<header>
-<h1>{html.escape(title)}</h1>
-<p class="meta">storage <code>{html.escape(storage)}</code> · generated {html.escape(now)}</p>
-<p class="summary">{summary_line(studies)}</p>
-<nav><a href="#curve">accuracy vs parameters</a><a href="#winners">winners</a><a href="#added">what search added</a>
-<a href="#shapes">shapes</a>
-<a href="#budgets">per budget</a><a href="#references">references</a></nav>
-</header>
-<h2 id="curve">Accuracy vs parameters</h2>
-<p class="note">Trial points and the best-per-budget curve show the search score (validation accuracy or
-its fitted asymptote); stars are the winners' test accuracy after final training; grey and purple
-points are published test accuracies (see <a href="#references">references</a>).</p>
-{plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params")}
-<h2 id="winners">Winners</h2>
-{winners_table(studies)}
-<h2 id="added">What search added</h2>
-<p class="note">Per budget, the search's winner beside the space's hand design (its default start
-projected to the budget) and the reference study's model for that budget, all trained with the same
-final recipe and epochs on all training images; test accuracy.</p>
-{search_added_table(studies)}
-{_maybe_plot(fig_search_added(studies), "search-added")}
-<h2 id="shapes">Winners' shapes</h2>
-{_maybe_plot(fig_winner_shapes(studies), "winner-shapes")}
-<h2 id="budgets">Per budget</h2>
-{sections}
-<h2 id="references">References</h2>
-{reference_list()}
-</body>
-</html>
-"""
+    return TEMPLATES.get_template("report.html.j2").render(
+        title=title, storage=storage, generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        plotly_js=Markup(get_plotlyjs()), summary=summary_line(studies),
+        curve_plot=plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params"),
+        winners=[(s, winner_record(s)) for s in studies],
+        added=[(s, search_gain(s)) for s in studies if s.final],
+        added_plot=plot_div(fig_search_added(studies), "search-added"),
+        shapes_plot=plot_div(fig_winner_shapes(studies), "winner-shapes"),
+        sections=[(s, study_plots(s)) for s in studies],
+        reference_source=reference.REFERENCE_STUDY_SOURCE, reference_points=reference.REFERENCE_STUDY,
+        public_points=public_points_by_source())
 
 
 def write_report(storage: str, out: str | Path, title: str | None = None) -> Path:

@@ -1,68 +1,102 @@
-"""Searchers: the finite-difference projected gradient walk (fdpg) and Optuna's samplers.
+"""Searchers: Optuna's samplers and fdpg's walk (nas.fdpg), run by one search loop.
 
-Both evaluate genomes through `nas.study.Evaluator`, so every evaluation is a trial of the
-study of (space, budget, recipe), and both only ever evaluate genomes inside the budget band
-[(1 - tol) * B, B]: sampled genes are projected before training, and fdpg's probes and steps
-are projected too. `search()` is what `nas search` runs.
-
-fdpg (the reference study's method, see docs/brief.md): at a centre genome c, probe each integer
-coordinate q_i by a forward step (one grid step; about 12% for widths, since +1 channel is
-noise) and project the probe back onto the band. In normalised coordinates u = log(q) the
-probes' displacements D and accuracy differences dA give grad Acc by least squares
-(D g = dA); grad N comes from the exact counter. The step is eta along
-P(g) = g - (<g, n> / <n, n>) n with n = grad N, rounded to the grid and projected onto the band.
-A step that does not beat its centre is taken back and eta halved. The walk stops when the
-trial budget is spent, when `patience` steps in a row found nothing better, or when no step
-leaves the centre. A rerun replays the walk from the study's records without training again.
+Every searcher is an Optuna sampler and every evaluation a trial of the study of (space,
+budget, recipe), evaluated through `nas.study.Evaluator`; only genomes inside the budget band
+[(1 - tol) * B, B] are evaluated: sampled genes are projected before training, and fdpg's
+probes and steps are projected too. `search()` is what `nas search` runs: its settings are a
+`SearchConfig`, its loop (`run_trials`) the same for every searcher.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.budget import band, check_budget, param_gradient, project
+from nas.budget import DEFAULT_TOL, band, check_budget, project
 from nas.errors import NasError, warn
+from nas.fdpg import FdpgSampler, NothingToPropose
 from nas.spaces import Genome, Space, load_space
-from nas.study import (Evaluator, Objective, Outcome, TrainingObjective, counts_as_done, fail_stale_trials,
-                       heartbeat_seconds, open_study, resolve_storage, searcher_trials, top_trials,
-                       training_objective, trial_genome)
+from nas.study import (
+    DEFAULT_VAL_SIZE,
+    Evaluator,
+    Objective,
+    Outcome,
+    counts_as_done,
+    fail_stale_trials,
+    heartbeat_seconds,
+    open_study,
+    resolve_storage,
+    searcher_trials,
+    top_trials,
+    trial_proposal,
+)
 from nas.text import plural
 
 if TYPE_CHECKING:
+    from nas.data import CifarSource
+    from nas.objective import TrainingObjective
     from nas.plan import Plan
     from nas.training import Recipe
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
 SEARCHERS = ("fdpg", *SAMPLERS)
 PRUNERS = ("hyperband", "median", "none")
-FDPG_ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of one gene)
-FDPG_REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
-FDPG_PATIENCE = 3
 SCALE_PLACEHOLDER = 16  # the value a sampler leaves in a scale coordinate before projection
 TRAIN_IMAGES = 50_000   # CIFAR-100's training set, before the validation split
 TRIALS_REACHED = "trial limit reached"  # SearchResult.stopped when `trials` evaluations are done
 TIME_REACHED = "time limit reached"     # ... and when the time limit passed
 SURPLUS = "not needed: other workers claimed the last trials first"
 EXHAUSTED_AFTER = 30    # proposals in a row that bring a sampler no new genome end its search
+POLL_S = 1.0            # how often a worker waiting for the fdpg walk's running trials in other processes looks again
 
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How a search runs: what `nas search` options set, and what `nas sweep` passes to every
+    budget's search (it sets `time_limit` and `transfer` per budget itself)."""
+
+    searcher: str = "tpe"
+    trials: int | None = 40          # finished trials of this searcher in the study; None: no count limit
+    jobs: int = 1                    # trials trained at once
+    score: str = "val"               # "val" or "asymptote" (see nas.study.SCORES)
+    pruner: str = "hyperband"        # samplers only: fdpg needs complete trainings
+    seed: int = 0                    # sampler seed (see WorkerSeeded)
+    tol: float = DEFAULT_TOL         # budget band [(1 - tol) * B, B]
+    subset: int | None = None        # training images per trial (None: all but the validation split)
+    val_size: int = DEFAULT_VAL_SIZE
+    start: Genome | None = None      # the first trial and fdpg's start (default: the space's hand design)
+    device: str | None = None
+    time_limit: float | None = None  # seconds; no trial starts after it
+    transfer: Sequence[tuple[str, Genome]] = ()  # (label, genome) queued after the start (budget transfer)
+    plan: bool | None = None         # calibrate and print the plan first (default: with progress)
+    noise_seeds: bool = True         # train the hand design with two more seeds (see measure_noise)
+
+    def check(self) -> None:
+        """Raise NasError for settings no search can run with."""
+        if self.searcher not in SEARCHERS:
+            raise NasError(f"unknown searcher '{self.searcher}' (known: {', '.join(SEARCHERS)})")
+        for name, value in (("trials", self.trials), ("jobs", self.jobs)):
+            if value is not None and value < 1:
+                raise NasError(f"{name} must be at least 1, got {value}")
+        if self.trials is None and self.time_limit is None:
+            raise NasError("a search needs a number of trials, a time limit, or both")
 
 
-# ---------------------------------------------------------------- Optuna samplers
+# ---------------------------------------------------------------- samplers
 
 def suggest_genome(trial: optuna.Trial, space: Space) -> Genome:
     """A genome of `space` whose genes are suggested through the trial, one parameter per
@@ -80,9 +114,27 @@ def suggest_genome(trial: optuna.Trial, space: Space) -> Genome:
 
 
 def propose(trial: optuna.Trial, space: Space, budget: int, tol: float) -> Genome:
-    """The sampler's genome, projected into the budget band (the suggested values stay in
-    trial.params; the projected genome is what gets trained and recorded)."""
-    return project(suggest_genome(trial, space), space, budget, tol)
+    """The trial's genome: the sampler's genes projected into the budget band (the suggested
+    values stay in trial.params; the projected genome is what gets trained and recorded). A
+    sampler that chose the genome itself (`trial_proposal`: fdpg's walk, already in the band and
+    with the start's options) still supplies its genes as the params, and that genome is kept."""
+    genes = suggest_genome(trial, space)
+    chosen = trial_proposal(trial)
+    return Genome.from_json(chosen["genome"]) if chosen else project(genes, space, budget, tol)
+
+
+def trial_role(trial: optuna.Trial) -> tuple[str, int | None]:
+    """(role, step) to record for the trial: its sampler's proposal's, a queued trial's role, else
+    a sample (its step is then its number)."""
+    chosen = trial_proposal(trial)
+    return (chosen["role"], chosen["step"]) if chosen else (trial.user_attrs.get("role", "sample"), None)
+
+
+def make_searcher(config: SearchConfig, space: Space, budget: int, start: Genome) -> optuna.samplers.BaseSampler:
+    """The sampler of `config.searcher`: fdpg's walk from `start`, or an Optuna sampler."""
+    if config.searcher == "fdpg":
+        return FdpgSampler(space, start, budget, config.tol)
+    return make_sampler(config.searcher, config.seed, config.trials or 40)
 
 
 def make_sampler(name: str, seed: int = 0, trials: int = 40) -> optuna.samplers.BaseSampler:
@@ -225,61 +277,90 @@ class TrialBudget:
         return sum(counts_as_done(t) or t.state == TrialState.RUNNING for t in ahead) >= self.trials
 
 
-def parallel_map(fn: Callable[[T], Any], items: Iterable[T], jobs: int) -> list[Any]:
-    """`[fn(x) for x in items]` on up to `jobs` daemon threads (daemon: after Ctrl-C the process
-    exits without waiting for a training run; its trial is marked by the main thread)."""
-    items = list(items)
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    results: list[Any] = [None] * len(items)
-    errors: list[BaseException] = []
-    nxt = iter(range(len(items)))
+def run_workers(worker: Callable[[], None], jobs: int, stop: threading.Event) -> None:
+    """Run `worker` on `jobs` threads (this one when `jobs` is 1) until every one returns. A
+    worker's error is raised once the others have finished their trial (`stop` tells them to take
+    no other). After Ctrl-C the others are not waited for: the caller marks their trials
+    interrupted, which ends their training at its next report."""
+    if jobs <= 1:
+        worker()
+        return
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="nas-trial")
+    futures = [pool.submit(worker) for _ in range(jobs)]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    stop.set()
+    pool.shutdown(wait=True)
+    for f in futures:
+        f.result()
+
+
+def run_trials(ev: Evaluator, space: Space, budget: int, tol: float, budget_trials: TrialBudget,
+               sampler: optuna.samplers.BaseSampler, jobs: int = 1,
+               on_outcome: Callable[[Outcome], None] | None = None,
+               exhausted_after: int = EXHAUSTED_AFTER) -> str:
+    """Run the study's sampler until the trial budget is spent, or the sampler has nothing more
+    to propose; returns why it stopped. `jobs` workers share the sampler; one at a time asks for
+    a trial and its genome.
+
+    --trials counts distinct trainings for the Optuna samplers. A proposal of a genome the study
+    already holds (trained, pruned, or running in any worker) is a duplicate trial, and one that
+    cannot be projected into the band fails; neither counts, and the sampler is asked again,
+    with a random point of the space queued as the next trial: in a small band (a 1k budget) a
+    model-based sampler keeps proposing what it has, and the random point moves it on.
+    `exhausted_after` such proposals in a row in one worker end the search: the space holds
+    nothing new. fdpg's walk (`FdpgSampler`) says itself when it has ended; while its next
+    evaluations all run in other workers, a worker waits for them; the walk may come back to a
+    genome the study holds, and that evaluation (a reuse) counts."""
+    walk = sampler if isinstance(sampler, FdpgSampler) else None
+    ended: list[str] = []        # why the search ended, once a worker found out
+    stop = threading.Event()     # an error or Ctrl-C: take no new trial
     lock = threading.Lock()
+    finished = threading.Condition()  # a worker of this process finished a trial
+
+    def claim() -> tuple[optuna.Trial, Genome | None] | None:
+        """The next trial with its genome (None: its genes could not be projected into the band,
+        the trial failed), or None when the search is over."""
+        while not ended and not stop.is_set():
+            with lock:
+                state = walk.state(ev.study) if walk is not None else None
+                if state is not None and state.stopped is not None:
+                    ended.append(state.stopped)
+                    return None
+                if state is None or state.todo or state.queued:
+                    trial = budget_trials.claim()
+                    if trial is None:
+                        return None
+                    try:
+                        return trial, propose(trial, space, budget, tol)
+                    except NothingToPropose as e:  # another process took the walk's last evaluation
+                        ev.fail(trial, str(e), retryable=True)
+                    except NasError as e:  # a corner of the space the band cannot be reached from
+                        ev.fail(trial, f"projection: {e}", retryable=True)  # nothing trained: not counted
+                        return trial, None
+            if budget_trials.expired():
+                return None
+            with finished:  # the walk waits for its running trials (a dead process's are retried)
+                finished.wait(POLL_S)
+            fail_stale_trials(ev.study)
+        return None
 
     def worker() -> None:
-        while not errors:
-            with lock:
-                i = next(nxt, None)
-            if i is None:
-                return
-            try:
-                results[i] = fn(items[i])
-            except BaseException as e:  # re-raised in the caller's thread
-                errors.append(e)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(items)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
-def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_trials: TrialBudget,
-                   jobs: int = 1, on_outcome: Callable[[Outcome], None] | None = None,
-                   exhausted_after: int = EXHAUSTED_AFTER) -> str:
-    """Run the study's sampler until the trial budget is spent; returns why it stopped.
-
-    --trials counts distinct trainings. A proposal of a genome the study already holds (trained,
-    pruned, or running in any worker) is a duplicate trial, and one that cannot be projected into
-    the band fails; neither counts, and the sampler is asked again, with a random point of the
-    space queued as the next trial: in a small band (a 1k budget) a model-based sampler keeps
-    proposing what it has, and the random point moves it on. `exhausted_after` such proposals
-    in a row in one worker end the search: the space holds nothing new."""
-    exhausted: list[str] = []
-
-    def worker(_: int) -> None:
         repeats = 0
-        while not exhausted and (trial := budget_trials.claim()) is not None:
-            try:
-                genome = propose(trial, space, budget, tol)
-            except NasError as e:  # a corner of the space the band cannot be reached from
-                ev.fail(trial, f"projection: {e}", retryable=True)  # nothing trained: not counted
-                out = None
-            else:
-                out = ev.evaluate(genome, role=trial.user_attrs.get("role", "sample"), trial=trial, distinct=True)
+        while (claimed := claim()) is not None:
+            trial, genome = claimed
+            out = None
+            if genome is not None:
+                role, step = trial_role(trial)
+                out = ev.evaluate(genome, role=role, step=step, trial=trial, distinct=walk is None)
+                with finished:
+                    finished.notify_all()
+            if stop.is_set():
+                return  # interrupted: the caller has marked the trial and closed the progress
             if out is not None and out.duplicate_of is None:
                 repeats = 0
                 if on_outcome:
@@ -289,12 +370,13 @@ def sampler_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_
             if novel is not None and (repeats := repeats + 1) < exhausted_after:
                 ev.study.enqueue_trial(novel, user_attrs={"role": "explore"})
             else:
-                exhausted.append(f"stopped early: the sampler's last proposals were all genomes already in the "
-                                 f"study and {NOVEL_DRAWS} random points of the space found no new one either, "
-                                 f"so the band looks exhausted")
+                ended.append(f"stopped early: the sampler's last proposals were all genomes already in the "
+                             f"study and {NOVEL_DRAWS} random points of the space found no new one either, "
+                             f"so the band looks exhausted")
 
-    parallel_map(worker, range(jobs), jobs)
-    return exhausted[0] if exhausted else budget_trials.why_stopped()
+    run_workers(worker, jobs, stop)
+    return ended[0] if ended else budget_trials.why_stopped()
+
 
 NOVEL_DRAWS = 500  # random points tried for a genome the study does not hold yet
 
@@ -335,218 +417,11 @@ def enqueue_genomes(study: optuna.Study, space: Space, genomes: list[tuple[str, 
     return queued
 
 
-# ---------------------------------------------------------------- fdpg
-
-def log_offsets(space: Space) -> np.ndarray:
-    """Per coordinate, what to add before taking the log (1 for genes that may be 0)."""
-    return np.array([1.0 if space.genes[n].minimum == 0 else 0.0 for n, _ in space.coords])
-
-
-def to_log(space: Space, genome: Genome) -> np.ndarray:
-    """Normalised coordinates u = log(q): equal steps are equal relative changes of any gene."""
-    return np.log(np.array(space.vector(genome), dtype=float) + log_offsets(space))
-
-
-def from_log(space: Space, u: np.ndarray, options: dict[str, Any]) -> Genome:
-    return space.from_vector(list(np.exp(u) - log_offsets(space)), options)
-
-
-def midpoint(space: Space) -> Genome:
-    """The centre of every gene's range (geometric for log-scale genes)."""
-    values = []
-    for name, _ in space.coords:
-        g = space.genes[name]
-        values.append(math.sqrt(g.minimum * g.maximum) if g.log else (g.minimum + g.maximum) / 2)
-    return space.from_vector(values)
-
-
 def default_start(space: Space) -> Genome:
     """fdpg's default start, from the brief's design lessons: one block per stage (the reference
-    study's best plain member), widths doubling stage by stage ("wider blocks deeper in"),
-    expansion 4 and the smallest kernel. Only proportions matter: projection sets the scale."""
-    base = {"stem": 16, "width_base": 16, "width_slope": 16, "expand": 4, "growth": 200}
-    values = []
-    for name, stage in space.coords:
-        g = space.genes[name]
-        if name == "width":
-            values.append(16 * 2 ** stage)
-        elif name in base:
-            values.append(base[name])
-        else:  # depth, kernel and any gene a user's family adds
-            values.append(g.minimum)
-    return space.from_vector(values)
-
-
-def tangent(g: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """P(g) = g - (<g, n> / <n, n>) n: the part of g along the surface N = const."""
-    nn = float(n @ n)
-    return g - (float(g @ n) / nn) * n if nn > 0 else g
-
-
-def log_param_gradient(space: Space, genome: Genome) -> np.ndarray:
-    """dN/du_i = dN/dq_i * dq_i/du_i, with u = log(q + offset)."""
-    q = np.array(space.vector(genome), dtype=float) + log_offsets(space)
-    return np.array(param_gradient(space, genome)) * q
-
-
-def estimate_gradient(displacements: np.ndarray, differences: np.ndarray) -> np.ndarray:
-    """grad Acc in u from probes: least squares D g = dA. Projected probes all lie near the
-    surface N = const, so D is nearly rank-deficient along grad N; singular values below 5% of
-    the largest are cut instead of amplifying noise (that direction is projected out anyway)."""
-    g, *_ = np.linalg.lstsq(displacements, differences, rcond=0.05)
-    return g
-
-
-def probe_genomes(space: Space, centre: Genome, budget: int, tol: float,
-                  rel_step: float = FDPG_REL_STEP) -> list[Genome]:
-    """One projected probe per coordinate, distinct from the centre and from each other. Widths
-    step up by `rel_step`; depth, expansion and kernel step one grid point down where they can
-    (the projection then widens the model: that is the trade-off the budget forces), else up."""
-    v = space.vector(centre)
-    out: list[Genome] = []
-    for i, (name, _) in enumerate(space.coords):
-        gene = space.genes[name]
-        width = gene.role == "width" and gene.choices is None
-        h = max(1, round(rel_step * v[i] / gene.step)) if width else 1
-        for steps in (h, 2 * h, 4 * h):  # a small step can round back onto the centre
-            first, second = (steps, -steps) if width else (-steps, steps)
-            moved = gene.shift(v[i], first)
-            if moved is None:
-                moved = gene.shift(v[i], second)
-            if moved is None:
-                break
-            w = list(v)
-            w[i] = moved
-            try:
-                p = project(space.from_vector(w, centre.options), space, budget, tol)
-            except NasError:
-                break
-            if p != centre and p not in out:
-                out.append(p)
-                break
-    return out
-
-
-def gradient_step(space: Space, centre: Genome, direction: np.ndarray, eta: float, budget: int, tol: float,
-                  seen: set[Genome] | frozenset[Genome] = frozenset()) -> tuple[Genome, float] | None:
-    """The point centre + eta * direction (in u), rounded and projected, and the eta used.
-    While rounding lands on the centre, eta doubles (at most 3 times); when it lands on a genome
-    already evaluated (`seen`), shorter steps are tried. None when no new point is found."""
-    u = to_log(space, centre)
-
-    def at(scale: float) -> Genome | None:
-        try:
-            return project(from_log(space, u + eta * scale * direction, centre.options), space, budget, tol)
-        except NasError:
-            return None
-
-    for scale in (1, 2, 4, 8):
-        x = at(scale)
-        if x is None or x == centre:
-            continue
-        if x not in seen:
-            return x, eta * scale
-        for shorter in (scale / 2, scale / 4, scale / 8):
-            y = at(shorter)
-            if y is not None and y != centre and y not in seen:
-                return y, eta * shorter
-        return None
-    return None
-
-
-@dataclass
-class _Replay:
-    """fdpg's finished evaluations in the study, by (step, role, genome): a rerun walks the same
-    path and takes these values instead of training again."""
-
-    done: dict[tuple[int, str, str], FrozenTrial]
-
-    @classmethod
-    def of(cls, ev: Evaluator) -> _Replay:
-        done = {}
-        for t in searcher_trials(ev.study, ev.searcher):
-            g = trial_genome(t)
-            if counts_as_done(t) and g is not None:
-                done.setdefault((t.user_attrs.get("step"), t.user_attrs.get("role"), g.key()), t)
-        return cls(done)
-
-    def get(self, genome: Genome, role: str, step: int) -> Outcome | None:
-        t = self.done.get((step, role, genome.key()))
-        if t is None:
-            return None
-        value = t.value if t.state == TrialState.COMPLETE else None
-        return Outcome(t.number, t.state, value, genome, t.user_attrs.get("reused_from"))
-
-
-class _Exhausted(Exception):
-    pass
-
-
-def fdpg_search(ev: Evaluator, space: Space, budget: int, tol: float, budget_trials: TrialBudget, *,
-                start: Genome | None = None, jobs: int = 1, eta: float = FDPG_ETA,
-                rel_step: float = FDPG_REL_STEP, patience: int = FDPG_PATIENCE,
-                on_outcome: Callable[[Outcome], None] | None = None) -> str:
-    """The finite-difference projected-gradient walk (module docstring); returns why it stopped."""
-    replay = _Replay.of(ev)
-
-    def run(genome: Genome, role: str, step: int) -> Outcome:
-        out = replay.get(genome, role, step)
-        if out is None:
-            trial = budget_trials.claim()
-            if trial is None:
-                raise _Exhausted
-            out = ev.evaluate(genome, role=role, step=step, trial=trial)
-            if on_outcome:
-                on_outcome(out)
-        return out
-
-    centre = project(start or default_start(space), space, budget, tol)
-    step, seen = 0, {centre}
-    try:
-        first = run(centre, "centre", step)
-        if not first.ok:
-            raise NasError(f"fdpg: the start genome {centre} could not be evaluated (trial #{first.number}: "
-                           f"{first.state.name.lower()}); pick another with --start")
-        value, best, since_best = first.value, first.value, 0
-        direction: np.ndarray | None = None
-        probed: list[Outcome] = []
-        while True:
-            if direction is None:  # a new centre: probe every coordinate
-                probes = probe_genomes(space, centre, budget, tol, rel_step)
-                seen.update(probes)
-                probed = [o for o in parallel_map(lambda p: run(p, "neighbour", step), probes, jobs) if o.ok]
-                if not probed:
-                    return "no neighbour of the centre could be evaluated"
-                u0 = to_log(space, centre)
-                disp = np.array([to_log(space, o.genome) - u0 for o in probed])
-                diff = np.array([o.value - value for o in probed])
-                p = tangent(estimate_gradient(disp, diff), log_param_gradient(space, centre))
-                if not np.linalg.norm(p) > 0:
-                    return "the projected gradient vanished"
-                direction = p / np.linalg.norm(p)
-            found = gradient_step(space, centre, direction, eta, budget, tol, seen)
-            if found is None:
-                return "no new step from the centre (converged on the grid)"
-            x, eta = found
-            seen.add(x)
-            step += 1
-            out = run(x, "centre", step)
-            # The next centre is the best genome evaluated around this one, the step first.
-            cands = [o for o in (out, *probed) if o.ok]
-            top = max(cands, key=lambda o: o.value, default=None)
-            if top is not None and top.value > value:
-                centre, value, direction = top.genome, top.value, None
-            else:
-                eta /= 2  # take the step back and try a shorter one along the same direction
-            probed = []
-            if value > best:
-                best, since_best = value, 0
-            else:
-                since_best += 1
-            if since_best >= patience:
-                return f"no improvement in {plural(patience, 'step')}"
-    except _Exhausted:
-        return budget_trials.why_stopped()
+    study's best plain member), widths doubling stage by stage ("wider blocks deeper in");
+    the space's family chooses it (`Family.default_start`)."""
+    return space.family.default_start(space)
 
 
 # ---------------------------------------------------------------- search()
@@ -610,26 +485,31 @@ class _LazyObjective:
 
 NOISE_SEEDS = (1, 2)  # besides the start trial's seed 0
 NOISE_ATTR = "score_noise"
+NOISE_MIN_TRIALS = 10  # the noise trainings (two trials' time) run only if a time limit leaves room for this many
 
 
-def measure_noise(study: optuna.Study, objective: TrainingObjective, genome: Genome) -> None:
-    """Train `genome` with other seeds at the search's fidelity and keep the scores, and their
-    standard deviation with the start trial's, in the study's user attr `score_noise`: how far
-    apart two trials of one genome land by luck alone (the report draws it as a band)."""
+def measure_noise(study: optuna.Study, genome: Genome, objective: TrainingObjective | None) -> None:
+    """Train `genome` with other seeds at the search's fidelity (unless `objective` is None) and
+    keep the scores, and their standard deviation with the start trial's, in the study's user
+    attr `score_noise`: how far apart two trials of one genome land by luck alone (the report
+    draws it as a band)."""
     import statistics
+
+    from nas.objective import TrainingObjective
 
     noise = dict(study.user_attrs.get(NOISE_ATTR) or {})
     if noise.get("genome") != genome.to_json():
         noise = {"genome": genome.to_json(), "genome_str": str(genome), "values": {}}
     values = dict(noise["values"])
-    for seed in NOISE_SEEDS:
+    for seed in NOISE_SEEDS if objective is not None else ():
         if str(seed) not in values:
             values[str(seed)] = TrainingObjective(objective.data, replace(objective.recipe, seed=seed),
                                                   score=objective.score, device=objective.device)(genome, None)
-    start = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if t.user_attrs.get("seed") == "start" and t.user_attrs.get("genome") == genome.to_json()]
-    if start:
-        values["0"] = start[0].value
+    # The genome's own trial (the samplers' queued start, fdpg's first centre) trained it with seed 0.
+    own = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+           if t.user_attrs.get("genome") == genome.to_json() and t.user_attrs.get("reused_from") is None]
+    if own:
+        values["0"] = own[0].value
     noise["values"] = values
     noise["sigma"] = statistics.stdev(values.values()) if len(values) >= 2 else None
     study.set_user_attr(NOISE_ATTR, noise)
@@ -644,17 +524,16 @@ class _Progress:
 
     def __init__(self, total: int, done: int, enabled: bool, best: float | None, deadline: float | None,
                  seconds_per_trial: float | None, counted: bool = True):
-        from tqdm.auto import tqdm
+        from nas.progress import progress_bar
 
-        self._tqdm = tqdm
         self.total, self.done, self.enabled, self.best = total, done, enabled, best
         self.counted = counted  # False: `total` is only the plan's guess, the deadline ends the search
         self.deadline, self.estimate = deadline, seconds_per_trial
         self.started = time.time()
         self.finished = 0
         self.tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", desc="search",
-                        disable=not self.tty, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self.bar = progress_bar(total, enabled, initial=min(done, total), unit="trial", desc="search",
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = None
@@ -707,11 +586,11 @@ class _Progress:
             what = (f"{out.value:.2%}" if out.value is not None else "-") + f" {out.state.name.lower()}"
             reused = f" (reused #{out.reused_from})" if out.reused_from is not None else ""
             took = f" in {out.seconds:.0f} s" if out.seconds is not None else ""
-            self._tqdm.write(f"trial #{out.number}: {out.genome}  {what}{took}{reused}", file=sys.stderr)
+            self.bar.write(f"trial #{out.number}: {out.genome}  {what}{took}{reused}", file=sys.stderr)
 
     def note(self, text: str) -> None:
         if self.enabled:
-            self._tqdm.write(text, file=sys.stderr)
+            self.bar.write(text, file=sys.stderr)
 
     def wait(self, n: int) -> None:
         self.note(f"waiting for {plural(n, 'trial')} running in another process "
@@ -722,120 +601,119 @@ class _Progress:
         self.bar.close()
 
 
-def make_plan(space: Space, budget: int, searcher: str, recipe: Recipe, *, trials: int | None,
-              time_limit: float | None, subset: int | None, val_size: int, tol: float, pruner: str,
-              device: str | None, done: int = 0, jobs: int = 1) -> Plan:
+def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *, done: int = 0) -> Plan:
     """The plan of a search (see nas.plan), calibrated on the budget's hand design with the
-    threads one of `jobs` concurrent trials gets."""
+    threads one of `config.jobs` concurrent trials gets."""
+    import torch
+
     from nas.plan import Plan, calibrate
     from nas.training import bf16_autocast, default_device
 
-    import torch
-
-    dev = torch.device(device) if device is not None else default_device()
-    hand = project(default_start(space), space, budget, tol)
-    with _torch_threads_per_job(jobs if dev.type == "cpu" else 1):
+    dev = torch.device(config.device) if config.device is not None else default_device()
+    hand = project(default_start(space), space, budget, config.tol)
+    with _torch_threads_per_job(config.jobs if dev.type == "cpu" else 1):
         cal = calibrate(hand, recipe, dev)
-    train_images = subset or (TRAIN_IMAGES - val_size)
-    return Plan(space=space.name, searcher=searcher, budget=budget, band=band(budget, tol), device=cal.device,
-                bf16=bf16_autocast(dev, recipe.bf16), train_images=train_images, val_images=val_size,
-                epochs=recipe.epochs, pruner=pruner, trials=trials, time_limit_s=time_limit, calibration=cal,
-                done=done, jobs=jobs)
+    train_images = config.subset or (TRAIN_IMAGES - config.val_size)
+    return Plan(space=space.name, searcher=config.searcher, budget=budget, band=band(budget, config.tol),
+                device=cal.device, bf16=bf16_autocast(dev, recipe.bf16), train_images=train_images,
+                val_images=config.val_size, epochs=recipe.epochs, pruner=config.pruner, trials=config.trials,
+                time_limit_s=config.time_limit, calibration=cal, done=done, jobs=config.jobs)
 
 
-def search(space: str | Space, budget: int, searcher: str = "tpe", trials: int | None = 40,
-           epochs: int | None = None, jobs: int = 1, storage: str | None = None, data_dir: str | Path | None = None,
-           score: str = "val", pruner: str = "hyperband", seed: int = 0, tol: float = 0.1,
-           recipe: Recipe | None = None, objective: Objective | None = None, progress: bool = True, *,
-           subset: int | None = None, val_size: int = 5000, start: Genome | None = None,
-           device: str | None = None, time_limit: float | None = None,
-           transfer: list[tuple[str, Genome]] | None = None, plan: bool | None = None,
-           noise_seeds: bool = True) -> SearchResult:
-    """Search `space` for the genome with the best score under `budget` parameters.
+def search(space: str | Space, budget: int, config: SearchConfig | None = None, *, storage: str | None = None,
+           data_dir: str | Path | None = None, data: CifarSource | None = None, recipe: Recipe | None = None,
+           objective: Objective | None = None, progress: bool = True) -> SearchResult:
+    """Search `space` for the genome with the best score under `budget` parameters, as `config`
+    says (default: `SearchConfig()`).
 
     Every evaluation is a trial of the study of (space, budget, recipe) in `storage`; trials
-    already there count toward `trials`, so rerunning the same call resumes. The first trial is
-    the space's hand design (its default start, or `start`) projected to the budget, then the
-    `transfer` genomes (e.g. winners of other budgets, projected here), so the search can never
-    end below them. `time_limit` (seconds) ends the search: no trial starts after it, and the
-    running one stops at its next epoch boundary (recorded as failed, retried on a rerun);
-    `trials` None means no count limit. `objective` replaces training (tests, benchmarks); by
-    default genomes are trained on CIFAR-100 from `data_dir` (`subset` training images,
-    `val_size` held out) for `epochs` epochs. `plan` (default: when `progress`) calibrates and
-    prints the plan first; it is skipped when `objective` is given. `noise_seeds` trains the hand
-    design with two more seeds (see `measure_noise`) so the report can show the score's noise."""
+    already there count toward `config.trials`, so rerunning the same call resumes. The first
+    trial is the space's hand design (its default start, or `config.start`) projected to the
+    budget, then the `config.transfer` genomes (e.g. winners of other budgets, projected here),
+    so the search can never end below them (fdpg starts its walk there instead). The time limit
+    ends the search: no trial starts after it, and the running one stops at its next epoch
+    boundary (recorded as failed, retried on a rerun); `trials` None means no count limit.
+    `objective` replaces training (tests, benchmarks); by default genomes are trained with
+    `recipe` (its epochs included) on CIFAR-100 (`config.subset` training images,
+    `config.val_size` held out) from `data` (read once by the caller) or `data_dir`.
+    `config.plan` (default: when `progress`) calibrates and prints the plan first; it is skipped
+    when `objective` is given. `config.noise_seeds` trains the hand design with two more seeds
+    (see `measure_noise`) so the report can show the score's noise."""
     from nas.data import check_subset
     from nas.training import space_recipe
 
+    config = config or SearchConfig()
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     budget = check_budget(budget)
-    if searcher not in SEARCHERS:
-        raise NasError(f"unknown searcher '{searcher}' (known: {', '.join(SEARCHERS)})")
-    for name, value in (("trials", trials), ("jobs", jobs)):
-        if value is not None and value < 1:
-            raise NasError(f"{name} must be at least 1, got {value}")
-    if trials is None and time_limit is None:
-        raise NasError("a search needs a number of trials, a time limit, or both")
-    check_subset(subset)  # before the study is created: a failed command leaves nothing behind
-    warn_many_jobs(jobs, trials)
+    config.check()
+    check_subset(config.subset)  # before the study is created: a failed command leaves nothing behind
+    warn_many_jobs(config.jobs, config.trials)
     recipe = recipe or space_recipe(sp)
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
-    if start is not None:
-        sp.check(start, "start genome")
-    hand = project(start or default_start(sp), sp, budget, tol)  # a budget the space cannot meet fails here
+    if config.start is not None:
+        sp.check(config.start, "start genome")
+    # a budget the space cannot meet fails here
+    hand = project(config.start or default_start(sp), sp, budget, config.tol)
     t0 = time.perf_counter()
-    deadline = time.time() + time_limit if time_limit is not None else None
+    deadline = time.time() + config.time_limit if config.time_limit is not None else None
     url = resolve_storage(storage)
     with warnings.catch_warnings():  # samplers flag their newer options as experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = make_sampler(searcher, seed, trials or 40) if searcher != "fdpg" else None
+        sampler = make_searcher(config, sp, budget, hand)
+        walk = isinstance(sampler, FdpgSampler)
         # fdpg needs complete curves for its differences: no pruning
-        prune = make_pruner(pruner if searcher != "fdpg" else "none", recipe.epochs)
-    study = open_study(url, sp, budget, recipe, tol=tol, searcher=searcher, score=score, subset=subset,
-                       val_size=val_size, sampler=sampler, pruner=prune)
-    if searcher != "fdpg":  # fdpg starts its walk from the hand design itself
-        enqueue_genomes(study, sp, [("start", hand), *(transfer or [])])
+        prune = make_pruner("none" if walk else config.pruner, recipe.epochs)
+    study = open_study(url, sp, budget, recipe, tol=config.tol, searcher=config.searcher, score=config.score,
+                       subset=config.subset, val_size=config.val_size, sampler=sampler, pruner=prune)
+    if not walk:  # fdpg starts its walk from the hand design itself
+        enqueue_genomes(study, sp, [("start", hand), *config.transfer])
     own_objective = objective is None
     if objective is None:
-        objective = _LazyObjective(lambda: training_objective(recipe, data_dir=data_dir, score=score, subset=subset,
-                                                              val_size=val_size, device=device, progress=progress,
-                                                              deadline=deadline))
-    ev = Evaluator(study, objective, searcher, recipe.to_dict())
-    budget_trials = TrialBudget(ev, trials, deadline=deadline)
+        from nas.objective import training_objective
+
+        objective = _LazyObjective(lambda: training_objective(recipe, data=data, data_dir=data_dir,
+                                                              score=config.score, subset=config.subset,
+                                                              val_size=config.val_size, device=config.device,
+                                                              progress=progress, deadline=deadline))
+    ev = Evaluator(study, objective, config.searcher, recipe.to_dict())
+    budget_trials = TrialBudget(ev, config.trials, deadline=deadline)
     done = budget_trials.done()
     the_plan = None
-    no_time_left = time_limit is not None and time_limit <= 0  # e.g. a resumed sweep's budget whose share is used
-    if (plan if plan is not None else progress) and own_objective and not no_time_left:
-        the_plan = make_plan(sp, budget, searcher, recipe, trials=trials, time_limit=time_limit, subset=subset,
-                             val_size=val_size, tol=tol, pruner=pruner, device=device, done=done, jobs=jobs)
-        if progress:
+    # e.g. a resumed sweep's budget whose share is used
+    no_time_left = config.time_limit is not None and config.time_limit <= 0
+    show_plan = config.plan if config.plan is not None else progress
+    noise = own_objective and not no_time_left and config.noise_seeds
+    if own_objective and not no_time_left and (show_plan or (noise and config.time_limit is not None)):
+        the_plan = make_plan(sp, budget, config, recipe, done=done)  # also sizes the noise measurement
+        if show_plan and progress:
             for line in the_plan.lines():
                 print(line, file=sys.stderr, flush=True)
     tops = top_trials(study, budget, 1)
-    total = trials if trials is not None else done + (the_plan.expected_trials if the_plan else 0)
+    total = config.trials if config.trials is not None else done + (the_plan.expected_trials if the_plan else 0)
     bar = _Progress(total, done, progress, tops[0].value if tops else None, deadline,
-                    the_plan.seconds_per_trial if the_plan else None, counted=trials is not None)
+                    the_plan.seconds_per_trial if the_plan else None, counted=config.trials is not None)
     budget_trials.on_wait = bar.wait
     bar.note(f"study '{study.study_name}' in {url} ({plural(done, 'trial')} done)")
-    measure = own_objective and not no_time_left and noise_seeds
+    measured = all(str(seed) in (study.user_attrs.get(NOISE_ATTR) or {}).get("values", {}) for seed in NOISE_SEEDS)
+    train_noise = noise and not measured
+    if train_noise and the_plan is not None and the_plan.time_limit_s is not None and \
+            the_plan.time_limit_s < NOISE_MIN_TRIALS * the_plan.seconds_per_trial:
+        train_noise = False  # two trainings would eat most of a short search
+        bar.note(f"not measuring the score's seed-to-seed noise: it costs two trials, and the time limit leaves "
+                 f"room for about {plural(the_plan.expected_trials, 'trial')}")
     try:
-        with warnings.catch_warnings(), _torch_threads_per_job(jobs):
+        with warnings.catch_warnings(), _torch_threads_per_job(config.jobs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if measure and len((study.user_attrs.get(NOISE_ATTR) or {}).get("values", {})) < len(NOISE_SEEDS):
+            if train_noise:
                 bar.note(f"measuring the seed-to-seed noise of the score on {hand} (seeds {NOISE_SEEDS})")
-                measure_noise(study, objective.get(), hand)
-            if searcher == "fdpg":
-                stopped = fdpg_search(ev, sp, budget, tol, budget_trials, start=start, jobs=jobs,
-                                      on_outcome=bar.outcome)
-            else:
-                stopped = sampler_search(ev, sp, budget, tol, budget_trials, jobs, on_outcome=bar.outcome)
-        if measure:
-            measure_noise(study, objective.get(), hand)  # adds the start trial's own score
+                measure_noise(study, hand, objective.get())
+            stopped = run_trials(ev, sp, budget, config.tol, budget_trials, sampler, config.jobs,
+                                 on_outcome=bar.outcome)
+        if noise:
+            measure_noise(study, hand, None)  # adds the start trial's own score
     except KeyboardInterrupt:
         ev.interrupt_running()
         raise
     finally:
         bar.close()
-    return SearchResult(study.study_name, url, searcher, budget, score, budget_trials.done(),
+    return SearchResult(study.study_name, url, config.searcher, budget, config.score, budget_trials.done(),
                         top_trials(study, budget), stopped, time.perf_counter() - t0)

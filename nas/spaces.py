@@ -25,7 +25,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from nas.errors import NasError, warn
-from nas.families import FAMILIES, Family
+from nas.families import FAMILIES
+from nas.family import Family, coord_name
 
 BUILTIN_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # "absolute": one width gene per stage; "growth": the first stage's width (set by projection)
@@ -200,8 +201,7 @@ class Space:
         return self.growth and coord == ("width", 0)
 
     def coord_name(self, coord: tuple[str, int | None]) -> str:
-        name, s = coord
-        return name if s is None else f"{name}{s + 1}"
+        return coord_name(*coord)
 
     def vector(self, genome: Genome) -> list[int]:
         out = []
@@ -239,10 +239,10 @@ class Space:
                 genes["stem"] = self.genes["stem"].snap(genes["width"][0])
         return Genome(self.name, self.family.name, genes, dict(options or self.options))
 
-    def extreme(self, which: str) -> Genome:
+    def extreme(self, which: str, options: dict[str, Any] | None = None) -> Genome:
         """The genome with every gene at its minimum ('min') or maximum ('max')."""
         return self.from_vector([getattr(self.genes[n], "minimum" if which == "min" else "maximum")
-                                 for n, _ in self.coords])
+                                 for n, _ in self.coords], options)
 
     def check(self, genome: Genome, where: str = "genome") -> Genome:
         """Raise NasError unless `genome` is of this space's family and inside its ranges."""
@@ -398,7 +398,7 @@ def _read_space_file(path: Path) -> Space:
         if name not in genes_data:
             raise NasError(f"{where}: missing field 'genes.{name}'")
         genes[name] = _parse_gene(name, genes_data[name], family.gene_roles.get(name, "other"),
-                                  f"{where}: genes.{name}")
+                                  family.lowest(name), f"{where}: genes.{name}")
     recipe = data.get("recipe", {})
     if not isinstance(recipe, dict):
         raise NasError(f"{where}: field 'recipe' must be a table of training recipe fields, e.g. lr = 0.8")
@@ -422,7 +422,7 @@ def _read_space_file(path: Path) -> Space:
     return space
 
 
-def _parse_gene(name: str, spec: Any, role: str, where: str) -> Gene:
+def _parse_gene(name: str, spec: Any, role: str, lowest: int, where: str) -> Gene:
     if not isinstance(spec, dict):
         raise NasError(f"{where} must be a table like {{low = 1, high = 4}} or {{choices = [3, 5]}}")
     allowed = {"low", "high", "step", "log", "choices"}
@@ -443,7 +443,6 @@ def _parse_gene(name: str, spec: Any, role: str, where: str) -> Gene:
         if not isinstance(v, int) or isinstance(v, bool):
             raise NasError(f"{where}.{k} must be an integer, got {v!r}")
     low, high, step = vals["low"], vals["high"], vals["step"]
-    lowest = 0 if name == "width_slope" else 1
     if low < lowest or high < low or step < 1:
         raise NasError(f"{where}: need {lowest} <= low <= high and step >= 1 (got low={low}, high={high}, step={step})")
     log = spec.get("log", False)

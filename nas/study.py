@@ -2,8 +2,8 @@
 
 What a study and its trials contain is the contract in docs/design.md ("Study and trial
 records"); this module is the only writer of it. A genome is evaluated through an `Objective`
-(`Callable[[Genome, optuna.Trial | None], float]`): `TrainingObjective` trains it, tests and
-benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one trial: it records
+(`Callable[[Genome, optuna.Trial | None], float]`): `nas.objective.TrainingObjective` trains it,
+tests and benchmarks pass a cheap stand-in. `Evaluator` turns each evaluation into one trial: it records
 the genome, reuses the result when the genome was already evaluated in the study, keeps a
 heartbeat while it runs, and marks the trial failed or pruned when it ends badly. For a
 sampler's proposals it also keeps workers apart: a genome held anywhere in the study, running
@@ -44,7 +44,6 @@ from nas.errors import NasError
 from nas.spaces import Genome, Space
 
 if TYPE_CHECKING:
-    from nas.data import CifarData
     from nas.training import Recipe
 
 DEFAULT_STORAGE = "sqlite:///studies/nas.db"
@@ -61,6 +60,8 @@ IDENTITY_ATTRS = ("genome", "genome_str", "params", "flops", "recipe", "searcher
 RESULT_ATTRS = ("curve", "val_acc", "asymptote", "asymptote_std", "wall_time_s", "device")
 # On a sampler's proposal of a genome the study already held: the holder's trial number.
 DUPLICATE_ATTR = "duplicate_of"
+# System attr of a trial whose sampler chose the genome itself (fdpg's walk): {genome, role, step}.
+PROPOSAL_ATTR = "nas:proposal"
 
 Objective = Callable[[Genome, "optuna.Trial | None"], float]
 
@@ -98,15 +99,39 @@ def resolve_storage(storage: str | None = None, create: bool = True) -> str:
     SQLite or journal file is made; without, a SQLite or journal file that does not exist is a
     NasError (Optuna would silently create an empty one)."""
     url = storage_url(storage)
-    path = url if is_journal(url) else url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:":
+    path = storage_file(url)
+    if path is None:
         return url
     if create:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    elif not Path(path).is_file():
-        raise NasError(f"no study storage at '{path}'" + (f" (from {url})" if path != url else "")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.is_file():
+        raise NasError(f"no study storage at '{path}'" + (f" (from {url})" if str(path) != url else "")
                        + ("" if storage else "; pass --storage, or run nas search first"))
     return url
+
+
+def storage_database(url: str) -> str | None:
+    """Where a storage URL (or journal file path) keeps its studies: the journal file, the SQLite
+    file, or a server's database name; None when it names none. URLs are parsed by SQLAlchemy,
+    as Optuna's RDBStorage parses them (the query string is not part of the name)."""
+    if is_journal(url):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).database or None
+    except ArgumentError:  # not a URL Optuna could open either; opening it says why
+        return None
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file of a journal or SQLite storage; None for a database server or an in-memory
+    SQLite database."""
+    if is_journal(url):
+        return Path(url)
+    database = storage_database(url) if url.startswith("sqlite:") else None
+    return Path(database) if database and database != ":memory:" else None
 
 
 def open_storage(storage: str | None = None, create: bool = True) -> optuna.storages.BaseStorage:
@@ -155,8 +180,8 @@ def _sqlite_wal(url: str) -> None:
     rollback journal, a reader (a heartbeat, another job's query) stalls every writer's commit."""
     import sqlite3
 
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if not path or path == ":memory:":
+    path = storage_file(url)
+    if path is None:
         return
     con = sqlite3.connect(path, timeout=60)
     try:
@@ -168,10 +193,9 @@ def _sqlite_wal(url: str) -> None:
 def dashboard_command(storage: str | None = None) -> str:
     """The shell command that opens the storage in optuna-dashboard (absolute SQLite path)."""
     url = storage_url(storage)
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path and path != ":memory:":
-            url = "sqlite:///" + str(Path(path).resolve())
+    path = storage_file(url)
+    if path is not None and not is_journal(url) and not path.is_absolute():
+        url = "sqlite:///" + str(path.resolve())
     return f"optuna-dashboard {url}"
 
 
@@ -252,6 +276,11 @@ def trial_genome_by_number(study: str, number: int, storage: str | None = None) 
     if genome is None:
         raise NasError(f"trial #{number} of study '{study}' has no genome")
     return genome
+
+
+def trial_proposal(trial: optuna.Trial) -> dict[str, Any] | None:
+    """The genome, role and step a sampler chose for `trial` itself (PROPOSAL_ATTR), if it did."""
+    return trial.storage.get_trial_system_attrs(_trial_id(trial)).get(PROPOSAL_ATTR)
 
 
 def counts_as_done(t: FrozenTrial) -> bool:
@@ -387,14 +416,17 @@ def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> lis
 
 
 def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
-    """A WAITING copy of `t` (params and identity attrs), marked like Optuna's retry callback's."""
+    """A WAITING copy of `t` (params, identity attrs and proposal), marked like Optuna's retry
+    callback's (which copies every system attr)."""
     history = [*t.system_attrs.get("retry_history", []), t.number]
     if len(history) > MAX_RETRY:
         return
+    proposal = {PROPOSAL_ATTR: t.system_attrs[PROPOSAL_ATTR]} if PROPOSAL_ATTR in t.system_attrs else {}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=t.params, distributions=t.distributions,
         user_attrs={k: t.user_attrs[k] for k in IDENTITY_ATTRS if k in t.user_attrs},
-        system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history}))
+        system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history,
+                      **proposal}))
 
 
 # ---------------------------------------------------------------- evaluating genomes as trials
@@ -656,70 +688,3 @@ class Evaluator:
         for trial in running:
             self.fail(trial, INTERRUPTED)
         return [t.number for t in running]
-
-
-# ---------------------------------------------------------------- the training objective
-
-@dataclass
-class TrainingObjective:
-    """Trains a genome with `recipe` on `data`; scores it by the last-epoch validation accuracy
-    (`score="val"`) or the fitted learning-curve asymptote (`score="asymptote"`). Reports every
-    epoch to the trial, stops early when the trial's pruner says so, and records the curve."""
-
-    data: CifarData
-    recipe: Recipe
-    score: str = "val"
-    device: str | None = None
-    progress: bool = False
-    deadline: float | None = None  # time.time() at which a running trial stops after its epoch
-
-    def __call__(self, genome: Genome, trial: optuna.Trial | None = None) -> float:
-        from nas.curves import fit_asymptote
-        from nas.training import train
-
-        pruned = late = False
-
-        def on_epoch(epoch: int, val_acc: float) -> bool | None:
-            nonlocal pruned, late
-            if trial is not None:
-                trial.report(val_acc, epoch)
-                if trial.should_prune():
-                    pruned = True
-                    return False
-            if self.deadline is not None and epoch < self.recipe.epochs and time.time() >= self.deadline:
-                late = True
-                return False
-            return None
-
-        label = f"#{trial.number} " if trial is not None else ""
-        result = train(genome, self.data, self.recipe, self.device, callback=on_epoch, progress=self.progress,
-                       desc=f"{label}{genome}")
-        epochs = [c["epoch"] for c in result.curve]
-        accs = [c["val_acc"] for c in result.curve]
-        asym = fit_asymptote(epochs, accs) if result.curve else None
-        attrs = {"curve": result.curve, "val_acc": result.val_acc,
-                 "asymptote": asym.alpha if asym else None, "asymptote_std": asym.alpha_std if asym else None,
-                 "wall_time_s": result.wall_time_s, "device": result.device}
-        if trial is not None:
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-        if not result.ok:
-            raise EvaluationFailed(result.failure or "training failed")
-        if pruned:
-            raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
-        if late:
-            raise DeadlineReached(f"stopped at the time limit after epoch {result.epochs} of {self.recipe.epochs}")
-        return asym.alpha if self.score == "asymptote" and asym is not None else result.val_acc
-
-
-def training_objective(recipe: Recipe, *, data_dir: str | Path | None = None, score: str = "val",
-                       subset: int | None = None, val_size: int = DEFAULT_VAL_SIZE, device: str | None = None,
-                       progress: bool = False, deadline: float | None = None) -> TrainingObjective:
-    """Load CIFAR-100 onto the training device once and return the objective that trains on it."""
-    from nas.data import load_cifar100
-    from nas.training import default_device
-
-    dev = str(device or default_device())
-    data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
-    return TrainingObjective(data, recipe, score=score, device=dev, progress=progress, deadline=deadline)
-

@@ -15,13 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from nas.budget import DEFAULT_TOL, check_budget, parse_budgets, project
-from nas.data import check_subset
+from nas.budget import check_budget, parse_budgets, project
+from nas.data import CifarSource, check_subset
 from nas.errors import NasError
 from nas.plan import SWEEP_SEARCH_SHARE
-from nas.searchers import TRAIN_IMAGES, SearchResult, default_start, search
+from nas.searchers import (
+    TRAIN_IMAGES,
+    SearchConfig,
+    SearchResult,
+    default_start,
+    search,
+)
 from nas.spaces import Genome, Space, load_space
-from nas.study import open_storage, storage_url, study_name, trial_genome
+from nas.study import Objective, open_storage, storage_url, study_name, trial_genome
 from nas.text import plural
 from nas.training import Recipe, default_device, space_recipe, train_genome_command
 
@@ -42,7 +48,7 @@ class BudgetOutcome:
     onnx: Path | None = None      # the winner's ONNX export, when exported
 
 
-def export_final(study: optuna.Study, final: dict[str, Any], *, data_dir: str | Path | None,
+def export_final(study: optuna.Study, final: dict[str, Any], *, data: CifarSource,
                  progress: bool) -> Path | None:
     """Export the final-trained winner into its run folder (model.onnx + model.card.json, checked
     against PyTorch) unless that is done already, and record the path as `final["onnx"]`. None
@@ -56,7 +62,7 @@ def export_final(study: optuna.Study, final: dict[str, Any], *, data_dir: str | 
             print(f"not exported: the final training's weights are not in {run}", flush=True)
         return None
     if not (path.is_file() and path.stat().st_mtime >= (run / "model.pt").stat().st_mtime):
-        export_run(run, path, data_dir=data_dir, source={"study": study.study_name, "trial": final.get("trial")})
+        export_run(run, path, data=data, source={"study": study.study_name, "trial": final.get("trial")})
         if progress:
             print(f"exported: {path}", flush=True)
     if final.get("onnx") != str(path):
@@ -107,11 +113,18 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
     """Train `genome` with `recipe` on all training images, test it, record it as the study's user
     attr `attr` ("final" for the winner, "baseline:<kind>" for a baseline) and keep the weights
     under `runs_dir/<study>/<attr>/`."""
+    out = runs_dir / study.study_name / attr.replace(":", "-")
+    summary = train_genome_command(genome, recipe, out_dir=out, device=device, progress=progress, data=data)
+    return record_final_training(study, attr, genome, recipe, summary, extra)
+
+
+def record_final_training(study: optuna.Study, attr: str, genome: Genome, recipe: Recipe, summary: dict[str, Any],
+                          extra: dict[str, Any]) -> dict[str, Any]:
+    """Record a final training as the study's user attr `attr` (docs/design.md, "Study and trial
+    records"): `summary` is what `train_genome_command` returned, `extra` what the sweep adds
+    (the winner's trial and search score, a baseline's preset). Returns the record."""
     from nas.counting import count_flops
 
-    out = runs_dir / study.study_name / attr.replace(":", "-")
-    summary = train_genome_command(genome, recipe.epochs, out_dir=out, device=device, progress=progress,
-                                   data=data, **{k: v for k, v in recipe.to_dict().items() if k != "epochs"})
     record = {
         **extra, "genome": genome.to_json(), "genome_str": str(genome), "params": summary["params"],
         "flops": count_flops(genome), "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
@@ -123,40 +136,41 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
     return record
 
 
-def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | None = None,
-          time_limit: float | None = None, storage: str | None = None, data_dir: str | Path | None = None,
-          recipe: Recipe | None = None, val_size: int = 5000, device: str | None = None, progress: bool = True,
-          runs_dir: str | Path = "runs/final", baselines: bool = True, export: bool = True,
-          **search_options: Any) -> list[BudgetOutcome]:
+def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | None = None, *,
+          final_epochs: int | None = None, time_limit: float | None = None, storage: str | None = None,
+          data_dir: str | Path | None = None, recipe: Recipe | None = None, objective: Objective | None = None,
+          progress: bool = True, runs_dir: str | Path = "runs/final", baselines: bool = True,
+          export: bool = True) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner on all training images.
     `budgets` is a list, or a string as `--budgets` takes it ('1000,5k,1M').
 
-    `time_limit` (seconds) is split by `split_time`: each budget's search gets its share (minus
-    what its study has already used, so a rerun resumes), and its final trainings get theirs, as
-    many epochs as fit (`final_epochs_for`) unless `final_epochs` is given. Winners of the budgets
-    searched before are queued as trials of the next (budget transfer). With `baselines`, the
-    space's hand design and the reference study's model for the budget are trained with the same
-    final recipe and epochs. `search_options` go to `nas.searchers.search`. Work already recorded
-    in a study (a final training of the same genome and recipe) is not redone. With `export`, each
-    winner is exported to ONNX in its run folder right after its final training, before the next
-    budget, so an interrupted sweep leaves every finished winner exported."""
-    from nas.data import load_cifar100
-
+    Every budget's search runs as `config` says (`nas.searchers.search`), with its own time limit
+    and transfer genomes: `time_limit` (seconds, the whole sweep's) is split by `split_time`: each
+    budget's search gets its share (minus what its study has already used, so a rerun resumes),
+    and its final trainings get theirs, as many epochs as fit (`final_epochs_for`) unless
+    `final_epochs` is given. Winners of the budgets searched before are queued as trials of the
+    next (budget transfer). With `baselines`, the space's hand design and the reference study's
+    model for the budget are trained with the same final recipe and epochs. `recipe` (default: the
+    space's) trains the searches' trials, its epochs included; the final trainings take it with
+    their own epochs. `objective` replaces the searches' training (tests). CIFAR-100 is read from
+    disk once, when first needed: the searches' split, all training images for the final trainings
+    and the exports' test images come from it. Work already recorded in a study (a final training
+    of the same genome and recipe) is not redone. With `export`, each winner is exported to ONNX
+    in its run folder right after its final training, before the next budget, so an interrupted
+    sweep leaves every finished winner exported."""
     budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
-    check_subset(search_options.get("subset"))  # before the storage is created
+    config = config or SearchConfig()
+    check_subset(config.subset)  # before the storage is created
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     for budget in budgets:  # a budget the space cannot meet fails now, not after the searches before it
-        project(search_options.get("start") or default_start(sp), sp, budget, search_options.get("tol", DEFAULT_TOL))
+        project(config.start or default_start(sp), sp, budget, config.tol)
     recipe = recipe or space_recipe(sp)
-    if search_options.get("epochs") is not None:
-        recipe = replace(recipe, epochs=search_options.pop("epochs"))
-    search_options.pop("epochs", None)
     if final_epochs is None and time_limit is None:
         final_epochs = DEFAULT_FINAL_EPOCHS
     search_s, final_s = split_time(time_limit, len(budgets)) if time_limit is not None else (None, None)
-    tol = search_options.get("tol", DEFAULT_TOL)
+    tol, device = config.tol, config.device
     url = storage_url(storage)  # created by the first search, once its arguments are checked
-    data: CifarData | None = None  # all 50,000 training images, loaded at the first final training
+    cifar = CifarSource(data_dir, device or str(default_device()))
     outcomes: list[BudgetOutcome] = []
     winners: dict[int, Genome] = {}
     for i, budget in enumerate(budgets, 1):
@@ -170,15 +184,14 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
                 pass  # a shape that cannot be scaled into this budget
         limit = None
         if search_s is not None:
-            name = study_name(sp.name, budget, recipe, search_options.get("score", "val"),
-                              search_options.get("subset"), val_size)
+            name = study_name(sp.name, budget, recipe, config.score, config.subset, config.val_size)
             try:
                 used = search_seconds(optuna.load_study(study_name=name, storage=open_storage(url)))
             except KeyError:
                 used = 0.0
             limit = max(0.0, search_s - used)
-        result = search(sp, budget, storage=url, data_dir=data_dir, recipe=recipe, val_size=val_size,
-                        device=device, progress=progress, time_limit=limit, transfer=transfer, **search_options)
+        result = search(sp, budget, replace(config, time_limit=limit, transfer=transfer), storage=url,
+                        data=cifar, recipe=recipe, objective=objective, progress=progress)
         study = optuna.load_study(study_name=result.study_name, storage=open_storage(url))
         best = result.best
         if best is None:
@@ -206,8 +219,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
                 records[attr] = old
                 continue
             reused = False
-            if data is None:
-                data = load_cifar100(data_dir, device=device or str(default_device()), val_size=0)
+            data = cifar.split(val_size=0)  # all 50,000 training images
             if progress:
                 print(f"budget {budget:,}: final training of the {what} {genome} for {plural(epochs, 'epoch')} on "
                       f"{len(data.train_y):,} images", flush=True)
@@ -223,7 +235,7 @@ def sweep(space: str | Space, budgets: str | list[int], *, final_epochs: int | N
                 study.set_user_attr(attr, records[attr])
                 if progress:
                     print(f"budget {budget:,}: the {what} failed: {e}", flush=True)
-        onnx = export_final(study, records["final"], data_dir=data_dir, progress=progress) if export else None
+        onnx = export_final(study, records["final"], data=cifar, progress=progress) if export else None
         outcomes.append(BudgetOutcome(budget, result, records["final"], reused,
                                       {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}, onnx))
     return outcomes

@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from nas.data import CifarData, augment, batches, load_cifar100, normalize
 from nas.errors import NasError
 from nas.models import build_model
+from nas.progress import progress_bar
 from nas.spaces import Genome, Space, parse_genome
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -48,6 +48,15 @@ _ORIGINAL: Mapping[str, Any] = MappingProxyType({
 _ADDED: Mapping[str, Any] = MappingProxyType({})
 
 
+def _field(default: Any, help: str | None = None, *, flag: str | None = None,
+           choices: tuple[str, ...] | None = None, option: bool = True) -> Any:
+    """A Recipe field and what its command-line option (nas.cli, one per field) needs: `help`
+    (`{default}` is replaced by the default; omitted: "default <value>"), the `flag` (default
+    `--<name>`; a bool's flag sets the opposite of its default), `choices`, or `option=False` to
+    keep it off the command line."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "option": option})
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a genome is trained. Defaults follow the brief's training lessons: SGD with Nesterov
@@ -55,22 +64,25 @@ class Recipe:
     random crop + flip. A space file's [recipe] table overrides them with values measured for
     its family (`space_recipe`): the conv spaces train at lr 0.8, which beat 0.1/0.2/0.4 for
     their hand design at 10k and 50k parameters (benchmarks/recipe_tuning.py, README), while lr
-    0.8 made some MBConv genomes diverge, so the default stays 0.1."""
+    0.8 made some MBConv genomes diverge, so the default stays 0.1. Every field is an option of
+    `nas train`, `search` and `sweep` unless marked otherwise."""
 
-    optimizer: str = "sgd"        # "sgd" (Nesterov, momentum 0.9) or "adamw"
-    lr: float = 0.1               # peak learning rate
-    schedule: str = "onecycle"    # "onecycle": linear up, linear down to 0; "cosine": linear up, cosine to 0
-    warmup: float = 0.2           # fraction of all steps spent ramping the learning rate up
-    label_smoothing: float = 0.1
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    epochs: int = 15
-    crop: bool = True             # random 32x32 crop of the 4-px zero-padded image
-    flip: bool = True             # random horizontal flip
-    cutout: int = 0               # side of the cutout square, 0 = off
-    compile: bool = False         # torch.compile the model (CUDA only)
-    bf16: bool = True             # bf16 autocast on CUDA and on CPUs with native bf16 support
-    seed: int = 0
+    optimizer: str = _field("sgd", "sgd = SGD, Nesterov momentum 0.9", choices=OPTIMIZERS)  # or "adamw"
+    lr: float = _field(0.1, "peak learning rate (default: the space's [recipe] lr, else {default})")
+    # "onecycle": linear up, linear down to 0; "cosine": linear up, cosine to 0
+    schedule: str = _field("onecycle", "learning-rate schedule (default {default})", choices=SCHEDULES)
+    warmup: float = _field(0.2, option=False)  # fraction of all steps spent ramping the learning rate up
+    label_smoothing: float = _field(0.1)
+    weight_decay: float = _field(5e-4, "not applied to BatchNorm and biases (default: the space's, else {default})")
+    batch_size: int = _field(256)
+    epochs: int = _field(15)      # its option's default depends on the command (nas.cli)
+    crop: bool = _field(True, option=False)   # random 32x32 crop of the 4-px zero-padded image
+    flip: bool = _field(True, option=False)   # random horizontal flip
+    cutout: int = _field(0, "cutout square side in pixels, 0 = off (default)")
+    compile: bool = _field(False, "torch.compile the model (CUDA only)")
+    bf16: bool = _field(True, "train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)",
+                        flag="--no-bf16")
+    seed: int = _field(0, option=False)  # `--seed` is the sampler's seed in nas search
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,6 +135,14 @@ class Recipe:
         `identity()` give equal tags, in any process and any later version."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:6]
         return f"e{self.epochs}-{self.optimizer}-{digest}"
+
+
+def recipe_options() -> list[tuple[dataclasses.Field, str]]:
+    """The Recipe fields that are command-line options of train, search and sweep (every field
+    not marked `option=False`), each with its flag: what nas.cli builds the options from and
+    what a printed `nas train` command line is made of."""
+    return [(f, f.metadata.get("flag") or f"--{f.name.replace('_', '-')}")
+            for f in dataclasses.fields(Recipe) if f.metadata.get("option", True)]
 
 
 def space_recipe(space: Space | None = None, **given: Any) -> Recipe:
@@ -232,6 +252,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData
     return correct.item() / len(x)
 
 
+@torch.no_grad()
+def output_classes(model: nn.Module) -> int:
+    """How many classes `model` predicts: the width of its logits for one blank 32x32 image, in
+    eval mode (BatchNorm statistics stay as they are)."""
+    p = next(model.parameters(), None)
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, 3, 32, 32, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None else torch.float32)
+        return int(model(x).shape[1])
+    finally:
+        model.train(was_training)
+
+
 class _Diverged(Exception):
     def __init__(self, epoch: int, step: int, value: float):
         super().__init__(f"loss became {value} at epoch {epoch} step {step}")
@@ -248,6 +283,7 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
     `callback(epoch, val_acc)` (epoch 1-based; val_acc None without a validation split) runs after
     each epoch; returning False stops the run early (status "ok", `stopped_early`). Exceptions it raises propagate unchanged. A NaN or
     infinite loss, or CUDA running out of memory, ends the run with status "failed" and a reason.
+    A model whose head does not predict `data.num_classes` classes raises NasError before training.
     """
     dev = torch.device(device) if device is not None else default_device()
     if data.device != dev:
@@ -262,6 +298,10 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
         model = model_or_genome
     # channels_last on the CPU too: oneDNN's NHWC kernels trained these small nets ~1.3-1.7x faster.
     model = model.to(dev, memory_format=torch.channels_last)
+    classes = output_classes(model)
+    if classes != data.num_classes:  # else a CUDA assert or a silent mismatch, deep in the loop
+        what = model_or_genome if isinstance(model_or_genome, Genome) else "the model"
+        raise NasError(f"{what} has a {classes}-class head but the data has {data.num_classes} classes")
     forward = torch.compile(model) if recipe.compile and cuda else model
     params = sum(p.numel() for p in model.parameters())
 
@@ -281,8 +321,8 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
     train_time, images_seen, epoch = 0.0, 0, 0
     start = time.perf_counter()
     # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
-    with tqdm(total=total_steps, disable=None if progress else True, unit="batch", leave=False,
-              desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")) as bar:
+    with progress_bar(total_steps, progress, unit="batch", leave=False,
+                      desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")) as bar:
         try:
             for epoch in range(1, recipe.epochs + 1):
                 model.train()
@@ -358,17 +398,16 @@ def input_spec(data: CifarData) -> dict[str, Any]:
             "num_classes": data.num_classes, "classes": list(data.classes)}
 
 
-def train_genome_command(genome: Genome | str, epochs: int, data_dir: str | Path | None = None,
+def train_genome_command(genome: Genome | str, recipe: Recipe, data_dir: str | Path | None = None,
                          out_dir: str | Path | None = None, *, device: str | None = None,
                          val_size: int = 5000, subset: int | None = None, progress: bool = True,
-                         data: CifarData | None = None, **recipe_overrides: Any) -> dict[str, Any]:
-    """Train one genome (a Genome or a GENOME argument: preset, .json file or inline JSON),
-    report val and test accuracy, and save `model.pt` (state_dict), `genome.json` and
-    `result.json` in `out_dir` (default `runs/<genome>-<timestamp>/`). `recipe_overrides` are
-    Recipe fields (lr=..., optimizer=..., ...). Returns the summary written to result.json;
-    a failed run still writes result.json, then raises NasError with the reason."""
+                         data: CifarData | None = None) -> dict[str, Any]:
+    """Train one genome (a Genome or a GENOME argument: preset, .json file or inline JSON) with
+    `recipe`, report val and test accuracy, and save `model.pt` (state_dict), `genome.json` and
+    `result.json` in `out_dir` (default `runs/<genome>-<timestamp>/`). Returns the summary
+    written to result.json; a failed run still writes result.json, then raises NasError with the
+    reason."""
     g = parse_genome(genome) if isinstance(genome, str) else genome
-    recipe = Recipe.from_dict({**recipe_overrides, "epochs": epochs})
     dev = torch.device(device) if device else default_device()
     if data is None:  # a caller training several genomes passes the data it loaded once
         data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)

@@ -69,8 +69,11 @@ def write_cifar100(root: Path, train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
 
 # `python LAUNCHER_FILE MD5_JSON nas-args...`: a nas process (tests that start real ones) that
 # patches torchvision's CIFAR-100 checksums to the fixture files' md5s before running the CLI.
+# It restores Python's Ctrl-C handler: a test suite started in the background of a
+# non-interactive shell ignores SIGINT, and its children would inherit that.
 LAUNCHER = """
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torchvision.datasets import CIFAR100
 md5 = json.loads(sys.argv[1])
 CIFAR100.train_list = [["train", md5["train"]]]
@@ -118,3 +121,87 @@ def cifar_data(cifar_dir: Path):
 def _calibration_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Calibrations (nas.plan) go to a test-session file, not the user's ~/.cache."""
     monkeypatch.setenv("NAS_CALIBRATION_CACHE", str(tmp_path_factory.getbasetemp() / "calibration.json"))
+
+
+# ---------------------------------------------------------------- random genomes of every space file
+
+def builtin_space_names() -> list[str]:
+    """The space files nas ships: tests over all of them cover every family that has one."""
+    from nas.spaces import BUILTIN_SPACES_DIR
+
+    return sorted(p.stem for p in BUILTIN_SPACES_DIR.glob("*.toml"))
+
+
+def option_values(check, rng) -> list:
+    """Every allowed value of an option (a sample of a numeric range, with its ends)."""
+    if hasattr(check, "choices"):
+        return list(check.choices)
+    if hasattr(check, "int_range"):
+        lo, hi = check.int_range
+        return [lo, hi, rng.randint(lo, hi)]
+    lo, hi = check.float_range
+    return [0, 0.0, lo, 0.1, 0.25, 1 / 3, 1e-7, hi - 1e-9, rng.uniform(lo, hi)]
+
+
+def random_genome(space_name: str, rng, options: dict | None = None, max_width: int = 600, max_other: int = 7):
+    """A genome of the space's family with random genes (not only inside the space's ranges:
+    widths up to `max_width`, other genes up to `max_other`) and random options (each option
+    kept from the space file, or drawn from its allowed values)."""
+    from nas.spaces import Genome, load_space
+
+    sp = load_space(space_name)
+    family = sp.family
+    if options is None:
+        options = dict(sp.options)
+        for key, check in family.option_checks.items():
+            if rng.random() < 0.5:
+                options[key] = rng.choice(option_values(check, rng))
+    stages = options["stages"]
+    genes = {}
+    for name in family.gene_names(options):
+        high = max_width if family.gene_roles[name] == "width" else max_other
+        values = [rng.randint(family.lowest(name), high) for _ in range(stages if name in family.per_stage else 1)]
+        genes[name] = values if name in family.per_stage else values[0]
+    return Genome.from_dict({"space": sp.name, "family": family.name, "genes": genes, "options": options})
+
+
+class PlantedTraining:
+    """A stand-in for `nas.training.train` (patch `nas.objective.train`, where searches call it)
+    for tests of what nas records: no network is trained, each genome gets a learning curve rising
+    to a planted accuracy that depends on its parameter count, depth and genes and the recipe's
+    seed, so searches write their real trial and study records with distinct, repeatable results
+    in milliseconds. The `fail_on`-th
+    training (counted from 1) diverges, as a NaN loss does."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.fail_on, self.calls = fail_on, 0
+
+    @staticmethod
+    def accuracy(genome, seed: int = 0) -> float:
+        import math
+        import zlib
+
+        from nas.counting import count_params
+
+        luck = zlib.crc32(genome.to_json().encode()) % 1000 / 1000  # repeatable across processes
+        depth = sum(genome.genes.get("depth", [1]))  # deeper is better: a walk has a way up
+        return 0.03 * math.log(count_params(genome)) - 0.15 + 0.01 * depth + 0.01 * luck + 0.004 * seed
+
+    def __call__(self, genome, data, recipe, device=None, callback=None, **_):
+        from nas.counting import count_params
+        from nas.training import TrainResult
+
+        self.calls += 1
+        final, curve, failure = self.accuracy(genome, recipe.seed), [], None
+        for epoch in range(1, recipe.epochs + 1):
+            if self.calls == self.fail_on:
+                failure = f"diverged: loss is nan at epoch {epoch}, step 1"
+                break
+            acc = final * (0.5 + 0.5 * epoch / recipe.epochs)
+            curve.append({"epoch": epoch, "train_loss": 4.6 - 0.3 * epoch, "val_acc": acc})
+            if callback is not None and callback(epoch, acc) is False:
+                break
+        return TrainResult(curve=curve, val_acc=curve[-1]["val_acc"] if curve else 0.0,
+                           status="failed" if failure else "ok", failure=failure, epochs=len(curve),
+                           stopped_early=len(curve) < recipe.epochs and not failure, wall_time_s=12.5,
+                           train_time_s=10.0, images_seen=0, device="cpu", params=count_params(genome))

@@ -74,7 +74,7 @@ CASES = [
     Case("missing-json-file", ["count", "missing.json"], "genome file missing.json does not exist"),
     Case("json-file-is-folder", ["count", "g.json"], "genome file g.json is a folder", setup=_folder("g.json")),
     Case("short-form-bad-stage", ["count", "conv:16x1|32x|64x1|128x1"], "'32x' is not of the form <width>x<depth>"),
-    Case("short-form-unknown-space", ["count", "resnet:16x1|32x2"], "unknown space 'resnet'"),
+    Case("short-form-unknown-space", ["count", "vit:16x1|32x2"], "unknown space 'vit'"),
     Case("short-form-unknown-option", ["count", "conv:16x1|32x2|64x1|128x1;act=relu"], "options.act is not an option"),
     Case("short-form-not-linear", ["count", "mbconv-linear:s16|w24+16|24x1e2k3|41x2e3k3|56x2e4k5|72x1e6k5"],
          "do not follow w24+16"),

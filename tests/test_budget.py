@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import builtin_space_names
 
 from nas.budget import band, check_budget, min_params, param_gradient, parse_budgets, project
 from nas.counting import count_params
@@ -14,11 +15,11 @@ BUDGETS = sorted({int(b) for b in np.logspace(3, 7, 25)} | {1_000, 5_000, 10_000
                                                              500_000, 1_000_000, 10_000_000})
 
 
-@pytest.mark.parametrize("space_name", ["conv", "mbconv", "conv-shape", "mbconv-shape"])
+@pytest.mark.parametrize("space_name", builtin_space_names())
 def test_projection_lands_in_band_for_every_budget(space_name):
     sp = load_space(space_name)
     rng = random.Random(0)
-    for budget in BUDGETS:
+    for budget in [b for b in BUDGETS if b >= min_params(sp)]:
         for _ in range(4):
             g = sp.from_vector([rng.choice(sp.genes[n].values()) for n, _ in sp.coords])
             p = project(g, sp, budget)

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from conftest import builtin_space_names, random_genome
 
 from nas.counting import count_flops, count_params
 from nas.models import build_model
@@ -66,6 +67,15 @@ def test_counter_matches_built_model_on_500_random_genomes(make):
     for key, values in expected.items():
         if any(k == key for k, _ in seen_options):
             assert {v for k, v in seen_options if k == key} == values, key
+
+
+@pytest.mark.parametrize("space_name", builtin_space_names())
+def test_counter_matches_built_model_for_every_space_file(space_name):
+    # every family with a space file, with random option values
+    rng = random.Random(space_name)
+    for _ in range(60):
+        g = random_genome(space_name, rng, max_width=48, max_other=4)
+        assert count_params(g) == numel(g), str(g)
 
 
 @pytest.mark.parametrize("make", [random_conv, random_mbconv])

@@ -1,5 +1,5 @@
 """optuna-dashboard on a study store shows our trials: start the real command on 127.0.0.1
-against a small study written per docs/design.md and read the trials through its HTTP API."""
+against a small study written by `nas search` and read the trials through its HTTP API."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState, create_trial
+from conftest import PlantedTraining
+
+from nas.searchers import SearchConfig, search
+from nas.training import Recipe
 
 pytest.importorskip("optuna_dashboard", reason="optuna-dashboard not installed (pip install -e .[test])")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-STUDY = "mbconv-b5000-e3"
 START_TIMEOUT_S = 30
 
 # The same code the `optuna-dashboard` console script runs, under this interpreter, so the test
@@ -27,21 +28,13 @@ START_TIMEOUT_S = 30
 DASHBOARD = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; main()"]
 
 
-def make_study(path: Path) -> str:
-    storage = f"sqlite:///{path}"
-    study = optuna.create_study(storage=storage, study_name=STUDY, direction="maximize")
-    study.set_user_attr("budget", 5000)
-    study.set_user_attr("searcher", "fdpg")
-    for n, acc in enumerate([0.11, 0.14, 0.125]):
-        curve = [{"epoch": e, "train_loss": 4.0 / e, "val_acc": acc * e / 3} for e in (1, 2, 3)]
-        study.add_trial(create_trial(
-            state=TrialState.COMPLETE, value=acc,
-            intermediate_values={c["epoch"]: c["val_acc"] for c in curve},
-            user_attrs={"genome_str": f"mbconv:s16|16x1e4k3|32x1e4k3|32x1e4k3|{40 + n}x1e4k3",
-                        "params": 4900 + n, "curve": curve, "role": "centre" if n == 0 else "neighbour",
-                        "step": 0, "device": "cpu"}))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"failure": "diverged"}))
-    return storage
+def make_study(storage: str, data_dir, monkeypatch) -> optuna.Study:
+    """A 4-trial TPE search of the conv space on the fixture data whose last trial diverges
+    (trainings 1-2 measure the score's noise, 3-6 are the trials)."""
+    monkeypatch.setattr("nas.objective.train", PlantedTraining(fail_on=6))
+    result = search("conv", 5000, SearchConfig("tpe", trials=4, val_size=200, pruner="none"), storage=storage,
+                    data_dir=data_dir, recipe=Recipe(epochs=3), progress=False)
+    return optuna.load_study(study_name=result.study_name, storage=storage)
 
 
 def free_port() -> int:
@@ -57,9 +50,10 @@ def get_json(url: str) -> dict:
 
 
 @pytest.fixture
-def dashboard(tmp_path):
-    """Base URL of an optuna-dashboard serving a small study; stopped after the test."""
-    storage = make_study(tmp_path / "nas.db")
+def dashboard(tmp_path, cifar_dir, monkeypatch):
+    """(base URL of an optuna-dashboard serving a small study, the study); stopped after the test."""
+    storage = f"sqlite:///{tmp_path / 'nas.db'}"
+    study = make_study(storage, cifar_dir, monkeypatch)
     port = free_port()
     log = (tmp_path / "dashboard.log").open("w")
     proc = subprocess.Popen(DASHBOARD + [storage, "--host", "127.0.0.1", "--port", str(port), "--server", "wsgiref"],
@@ -75,7 +69,7 @@ def dashboard(tmp_path):
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline, f"optuna-dashboard did not answer within {START_TIMEOUT_S} s"
                 time.sleep(0.2)
-        yield base
+        yield base, study
     finally:
         proc.terminate()
         try:
@@ -91,25 +85,32 @@ def attrs(items: list[dict]) -> dict[str, str]:
 
 
 def test_dashboard_serves_trials_with_attrs_and_learning_curves(dashboard):
-    studies = get_json(f"{dashboard}/api/studies")["study_summaries"]
-    assert [s["study_name"] for s in studies] == [STUDY]
-    assert attrs(studies[0]["user_attrs"]) == {"budget": "5000", "searcher": "fdpg"}
+    base, study = dashboard
+    studies = get_json(f"{base}/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == [study.study_name]
+    shown = attrs(studies[0]["user_attrs"])
+    assert (shown["space"], shown["budget"], shown["searcher"]) == ("conv", "5000", "tpe")
+    assert json.loads(shown["recipe"]) == study.user_attrs["recipe"]
 
-    detail = get_json(f"{dashboard}/api/studies/{studies[0]['study_id']}?after=0")
-    trials = detail["trials"]
+    detail = get_json(f"{base}/api/studies/{studies[0]['study_id']}?after=0")
+    trials, recorded = detail["trials"], study.trials
     assert [t["state"] for t in trials] == ["Complete"] * 3 + ["Fail"]
-    assert [t["values"] for t in trials[:3]] == [[0.11], [0.14], [0.125]]
-    assert [t["number"] for t in detail["best_trials"]] == [1]
+    assert [t["values"] for t in trials[:3]] == [[t.value] for t in recorded[:3]]
+    assert [t["number"] for t in detail["best_trials"]] == [study.best_trial.number]
     assert detail["has_intermediate_values"] is True
 
-    first = trials[0]
-    a = attrs(first["user_attrs"])
-    assert a["genome_str"] == "mbconv:s16|16x1e4k3|32x1e4k3|32x1e4k3|40x1e4k3"
-    assert a["params"] == "4900" and a["role"] == "centre" and a["step"] == "0"
-    assert json.loads(a["curve"])[-1] == {"epoch": 3, "train_loss": 4.0 / 3, "val_acc": pytest.approx(0.11)}
-    assert [(v["step"], v["value"]) for v in first["intermediate_values"]] == \
-        [(1, pytest.approx(0.11 / 3)), (2, pytest.approx(0.22 / 3)), (3, pytest.approx(0.11))]
-    assert attrs(trials[3]["user_attrs"]) == {"failure": "diverged"}
+    for shown, t in zip(trials[:3], recorded):
+        a = attrs(shown["user_attrs"])
+        assert a["genome_str"] == t.user_attrs["genome_str"] and a["role"] == t.user_attrs["role"]
+        assert int(a["params"]) == t.user_attrs["params"] <= 5000
+        curve = json.loads(a["curve"])
+        assert [c["epoch"] for c in curve] == [1, 2, 3] and curve[-1]["val_acc"] == pytest.approx(t.value)
+        # the per-epoch validation accuracy is the learning curve the dashboard draws
+        assert [(v["step"], v["value"]) for v in shown["intermediate_values"]] == \
+            [(c["epoch"], pytest.approx(c["val_acc"])) for c in curve]
+    assert attrs(trials[0]["user_attrs"])["role"] == "start"  # the hand design comes first
+    assert attrs(trials[3]["user_attrs"])["failure"] == recorded[3].user_attrs["failure"]
+    assert recorded[3].user_attrs["failure"].startswith("diverged: loss is nan")
 
     # `after` pages through trials, which is how the dashboard refreshes a running study
-    assert [t["number"] for t in get_json(f"{dashboard}/api/studies/{studies[0]['study_id']}?after=2")["trials"]] == [2, 3]
+    assert [t["number"] for t in get_json(f"{base}/api/studies/{studies[0]['study_id']}?after=2")["trials"]] == [2, 3]

@@ -62,6 +62,31 @@ def test_loaded_split_is_stratified_and_subset(cifar_dir):
     assert len(every.train_y) == 2000 and len(every.val_y) == 0
 
 
+def test_source_reads_the_files_once_for_every_split(cifar_dir, monkeypatch):
+    """A sweep's search split, its final trainings' full set and its exports' test images come
+    from one read, and equal what separate loads give."""
+    import nas.data
+    from nas.data import CifarSource, load_test_images
+
+    reads = []
+    real_read = nas.data.read_cifar100
+    monkeypatch.setattr(nas.data, "read_cifar100", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    source = CifarSource(cifar_dir, "cpu", download=False)
+    assert reads == []  # nothing is read before something asks for data
+    search = source.split(val_size=200, subset=500)
+    every = source.split(val_size=0)
+    images, labels = source.test_images(100)
+    assert source.split(val_size=200, subset=500) is search
+    assert len(reads) == 1
+    assert len(search.train_y) == 500 and len(search.val_y) == 200 and len(every.train_y) == 2000
+    alone = load_cifar100(cifar_dir, val_size=200, subset=500, download=False)
+    assert torch.equal(search.train_x, alone.train_x) and torch.equal(search.val_y, alone.val_y)
+    assert torch.equal(search.mean, alone.mean) and torch.equal(every.test_x, alone.test_x)
+    assert torch.equal(images, load_test_images(cifar_dir, 100)[0]) and len(labels) == 100
+    with pytest.raises(NasError, match="subset must be at least 500"):
+        CifarSource(cifar_dir / "never-read").split(subset=10)
+
+
 def test_missing_data_offline_says_where_to_put_it(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise URLError("[Errno -3] Temporary failure in name resolution")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import optuna
@@ -13,9 +15,25 @@ from optuna.trial import TrialState
 from nas.budget import band, project
 from nas.counting import count_params
 from nas.errors import NasError
-from nas.searchers import (SAMPLERS, estimate_gradient, gradient_step, log_param_gradient, make_sampler, midpoint,
-                           probe_genomes, propose, search, tangent, to_log, worker_seed)
+from nas.fdpg import (
+    estimate_gradient,
+    gradient_step,
+    log_param_gradient,
+    midpoint,
+    probe_genomes,
+    tangent,
+    to_log,
+)
+from nas.searchers import (
+    SAMPLERS,
+    SearchConfig,
+    make_sampler,
+    propose,
+    search,
+    worker_seed,
+)
 from nas.spaces import Genome, load_space
+from nas.study import counts_as_done, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -94,12 +112,22 @@ def test_probes_and_steps_stay_in_the_band(small):
     assert gradient_step(small, centre, direction, 0.5, BUDGET, TOL, seen={x}) != (x, eta)
 
 
+def fdpg(trials: int, **options) -> SearchConfig:
+    return SearchConfig("fdpg", trials=trials, tol=TOL, **options)
+
+
+def walk_path(storage: str, name: str) -> list[tuple[int, str, str]]:
+    """The fdpg walk recorded in a study: (step, role, genome) of its counted trials, in order."""
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    return [(t.user_attrs["step"], t.user_attrs["role"], t.user_attrs["genome"]) for t in trials
+            if counts_as_done(t)]
+
+
 def test_fdpg_reaches_the_planted_constrained_optimum(small, tmp_path):
     best_possible = brute_force_optimum(small, BUDGET, TOL)
     planted = Planted(small)
     start = planted.score(project(midpoint(small), small, BUDGET, TOL))
-    r = search(small, BUDGET, "fdpg", trials=40, storage=f"sqlite:///{tmp_path}/f.db", objective=planted,
-               progress=False, tol=TOL)
+    r = search(small, BUDGET, fdpg(40), storage=f"sqlite:///{tmp_path}/f.db", objective=planted, progress=False)
     assert len(planted.calls) <= 40
     assert best_possible - r.best.value < 0.01 * (best_possible - start), (r.best.value, best_possible, start)
     lo, hi = band(BUDGET, TOL)
@@ -111,32 +139,96 @@ def test_fdpg_reaches_the_planted_constrained_optimum(small, tmp_path):
     assert all(isinstance(t.user_attrs["step"], int) for t in trials)
     assert [t.user_attrs["step"] for t in trials if t.user_attrs["role"] == "centre"][:2] == [0, 1]
     assert len({g.key() for g in planted.calls}) == len(planted.calls), "a genome was trained twice"
+    # the trial's params are its genes, as a sampler's are (the dashboard shows them)
+    for t in trials:
+        g = Genome.from_json(t.user_attrs["genome"])
+        assert t.params == {small.coord_name(c): v for c, v in zip(small.coords, small.vector(g))}
 
 
 def test_fdpg_rerun_replays_without_training_and_continues(small, tmp_path):
     storage = f"sqlite:///{tmp_path}/r.db"
     first = Planted(small)
-    r1 = search(small, BUDGET, "fdpg", trials=8, storage=storage, objective=first, progress=False)
+    r1 = search(small, BUDGET, fdpg(8), storage=storage, objective=first, progress=False)
     assert r1.trials == 8 and len(first.calls) <= 8
     again = Planted(small)
-    assert search(small, BUDGET, "fdpg", trials=8, storage=storage, objective=again, progress=False).trials == 8
+    assert search(small, BUDGET, fdpg(8), storage=storage, objective=again, progress=False).trials == 8
     assert again.calls == []
     more = Planted(small)
-    r3 = search(small, BUDGET, "fdpg", trials=14, storage=storage, objective=more, progress=False)
+    r3 = search(small, BUDGET, fdpg(14), storage=storage, objective=more, progress=False)
     assert r3.trials == 14 and 0 < len(more.calls) <= 6
     assert not {g.key() for g in more.calls} & {g.key() for g in first.calls}
     # the same walk in one go ends where the resumed one did
-    fresh = search(small, BUDGET, "fdpg", trials=14, storage=f"sqlite:///{tmp_path}/one.db",
-                   objective=Planted(small), progress=False)
+    fresh = search(small, BUDGET, fdpg(14), storage=f"sqlite:///{tmp_path}/one.db", objective=Planted(small),
+                   progress=False)
     assert fresh.best.value == r3.best.value
 
 
-def test_fdpg_parallel_probes_match_serial(small, tmp_path):
-    serial = search(small, BUDGET, "fdpg", trials=12, storage=f"sqlite:///{tmp_path}/s.db",
-                    objective=Planted(small), progress=False)
-    par = search(small, BUDGET, "fdpg", trials=12, jobs=3, storage=f"sqlite:///{tmp_path}/p.db",
-                 objective=Planted(small), progress=False)
-    assert par.trials == 12 and par.best.value == serial.best.value
+class Interrupted(Planted):
+    """Planted, with Ctrl-C during its `at`-th training (counted from 0)."""
+
+    def __init__(self, space, at):
+        super().__init__(space)
+        self.at = at
+
+    def __call__(self, genome, trial):
+        if len(self.calls) == self.at:
+            self.calls.append(genome)
+            raise KeyboardInterrupt
+        return super().__call__(genome, trial)
+
+
+@pytest.mark.parametrize("at", [2, 5], ids=["among-probes", "at-a-step"])
+def test_fdpg_resumed_after_ctrl_c_walks_on_as_if_uninterrupted(small, tmp_path, at):
+    whole = Planted(small)
+    one = search(small, BUDGET, fdpg(16), storage=f"sqlite:///{tmp_path}/one.db", objective=whole, progress=False)
+    storage = f"sqlite:///{tmp_path}/cut.db"
+    cut = Interrupted(small, at)
+    with pytest.raises(KeyboardInterrupt):
+        search(small, BUDGET, fdpg(16), storage=storage, objective=cut, progress=False)
+    rest = Planted(small)
+    r = search(small, BUDGET, fdpg(16), storage=storage, objective=rest, progress=False)
+    assert walk_path(storage, r.study_name) == walk_path(one.storage, one.study_name)
+    assert (r.trials, r.stopped, r.best.value) == (one.trials, one.stopped, one.best.value)
+    # the finished trainings are kept; the interrupted one is trained again, first
+    assert rest.calls[0] == cut.calls[at] and not set(rest.calls) & set(cut.calls[:at])
+    assert cut.calls[:at] + rest.calls == whole.calls
+
+
+class Slow(Planted):
+    def __call__(self, genome, trial):
+        time.sleep(0.05)  # long enough for the workers' trials to overlap
+        return super().__call__(genome, trial)
+
+
+def test_fdpg_workers_on_one_study_walk_one_path(small, tmp_path):
+    """jobs=2 in one search, and two searches at once on one study (as two processes): together
+    they walk the path of a serial run to its end, and train no genome twice."""
+    serial = search(small, BUDGET, fdpg(100), storage=f"sqlite:///{tmp_path}/s.db", objective=Planted(small),
+                    progress=False)
+    assert serial.stopped.startswith(("no new step", "no improvement"))  # the walk ended, not the trials
+    expected = sorted(walk_path(serial.storage, serial.study_name))
+
+    threads = Slow(small)
+    par = search(small, BUDGET, fdpg(100, jobs=2), storage=f"sqlite:///{tmp_path}/p.db", objective=threads,
+                 progress=False)
+    assert sorted(walk_path(par.storage, par.study_name)) == expected  # each evaluation claimed once
+    assert par.stopped == serial.stopped and par.best.value == serial.best.value
+    assert len(threads.calls) == len(set(threads.calls))
+
+    storage = f"sqlite:///{tmp_path}/w.db"
+    open_storage(storage)  # the tables, before two writers race to create them
+    workers = [Slow(small), Slow(small)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda w: search(small, BUDGET, fdpg(100), storage=storage, objective=w,
+                                                 progress=False), workers))
+    path = walk_path(storage, serial.study_name)
+    assert sorted(set(path)) == expected
+    # each evaluation is claimed by one worker: at most one rarely taken by both at the same moment
+    assert len(path) < 1.5 * len(expected)
+    assert all(r.stopped == serial.stopped and r.best.value == serial.best.value for r in results)
+    trained = workers[0].calls + workers[1].calls
+    assert len(trained) == len(set(trained)), "a genome was trained twice"
+    assert workers[0].calls and workers[1].calls  # both took part
 
 
 def _mbconv_score(space, g):
@@ -171,10 +263,10 @@ def test_samplers_propose_only_in_budget_genomes(name):
 def test_sampler_search_resumes_and_dedups(small, tmp_path):
     storage = f"sqlite:///{tmp_path}/t.db"
     calls = Planted(small)
-    r = search(small, BUDGET, "tpe", trials=6, storage=storage, objective=calls, progress=False)
+    r = search(small, BUDGET, SearchConfig("tpe", trials=6), storage=storage, objective=calls, progress=False)
     assert r.trials == 6
     before = {t.number: t.value for t in optuna.load_study(study_name=r.study_name, storage=storage).trials}
-    r2 = search(small, BUDGET, "tpe", trials=10, jobs=2, storage=storage, objective=calls, progress=False)
+    r2 = search(small, BUDGET, SearchConfig("tpe", trials=10, jobs=2), storage=storage, objective=calls, progress=False)
     study = optuna.load_study(study_name=r2.study_name, storage=storage)
     # duplicates, and proposals that could not be projected into the band, are asked again
     counted = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "retryable" not in t.user_attrs]
@@ -193,8 +285,8 @@ def test_a_resumed_sampler_continues_instead_of_replaying(name, small, tmp_path)
     number), the rerun draws new proposals instead of the first run's again."""
     storage = f"sqlite:///{tmp_path}/t.db"
     calls = Planted(small)
-    search(small, BUDGET, name, trials=3, storage=storage, objective=calls, progress=False)
-    r = search(small, BUDGET, name, trials=6, storage=storage, objective=calls, progress=False)
+    search(small, BUDGET, SearchConfig(name, trials=3), storage=storage, objective=calls, progress=False)
+    r = search(small, BUDGET, SearchConfig(name, trials=6), storage=storage, objective=calls, progress=False)
     trials = optuna.load_study(study_name=r.study_name, storage=storage).trials
     assert [t.params for t in trials[3:6]] != [t.params for t in trials[:3]], "the rerun replayed the first run"
     assert not any("duplicate_of" in t.user_attrs for t in trials)
@@ -252,8 +344,8 @@ def test_duplicates_do_not_count_and_an_exhausted_band_stops(name, tmp_path):
     in_band = {g.key() for g in (tiny.from_vector(list(v)) for v in itertools.product(
         *[tiny.genes[n].values() for n, _ in tiny.coords])) if lo <= count_params(g) <= hi}
     calls = Planted(tiny)
-    r = search(tiny, 8_000, name, trials=20, storage=f"sqlite:///{tmp_path}/x.db", objective=calls,
-               progress=False, tol=TOL)
+    r = search(tiny, 8_000, SearchConfig(name, trials=20, tol=TOL), storage=f"sqlite:///{tmp_path}/x.db",
+               objective=calls, progress=False)
     trained = [g.key() for g in calls.calls]
     # every genome of the band is found (random points fill in what the sampler keeps missing), once
     assert len(trained) == len(set(trained)) == r.trials and set(trained) == in_band
@@ -270,18 +362,18 @@ def test_duplicates_do_not_count_and_an_exhausted_band_stops(name, tmp_path):
 
 def test_search_on_a_journal_file_resumes(small, tmp_path):
     path = str(tmp_path / "nas.log")
-    r = search(small, BUDGET, "random", trials=3, storage=path, objective=Planted(small), progress=False)
+    r = search(small, BUDGET, SearchConfig("random", trials=3), storage=path, objective=Planted(small), progress=False)
     assert r.storage == path and r.trials == 3
-    r = search(small, BUDGET, "random", trials=5, storage=path, objective=Planted(small), progress=False)
+    r = search(small, BUDGET, SearchConfig("random", trials=5), storage=path, objective=Planted(small), progress=False)
     assert r.trials == 5 and len(r.top) >= 1
 
 
 def test_search_rejects_bad_arguments(small, tmp_path):
     with pytest.raises(NasError, match="unknown searcher"):
-        search(small, BUDGET, "sgd", storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small))
+        search(small, BUDGET, SearchConfig("sgd"), storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small))
     with pytest.raises(NasError, match="below what space"):
-        search(small, 100, "tpe", trials=2, storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small),
-               progress=False)
+        search(small, 100, SearchConfig("tpe", trials=2), storage=f"sqlite:///{tmp_path}/x.db",
+               objective=Planted(small), progress=False)
 
 
 def test_many_jobs_warn_once_and_tiny_subsets_are_refused(small, tmp_path, capsys, monkeypatch):
@@ -292,17 +384,18 @@ def test_many_jobs_warn_once_and_tiny_subsets_are_refused(small, tmp_path, capsy
     monkeypatch.setattr(nas.searchers.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     storage = f"sqlite:///{tmp_path}/j.db"
     for _ in range(2):  # a sweep searches several budgets: one warning is enough
-        search(small, BUDGET, "random", trials=2, jobs=9, storage=storage, objective=Planted(small), progress=False)
+        search(small, BUDGET, SearchConfig("random", trials=2, jobs=9), storage=storage, objective=Planted(small),
+               progress=False)
     err = capsys.readouterr().err.splitlines()
     assert err == ["nas: warning: --jobs 9 is far above the 2 CPU cores: up to 2 trainings run at once, one CPU "
                    "thread each, so each runs slower and the search is not faster"]
     db = tmp_path / "sub.db"
     with pytest.raises(NasError, match=r"subset must be at least 500 training images \(5 per class of 100\), got 499"):
-        search(small, BUDGET, "random", storage=f"sqlite:///{db}", objective=Planted(small), subset=499)
+        search(small, BUDGET, SearchConfig("random", subset=499), storage=f"sqlite:///{db}", objective=Planted(small))
     assert not db.exists()  # refused before the study was created
 
 
 def test_search_says_why_it_stopped_without_repeating_the_count(small, tmp_path):
-    r = search(small, BUDGET, "random", trials=2, storage=f"sqlite:///{tmp_path}/w.db", objective=Planted(small),
-               progress=False)
+    r = search(small, BUDGET, SearchConfig("random", trials=2), storage=f"sqlite:///{tmp_path}/w.db",
+               objective=Planted(small), progress=False)
     assert r.stopped == "trial limit reached"

@@ -1,8 +1,11 @@
 """Space files, genomes and their errors, as a user meets them."""
 
+import json
+import random
 import textwrap
 
 import pytest
+from conftest import builtin_space_names, random_genome
 
 from nas.errors import NasError
 from nas.spaces import Genome, list_spaces, load_space, parse_genome
@@ -40,7 +43,7 @@ def test_parse_genome_accepts_preset_file_and_inline_json(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("nope", "unknown preset 'nope'"),
     ("{bad", "malformed JSON"),
-    ('{"family": "resnet", "genes": {}}', "unknown family 'resnet'"),
+    ('{"family": "vit", "genes": {}}', "unknown family 'vit'"),
     ('{"family": "conv", "genes": {"depth": [1, 1, 1, 1]}}', "missing gene 'genes.width'"),
     ('{"family": "conv", "genes": {"depth": [1, 1], "width": [8, 8]}}', "genes.depth must be a list of 4"),
     ('{"family": "conv", "genes": {"depth": [1,1,1,1], "width": [8,8,8,8]}, "options": {"act": "relu"}}',
@@ -51,6 +54,33 @@ def test_bad_genomes_get_one_line_errors(text, message):
     with pytest.raises(NasError, match=message) as e:
         parse_genome(text)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("space_name", builtin_space_names())
+def test_random_genomes_of_every_space_file_round_trip_through_json(space_name):
+    rng = random.Random(space_name)
+    for _ in range(50):
+        g = random_genome(space_name, rng)
+        again = Genome.from_json(g.to_json())
+        assert again == g and again.to_dict() == g.to_dict()
+
+
+@pytest.mark.parametrize("space_name", builtin_space_names())
+def test_bad_options_and_genes_of_every_family_get_one_line_errors(space_name):
+    sp = load_space(space_name)
+    family, d = sp.family, sp.extreme("min").to_dict()
+    cases = [({**d, "options": {**d["options"], key: "bogus"}}, f"options.{key} = 'bogus' must be")
+             for key in family.option_checks]
+    for name in family.gene_names(sp.options):
+        low = family.lowest(name) - 1
+        bad = [low] * sp.stages if name in family.per_stage else low
+        cases.append(({**d, "genes": {**d["genes"], name: bad}}, f"genes.{name} must hold integers >= {low + 1}"))
+        cases.append(({**d, "genes": {k: v for k, v in d["genes"].items() if k != name}},
+                      f"missing gene 'genes.{name}'"))
+    for data, message in cases:
+        with pytest.raises(NasError) as e:
+            parse_genome(json.dumps(data))
+        assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_genome_outside_space_is_rejected():

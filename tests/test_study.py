@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 
 from nas.budget import project
 from nas.errors import NasError
+from nas.objective import TrainingObjective
 from nas.spaces import load_space
-from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator, TrainingObjective,
+from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator,
                        counts_as_done, dashboard_command, fail_stale_trials, failure_reason, heartbeat,
                        open_storage, open_study, optuna_heartbeat, resolve_storage, study_name)
 from nas.training import Recipe
@@ -53,6 +54,22 @@ def test_default_storage_is_sqlite_under_studies(tmp_path, monkeypatch):
     assert resolve_storage(None) == "sqlite:///studies/nas.db"
     assert (tmp_path / "studies").is_dir()
     assert dashboard_command(None) == f"optuna-dashboard sqlite:///{tmp_path}/studies/nas.db"
+
+
+def test_sqlite_url_options_and_servers(tmp_path, monkeypatch):
+    """A SQLite URL's query string is an option, not part of the file name; a server database or
+    an in-memory one has no file to create or to find."""
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///sub/x.db?timeout=5"
+    open_storage(url)
+    assert {p.name for p in (tmp_path / "sub").iterdir()} <= {"x.db", "x.db-wal", "x.db-shm"}  # write-ahead log
+    assert (tmp_path / "sub" / "x.db").is_file()
+    assert dashboard_command(url) == f"optuna-dashboard sqlite:///{tmp_path}/sub/x.db"
+    with pytest.raises(NasError, match="no study storage at 'sub/none.db' "):
+        resolve_storage("sqlite:///sub/none.db?timeout=5", create=False)
+    for url in ("sqlite:///:memory:", "postgresql://u@host/nasdb?sslmode=require"):
+        assert resolve_storage(url, create=False) == url
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
 def test_journal_path_and_bad_storage(tmp_path):

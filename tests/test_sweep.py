@@ -2,17 +2,28 @@
 winner, resume without redoing."""
 
 import json
-
+import re
 
 import optuna
 import pytest
 
-from nas.errors import NasError
 from nas.budget import parse_budgets
+from nas.errors import NasError
 from nas.report import write_report, write_summary_json
+from nas.searchers import SearchConfig
+from nas.spaces import load_space
 from nas.sweep import sweep
+from nas.training import space_recipe
 
-OPTS = dict(searcher="random", trials=2, epochs=1, val_size=200, pruner="none", progress=False)
+OPTS = {"config": SearchConfig("random", trials=2, val_size=200, pruner="none"), "progress": False,
+        "recipe": space_recipe(load_space("conv"), epochs=1)}
+
+
+def plotted(page: str, div_id: str) -> list[dict]:
+    """The traces a report page hands to plotly for the plot in div `div_id`."""
+    start = re.search(rf'Plotly\.newPlot\(\s*"{div_id}",\s*', page)
+    assert start, f"no plot {div_id} in the page"
+    return json.JSONDecoder().raw_decode(page, start.end())[0]
 
 
 def test_parse_budgets():
@@ -22,12 +33,19 @@ def test_parse_budgets():
             parse_budgets(bad)
 
 
-def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
+def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
+    import nas.data
+
+    reads = []  # every CIFAR file decoded, by whichever path (training, search split, export check)
+    real_read = nas.data._read_split
+    monkeypatch.setattr(nas.data, "_read_split", lambda root, train: reads.append(train) or real_read(root, train))
     storage = f"sqlite:///{tmp_path}/sweep.db"
     runs = tmp_path / "runs"
     outcomes = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
                      runs_dir=runs, **OPTS)
     assert [o.budget for o in outcomes] == [3000, 8000]
+    # two searches, four final trainings and two exports: the training and test files are read once
+    assert reads == [True, False]
     summaries = optuna.get_all_study_summaries(storage)
     assert len(summaries) == 2
     for o in outcomes:
@@ -62,6 +80,7 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
     again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
                   runs_dir=runs, **OPTS)
     assert all(o.final_reused for o in again)
+    assert reads[2:] in ([], [True, False])  # the rerun, too, reads the files at most once
     assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
 
@@ -69,8 +88,21 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
     for o in outcomes:
         assert o.final["genome_str"] in html
         assert o.baselines["hand"]["genome_str"] in html
-    assert "Accuracy vs parameters" in html or "accuracy vs parameters" in html.lower()
-    assert "What search added" in html and "Winners&#x27; shapes across budgets" in html or "shapes across budgets" in html
+    # the curve: each budget's winner at its parameter count and final test accuracy, beside the
+    # search's best; then what search added over the hand design, and the winners' shapes
+    series = outcomes[0].search.study_name.replace("-b3000", "")
+    curve = {t["name"]: t for t in plotted(html, "accuracy-vs-params")}
+    winners = curve[f"{series}: winners, final test acc"]
+    assert winners["x"] == [o.final["params"] for o in outcomes]
+    assert winners["y"] == pytest.approx([100 * o.final["test_acc"] for o in outcomes])
+    best = curve[f"{series}: best per budget (search score)"]
+    assert best["x"] == [o.search.best.user_attrs["params"] for o in outcomes]
+    assert best["y"] == pytest.approx([100 * o.search.best.value for o in outcomes])
+    added = {t["name"]: t for t in plotted(html, "search-added")}
+    assert added["search winner"]["x"] == ["3k", "8k"]
+    assert added["search winner"]["y"] == pytest.approx([100 * o.final["test_acc"] for o in outcomes])
+    assert added["hand design"]["y"] == pytest.approx([100 * o.baselines["hand"]["test_acc"] for o in outcomes])
+    assert [t["name"] for t in plotted(html, "winner-shapes") if t.get("showlegend", True)] == ["3k", "8k"]
 
     summary = json.loads(write_summary_json(storage, tmp_path / "sweep.json").read_text())
     assert [b["budget"] for b in summary["budgets"]] == [3000, 8000]
@@ -78,6 +110,15 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path):
         assert b["winner"]["genome_str"] == o.final["genome_str"] and b["winner"]["test_acc"] == o.final["test_acc"]
         assert b["baselines"]["hand"]["test_acc"] == o.baselines["hand"]["test_acc"]
         assert b["final_epochs"] == 2 and b["search_minutes"] > 0
+    # the Markdown table beside it: one row per budget, from the same records
+    rows = [line for line in (tmp_path / "sweep.md").read_text().splitlines() if line.startswith("| 3,000")
+            or line.startswith("| 8,000")]
+    assert len(rows) == 2
+    for row, o in zip(rows, outcomes):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        assert cells[1] == f"`{o.final['genome_str']}`".replace("|", "\\|")
+        assert cells[3] == f"**{100 * o.final['test_acc']:.2f}%**"
+        assert cells[4].startswith(f"{100 * o.baselines['hand']['test_acc']:.2f}%")
 
 
 def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):

@@ -176,10 +176,19 @@ def test_callback_exceptions_propagate(cifar_data):
         train(SMALL, cifar_data, Recipe(epochs=2, batch_size=256), device="cpu", callback=cb)
 
 
+def test_a_head_that_does_not_fit_the_data_is_a_one_line_error(cifar_data):
+    ten = Genome.from_dict({**SMALL.to_dict(), "options": {**SMALL.options, "num_classes": 10}})
+    with pytest.raises(NasError) as e:
+        train(ten, cifar_data, FAST, device="cpu")
+    assert str(e.value) == f"{ten} has a 10-class head but the data has 100 classes"
+    with pytest.raises(NasError, match="^the model has a 7-class head but the data has 100 classes$"):
+        train(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7)), cifar_data, FAST, device="cpu")
+
+
 def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
     out = tmp_path / "run"
-    s = train_genome_command(SMALL.to_json(), 2, data_dir=cifar_dir, out_dir=out, device="cpu", val_size=200,
-                             progress=False, lr=0.2, batch_size=64)
+    s = train_genome_command(SMALL.to_json(), Recipe(epochs=2, lr=0.2, batch_size=64), data_dir=cifar_dir,
+                             out_dir=out, device="cpu", val_size=200, progress=False)
     assert s["status"] == "ok" and s["epochs"] == 2 and s["genome_str"] == str(SMALL)
     assert 0 < s["val_acc"] <= 1 and 0 < s["test_acc"] <= 1 and s["recipe"]["lr"] == 0.2
     assert json.loads((out / "result.json").read_text())["test_acc"] == s["test_acc"]
@@ -192,8 +201,8 @@ def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
 
 def test_train_command_failure_and_bad_run_dir(cifar_dir, tmp_path):
     with pytest.raises(NasError, match="training failed: loss became"):
-        train_genome_command(SMALL, 1, data_dir=cifar_dir, out_dir=tmp_path / "r", device="cpu", val_size=200,
-                             progress=False, lr=1e30)
+        train_genome_command(SMALL, Recipe(epochs=1, lr=1e30), data_dir=cifar_dir, out_dir=tmp_path / "r",
+                             device="cpu", val_size=200, progress=False)
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "failed"
     with pytest.raises(NasError, match="model.pt is missing"):
         load_trained(tmp_path / "r")

@@ -1,0 +1,125 @@
+"""Block specs: the plain-data pieces a family's architecture is made of (`nas.families`).
+
+Each spec counts its own parameters (arithmetic only) and builds its own module, in one place,
+so the count and the model cannot drift apart; a new block type is one new spec class with
+`params()` and `build()`. Specs import torch only inside `build`: counting a genome's
+parameters must not wait for torch to load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class BlockSpec(Protocol):
+    def params(self) -> int:
+        """Exactly the parameter count of the module `build()` returns."""
+        ...
+
+    def build(self) -> nn.Module:
+        ...
+
+
+def conv_params(c_in: int, c_out: int, kernel: int, bias: bool, groups: int = 1) -> int:
+    return c_out * (c_in // groups) * kernel * kernel + (c_out if bias else 0)
+
+
+def batchnorm_params(c: int) -> int:
+    return 2 * c  # weight and bias; running stats are buffers, not parameters
+
+
+@dataclass(frozen=True)
+class Conv:
+    """Conv2d (same padding) + BatchNorm + activation; `residual` adds the input back."""
+
+    c_in: int
+    c_out: int
+    kernel: int
+    bias: bool
+    act: str
+    stride: int = 1
+    residual: bool = False
+
+    def params(self) -> int:
+        return conv_params(self.c_in, self.c_out, self.kernel, self.bias) + batchnorm_params(self.c_out)
+
+    def build(self) -> nn.Module:
+        from nas.models import ConvLayer
+
+        return ConvLayer(self)
+
+
+@dataclass(frozen=True)
+class MBConv:
+    """Inverted residual: 1x1 expand, depthwise kxk, optional squeeze-excitation, 1x1 project.
+
+    Each conv is followed by BatchNorm and the activation (as in the reference study).
+    `skip` is "identity", "project" (1x1 conv, stride as the block) or "none".
+    """
+
+    c_in: int
+    c_out: int
+    c_inner: int
+    kernel: int
+    stride: int
+    bias: bool
+    act: str
+    se: int  # squeeze-excitation bottleneck channels, 0 = none
+    skip: str
+
+    def params(self) -> int:
+        n = conv_params(self.c_in, self.c_inner, 1, self.bias) + batchnorm_params(self.c_inner)
+        n += conv_params(self.c_inner, self.c_inner, self.kernel, self.bias, groups=self.c_inner)
+        n += batchnorm_params(self.c_inner)
+        if self.se:
+            n += conv_params(self.c_inner, self.se, 1, True) + conv_params(self.se, self.c_inner, 1, True)
+        n += conv_params(self.c_inner, self.c_out, 1, self.bias) + batchnorm_params(self.c_out)
+        if self.skip == "project":
+            n += conv_params(self.c_in, self.c_out, 1, self.bias)
+        return n
+
+    def build(self) -> nn.Module:
+        from nas.models import MBConvBlock
+
+        return MBConvBlock(self)
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    """2x2 max-pooling between stages."""
+
+    def params(self) -> int:
+        return 0
+
+    def build(self) -> nn.Module:
+        from torch import nn
+
+        return nn.MaxPool2d(2)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Global average pool, flatten, linear classifier."""
+
+    c_in: int
+    classes: int
+
+    def params(self) -> int:
+        return self.c_in * self.classes + self.classes
+
+    def build(self) -> nn.Module:
+        from nas.models import Classifier
+
+        return Classifier(self)
+
+
+def downsampling(stage: int, mode: str) -> tuple[list[BlockSpec], int]:
+    """How stage `stage` (0-based) halves the resolution: (specs before it, stride of its first
+    block). "maxpool": a 2x2 max-pool before it; "stride": stride 2. Stage 0 keeps the resolution."""
+    if stage == 0:
+        return [], 1
+    return ([MaxPool()], 1) if mode == "maxpool" else ([], 2)
