@@ -26,7 +26,7 @@ import optuna
 from scipy.stats import spearmanr
 
 from nas.budget import parse_budgets
-from nas.data import load_cifar100
+from nas.data import CifarSource
 from nas.plan import device_defaults
 from nas.spaces import Genome, load_space
 from nas.study import in_budget, open_storage, trial_genome
@@ -102,9 +102,9 @@ def main() -> None:
     space = load_space(device_defaults("cpu").space)
     recipe = space_recipe(space)
     fidelities = [tuple(int(x) for x in f.split("x")) for f in args.fidelities.split(",")]
-    full = load_cifar100(args.data_dir, device="cpu", val_size=0)
-    splits = {images: load_cifar100(args.data_dir, device="cpu", subset=images if images < 45000 else None)
-              for images, _ in fidelities}
+    cifar = CifarSource(args.data_dir, "cpu")  # read from disk once, every split derived from it
+    full = cifar.split(val_size=0)
+    splits = {images: cifar.split(subset=images if images < 45000 else None) for images, _ in fidelities}
     for budget in parse_budgets(args.budgets):
         done = {r["genome"] for r in read_results(results) if r["budget"] == budget}
         for genome, study_score in study_genomes(args.storage, space.name, budget, args.genomes):
