@@ -3,6 +3,8 @@ ends in an error must not leave new folders or half-written files."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -42,13 +44,17 @@ def check_file_target(path: str | Path, what: str = "file") -> Path:
 
 def write_text_atomic(path: str | Path, text: str, what: str = "file") -> Path:
     """Write `text` to a temporary sibling, then rename it to `path`, so a reader never sees half
-    a file; on failure neither the temporary file nor new folders stay behind (NasError)."""
+    a file; on failure neither the temporary file nor new folders stay behind (NasError). The
+    temporary name is unique, so several workers writing the same report do not collide."""
     path = check_file_target(path, what)
-    tmp = path.with_name(path.name + ".tmp")
     try:
         with new_folders(path.parent):
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+            tmp = Path(name)
             try:
-                tmp.write_text(text, encoding="utf-8")
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is for reading
                 tmp.replace(path)
             finally:
                 tmp.unlink(missing_ok=True)  # gone after a successful rename
