@@ -108,6 +108,18 @@ def final_epochs_for(genomes: list[Genome], recipe: Recipe, seconds: float, devi
     return max(1, min(MAX_FINAL_EPOCHS, int(seconds // per_epoch)))
 
 
+def earlier_final_epochs(study: optuna.Study, winner: Genome, recipe: Recipe) -> int | None:
+    """The epochs of the winner's final training an earlier run recorded with this recipe, if
+    any: a rerun with --time keeps them (and so reuses that training and its baselines') rather
+    than recomputing them from how fast the machine happens to be now."""
+    old = study.user_attrs.get("final")
+    if not old or old.get("genome") != winner.to_json():
+        return None
+    if old.get("recipe") != replace(recipe, epochs=old["recipe"]["epochs"]).to_dict():
+        return None
+    return int(old["recipe"]["epochs"])
+
+
 def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: str, data: CifarData,
                 device: str | None, progress: bool, runs_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """Train `genome` with `recipe` on all training images, test it, record it as the study's user
@@ -209,7 +221,8 @@ def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | N
             seed = seed_model(budget)
             if seed is not None:
                 arms["baseline:seed"] = (f"reference {seed[0]}", seed[1], {"preset": seed[0]})
-        epochs = final_epochs or final_epochs_for([g for _, g, _ in arms.values()], recipe, final_s, device)
+        epochs = final_epochs or earlier_final_epochs(study, winner, recipe) or \
+            final_epochs_for([g for _, g, _ in arms.values()], recipe, final_s, device)
         final_recipe = replace(recipe, epochs=epochs)
         records: dict[str, dict[str, Any]] = {}
         reused = True

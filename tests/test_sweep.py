@@ -83,6 +83,13 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     assert reads[2:] in ([], [True, False])  # the rerun, too, reads the files at most once
     assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
+    # a rerun with --time keeps the epochs the winners were trained for, however fast the machine
+    # is now, so nothing is trained again
+    import nas.sweep
+
+    monkeypatch.setattr(nas.sweep, "final_epochs_for", lambda *args: 7)
+    timed = sweep("conv", [3000, 8000], time_limit=600, storage=storage, data_dir=cifar_dir, runs_dir=runs, **OPTS)
+    assert all(o.final_reused and o.final["epochs"] == 2 for o in timed)
 
     html = write_report(storage, tmp_path / "sweep.html").read_text()
     for o in outcomes:
