@@ -10,7 +10,9 @@ Every search is its own study (one journal file per arm and seed under `--out`, 
 share results). Each arm's winner is then trained on all 50,000 training images for
 `--final-epochs` with the same recipe and tested; the hand design is trained with each seed of
 `--seeds` too (the recipe's seed), which gives the seed-to-seed spread of one genome. The script
-prints test accuracy per arm (mean ± std over seeds) and the differences, from one run.
+prints test accuracy per arm (mean ± std over seeds) and the differences, from one run. Results
+are appended to `<out>/results.jsonl` as they arrive; a rerun skips the arms already there, and
+`--summarize` prints the tables from that file alone.
 
     python benchmarks/search_value.py --data-dir ../shared/data --budgets 10000,50000 --minutes 10 \
         --seeds 0,1 --final-epochs 15 --out benchmarks/results/search_value
@@ -21,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from nas.budget import parse_budgets, project
-from nas.data import load_cifar100
+from nas.data import CifarSource
 from nas.plan import device_defaults
 from nas.searchers import SearchConfig, default_start, search
 from nas.spaces import load_space
@@ -33,8 +36,35 @@ from nas.study import trial_genome
 from nas.training import evaluate, space_recipe, train
 
 
+ARMS = ("tpe", "random", "hand")
+
+
 def mean_std(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def summarize(rows: list[dict]) -> None:
+    """Per budget and setup: test accuracy per arm (mean ± std over seeds), the differences, and
+    the seed-to-seed σ of one genome (the hand design trained with each seed)."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        groups.setdefault((r["budget"], r.get("setup", "")), {a: [] for a in ARMS})[r["arm"]].append(r["test_acc"])
+    for (budget, setup), arms in groups.items():
+        print(f"\nbudget {budget:,} ({setup}): test accuracy (%), mean ± std over seeds")
+        for arm, xs in arms.items():
+            if xs:
+                print(f"  {arm:<7} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
+        sigma = statistics.stdev(arms["hand"]) if len(arms["hand"]) > 1 else float("nan")
+        for a, b in (("tpe", "hand"), ("tpe", "random"), ("random", "hand")):
+            if arms[a] and arms[b]:
+                d = statistics.mean(arms[a]) - statistics.mean(arms[b])
+                print(f"  {a} - {b}: {100 * d:+.2f} points ({abs(d) / sigma:.1f} σ)" if sigma == sigma
+                      else f"  {a} - {b}: {100 * d:+.2f} points")
+        print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
 
 def main() -> None:
@@ -45,17 +75,25 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--final-epochs", type=int, default=15)
     ap.add_argument("--out", default="benchmarks/results/search_value", help="folder for the studies and results")
+    ap.add_argument("--summarize", action="store_true", help="print the tables from <out>/results.jsonl and stop")
     args = ap.parse_args()
 
+    out = Path(args.out)
+    results = out / "results.jsonl"
+    if args.summarize:
+        summarize(read_results(results))
+        return
     d = device_defaults("cpu")
     space = load_space(d.space)
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     search_recipe = space_recipe(space, epochs=d.epochs)  # the space's measured lr, as nas search uses
     final_recipe = replace(search_recipe, epochs=args.final_epochs)
-    full = load_cifar100(args.data_dir, device="cpu", val_size=0)  # final trainings: every training image
-    results = out / "results.jsonl"
+    # Rows of another setup in the same file are never mixed with this one's (nor skipped for it).
+    setup = (f"{space.name}, {d.subset} images x {d.epochs} epochs, {args.minutes:g} min, "
+             f"final {args.final_epochs} epochs")
+    cifar = CifarSource(args.data_dir, "cpu")
+    full = cifar.split(val_size=0)  # final trainings: every training image
     print(f"space {space.name}, search fidelity {d.subset:,} images x {d.epochs} epochs, {args.minutes:g} min per "
           f"search, final {args.final_epochs} epochs on {len(full.train_y):,} images, seeds {seeds}", flush=True)
 
@@ -63,40 +101,42 @@ def main() -> None:
         r = train(genome, full, replace(final_recipe, seed=seed), "cpu")
         return evaluate(r.model, full.test_x, full.test_y, full)
 
-    for budget in parse_budgets(args.budgets):
-        rows: dict[str, list[float]] = {"tpe": [], "random": [], "hand": []}
-        hand = project(default_start(space), space, budget)
+    def record(line: dict) -> None:
+        line = {"setup": setup, **line}
+        print(json.dumps(line), flush=True)
+        with results.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    budgets = parse_budgets(args.budgets)
+    for budget in budgets:
+        # a rerun resumes: an arm and seed already in the results file is not run again
+        done = {(r["arm"], r["seed"]) for r in read_results(results) if r["budget"] == budget and r.get("setup") == setup}
+        # Searches first, the arms interleaved by seed (tpe 0, random 0, tpe 1, ...), so that a
+        # change in what else runs on the machine falls on both searchers alike; then the hand
+        # design's fixed-length trainings.
         for seed in seeds:
-            test = final_test(hand, seed)
-            rows["hand"].append(test)
-            line = {"budget": budget, "arm": "hand", "seed": seed, "genome": str(hand), "test_acc": test}
-            print(json.dumps(line), flush=True)
-            with results.open("a") as f:
-                f.write(json.dumps(line) + "\n")
-        for searcher in ("tpe", "random"):
-            for seed in seeds:
+            for searcher in ("tpe", "random"):
+                if (searcher, seed) in done:
+                    continue
                 config = SearchConfig(searcher, trials=None, time_limit=60 * args.minutes, seed=seed,
                                       subset=d.subset, noise_seeds=False)
+                cpu = time.process_time()
                 r = search(space, budget, config, storage=str(out / f"b{budget}-{searcher}-s{seed}.log"),
-                           data_dir=args.data_dir, recipe=search_recipe, progress=False)
+                           data=cifar, recipe=search_recipe, progress=False)
                 if r.best is None:
                     raise SystemExit(f"the {searcher} search at {budget:,} finished no trial in {args.minutes:g} min; "
                                      f"give it more --minutes")
                 winner = trial_genome(r.best)
-                test = final_test(winner, 0)  # the final recipe's own seed: only the genome differs
-                rows[searcher].append(test)
-                line = {"budget": budget, "arm": searcher, "seed": seed, "genome": str(winner),
-                        "search_score": r.best.value, "trials": r.trials, "test_acc": test}
-                print(json.dumps(line), flush=True)
-                with results.open("a") as f:
-                    f.write(json.dumps(line) + "\n")
-        print(f"\nbudget {budget:,}: test accuracy (%), mean ± std over seeds {seeds}")
-        for arm, xs in rows.items():
-            print(f"  {arm:<7} {mean_std(xs)}")
-        for a, b in (("tpe", "hand"), ("tpe", "random"), ("random", "hand")):
-            print(f"  {a} - {b}: {100 * (statistics.mean(rows[a]) - statistics.mean(rows[b])):+.2f} points")
-        sigma = statistics.stdev(rows["hand"]) if len(rows["hand"]) > 1 else float("nan")
-        print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
+                record({"budget": budget, "arm": searcher, "seed": seed, "genome": str(winner),
+                        "search_score": r.best.value, "trials": r.trials,
+                        "search_cpu_minutes": round((time.process_time() - cpu) / 60, 2),
+                        "test_acc": final_test(winner, 0)})  # the final recipe's own seed: only the genome differs
+        hand = project(default_start(space), space, budget)
+        for seed in seeds:
+            if ("hand", seed) not in done:
+                record({"budget": budget, "arm": "hand", "seed": seed, "genome": str(hand),
+                        "test_acc": final_test(hand, seed)})
+    summarize([r for r in read_results(results) if r["budget"] in budgets and r.get("setup") == setup])
 
 
 if __name__ == "__main__":
