@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -200,6 +201,22 @@ class Slow(Planted):
         return super().__call__(genome, trial)
 
 
+class Paired(Slow):
+    """One of two workers: after its first evaluation it waits (up to 60 s) until the other has
+    begun one too, so that both take part however the two threads happen to be scheduled (on a
+    loaded machine one thread could otherwise walk the whole path alone)."""
+
+    def __init__(self, space, started: threading.Event, other_started: threading.Event):
+        super().__init__(space)
+        self.started, self.other_started = started, other_started
+
+    def __call__(self, genome, trial):
+        self.started.set()
+        if self.calls:
+            self.other_started.wait(timeout=60)
+        return super().__call__(genome, trial)
+
+
 def test_fdpg_workers_on_one_study_walk_one_path(small, tmp_path):
     """jobs=2 in one search, and two searches at once on one study (as two processes): together
     they walk the path of a serial run to its end, and train no genome twice."""
@@ -217,7 +234,8 @@ def test_fdpg_workers_on_one_study_walk_one_path(small, tmp_path):
 
     storage = f"sqlite:///{tmp_path}/w.db"
     open_storage(storage)  # the tables, before two writers race to create them
-    workers = [Slow(small), Slow(small)]
+    events = [threading.Event(), threading.Event()]
+    workers = [Paired(small, events[0], events[1]), Paired(small, events[1], events[0])]
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda w: search(small, BUDGET, fdpg(100), storage=storage, objective=w,
                                                  progress=False), workers))
