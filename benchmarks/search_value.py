@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from dataclasses import replace
@@ -62,8 +63,8 @@ def summarize(rows: list[dict]) -> None:
         for a, b in (("tpe", "hand"), ("tpe", "random"), ("random", "hand")):
             if arms[a] and arms[b]:
                 d = statistics.mean(arms[a]) - statistics.mean(arms[b])
-                print(f"  {a} - {b}: {100 * d:+.2f} points ({abs(d) / sigma:.1f} σ)" if sigma == sigma
-                      else f"  {a} - {b}: {100 * d:+.2f} points")
+                in_sigma = "" if math.isnan(sigma) else f" ({abs(d) / sigma:.1f} σ)"
+                print(f"  {a} - {b}: {100 * d:+.2f} points{in_sigma}")
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
 

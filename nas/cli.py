@@ -470,7 +470,8 @@ def add_sweep(sub) -> None:
                     "to the budget and the reference study's model for that budget (where there is one). "
                     "Winners of the budgets searched first are tried at the next budget (budget transfer). "
                     "Rerunning resumes: finished searches add no trials and final trainings already recorded "
-                    "are not redone (with --time, a winner keeps the epochs it was first trained for). Ends by writing the HTML report and its JSON summary.")
+                    "are not redone (with --time, a winner keeps the epochs it was first trained for). "
+                    "Ends by writing the HTML report and its JSON summary.")
     p.add_argument("--budgets", default=",".join(str(b) for b in DEFAULT_BUDGETS),
                    help="comma-separated budgets, searched in this order; 5k and 1M work too "
                         f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")

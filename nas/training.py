@@ -64,8 +64,8 @@ class Recipe:
     random crop + flip. A space file's [recipe] table overrides them with values measured for
     its family (`space_recipe`): the conv spaces train at lr 0.8, which beat 0.1/0.2/0.4 for
     their hand design at 10k and 50k parameters (benchmarks/recipe_tuning.py, README), and
-    `mbconv-shape` at lr 0.4 (0.8 diverged); the other spaces keep 0.1, not yet measured. Every field is an option of
-    `nas train`, `search` and `sweep` unless marked otherwise."""
+    `mbconv-shape` at lr 0.4 (0.8 diverged); the other spaces keep 0.1, not yet measured. Every
+    field is an option of `nas train`, `search` and `sweep` unless marked otherwise."""
 
     optimizer: str = _field("sgd", "sgd = SGD, Nesterov momentum 0.9", choices=OPTIMIZERS)  # or "adamw"
     lr: float = _field(0.1, "peak learning rate (default: the space's [recipe] lr, else {default})")
