@@ -2,9 +2,11 @@
 at equal CPU time, on real CIFAR-100, each winner then trained with the same final recipe.
 
 Per budget, arms:
-- `tpe`: `nas search` as a user runs it (the device's default space, fidelity and searcher) for
-  `--minutes` of search, with each of `--seeds`;
-- `random`: the same search with Optuna's random sampler, same space, time and seeds;
+- `default`: `nas search` as a user runs it (the device's default space, fidelity, searcher and
+  finalists: TPE, then the best genomes retrained on every training image, see nas.finalists)
+  for `--minutes` in all, with each of `--seeds`;
+- `tpe`: the same search without finalists (the best trial wins), same space, time and seeds;
+- `random`: the same with Optuna's random sampler, no finalists (the textbook baseline);
 - `hand`: the space's hand design (its default start projected to the budget), no search.
 Every search is its own study (one journal file per arm and seed under `--out`, so arms never
 share results). Each arm's winner is then trained on all 50,000 training images for
@@ -12,7 +14,8 @@ share results). Each arm's winner is then trained on all 50,000 training images 
 `--seeds` too (the recipe's seed), which gives the seed-to-seed spread of one genome. The script
 prints test accuracy per arm (mean ± std over seeds) and the differences, from one run. Results
 are appended to `<out>/results.jsonl` as they arrive; a rerun skips the arms already there, and
-`--summarize` prints the tables from that file alone.
+`--summarize` prints the tables from that file alone; `--arms` runs some arms only (several
+processes may share one --out).
 
     python benchmarks/search_value.py --data-dir ../shared/data --budgets 10000,50000 --minutes 10 \
         --seeds 0,1 --final-epochs 15 --out benchmarks/results/search_value
@@ -37,7 +40,10 @@ from nas.study import trial_genome
 from nas.training import evaluate, space_recipe, train
 
 
-ARMS = ("tpe", "random", "hand")
+ARMS = ("default", "tpe", "random", "hand")
+SEARCH_ARMS = {"default": "tpe", "tpe": "tpe", "random": "random"}  # arm -> searcher
+COMPARED = (("default", "hand"), ("default", "random"), ("default", "tpe"), ("tpe", "hand"), ("tpe", "random"),
+            ("random", "hand"))
 
 
 def mean_std(xs: list[float]) -> str:
@@ -60,7 +66,7 @@ def summarize(rows: list[dict]) -> None:
             if xs:
                 print(f"  {arm:<7} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
         sigma = statistics.stdev(arms["hand"]) if len(arms["hand"]) > 1 else float("nan")
-        for a, b in (("tpe", "hand"), ("tpe", "random"), ("random", "hand")):
+        for a, b in COMPARED:
             if arms[a] and arms[b]:
                 d = statistics.mean(arms[a]) - statistics.mean(arms[b])
                 in_sigma = "" if math.isnan(sigma) else f" ({abs(d) / sigma:.1f} σ)"
@@ -76,6 +82,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--final-epochs", type=int, default=15)
     ap.add_argument("--out", default="benchmarks/results/search_value", help="folder for the studies and results")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default {','.join(ARMS)})")
     ap.add_argument("--summarize", action="store_true", help="print the tables from <out>/results.jsonl and stop")
     args = ap.parse_args()
 
@@ -87,6 +94,9 @@ def main() -> None:
     d = device_defaults("cpu")
     space = load_space(d.space)
     seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",")
+    if set(arms) - set(ARMS):
+        raise SystemExit(f"unknown arms {sorted(set(arms) - set(ARMS))} (known: {', '.join(ARMS)})")
     out.mkdir(parents=True, exist_ok=True)
     search_recipe = space_recipe(space, epochs=d.epochs)  # the space's measured lr, as nas search uses
     final_recipe = replace(search_recipe, epochs=args.final_epochs)
@@ -116,24 +126,27 @@ def main() -> None:
         # change in what else runs on the machine falls on both searchers alike; then the hand
         # design's fixed-length trainings.
         for seed in seeds:
-            for searcher in ("tpe", "random"):
-                if (searcher, seed) in done:
+            for arm in [a for a in ARMS if a in SEARCH_ARMS and a in arms]:
+                if (arm, seed) in done:
                     continue
-                config = SearchConfig(searcher, trials=None, time_limit=60 * args.minutes, seed=seed,
-                                      subset=d.subset, noise_seeds=False)
+                config = SearchConfig(SEARCH_ARMS[arm], trials=None, time_limit=60 * args.minutes, seed=seed,
+                                      subset=d.subset, noise_seeds=False,
+                                      finalists=d.finalists if arm == "default" else 0)
                 cpu = time.process_time()
-                r = search(space, budget, config, storage=str(out / f"b{budget}-{searcher}-s{seed}.log"),
+                r = search(space, budget, config, storage=str(out / f"b{budget}-{arm}-s{seed}.log"),
                            data=cifar, recipe=search_recipe, progress=False)
                 if r.best is None:
-                    raise SystemExit(f"the {searcher} search at {budget:,} finished no trial in {args.minutes:g} min; "
+                    raise SystemExit(f"the {arm} search at {budget:,} finished no trial in {args.minutes:g} min; "
                                      f"give it more --minutes")
                 winner = trial_genome(r.best)
-                record({"budget": budget, "arm": searcher, "seed": seed, "genome": str(winner),
+                record({"budget": budget, "arm": arm, "seed": seed, "genome": str(winner),
                         "search_score": r.best.value, "trials": r.trials,
+                        "finalists": [{"genome": f.genome_str, "search_score": f.search_score, "score": f.score}
+                                      for f in r.finalists],
                         "search_cpu_minutes": round((time.process_time() - cpu) / 60, 2),
                         "test_acc": final_test(winner, 0)})  # the final recipe's own seed: only the genome differs
         hand = project(default_start(space), space, budget)
-        for seed in seeds:
+        for seed in seeds if "hand" in arms else ():
             if ("hand", seed) not in done:
                 record({"budget": budget, "arm": "hand", "seed": seed, "genome": str(hand),
                         "test_acc": final_test(hand, seed)})

@@ -84,6 +84,17 @@ def _positive(text: str) -> int:
     return n
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 included (0: none)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
+    return n
+
+
 def _print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     """Columns right-aligned, except the genome column, left-aligned."""
     left = head.index("genome")
@@ -365,6 +376,14 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="trial value: last-epoch val accuracy, or the fitted learning-curve asymptote")
     p.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="prune on epochs (samplers only; default hyperband)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--finalists", type=_count, metavar="K",
+                   help=f"at the end, retrain the K best genomes on every training image of the split (the "
+                        f"validation images held out as before) with a seed no trial used, and make the best of "
+                        f"them the winner: a short trial's score ranks genomes only roughly, and the best of many "
+                        f"noisy scores is lucky. Their time comes out of --time. 0: the best trial wins "
+                        f"(default {CPU_DEFAULTS.finalists})")
+    p.add_argument("--finalist-epochs", type=_positive, metavar="E",
+                   help="epochs of the finalists' training (default: the trials' --epochs)")
     p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
     p.add_argument("--subset", type=_subset, metavar="N|all",
                    help=f"train each trial on N of the training images (at least 5 per class), or 'all' "
@@ -401,7 +420,8 @@ def search_settings(args) -> dict[str, Any]:
         trials, limit = (None, d.time_limit_s) if d.time_limit_s is not None else (d.trials, None)
     subset = d.subset if args.subset is None else (args.subset or None)
     return {"space": args.space or d.space, "trials": trials, "time_limit": limit, "subset": subset,
-            "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs}
+            "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs,
+            "finalists": d.finalists if args.finalists is None else args.finalists}
 
 
 def search_config(args, settings: dict[str, Any], start: Genome | None = None) -> SearchConfig:
@@ -410,7 +430,8 @@ def search_config(args, settings: dict[str, Any], start: Genome | None = None) -
 
     return SearchConfig(searcher=args.searcher, trials=settings["trials"], jobs=settings["jobs"], score=args.score,
                         pruner=args.pruner, seed=args.seed, tol=args.tol, subset=settings["subset"],
-                        val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"])
+                        val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"],
+                        finalists=settings["finalists"], finalist_epochs=args.finalist_epochs)
 
 
 def cmd_search(args) -> int:
@@ -449,6 +470,15 @@ def cmd_search(args) -> int:
         _print_table(("rank", "trial", "genome", "params", "FLOPs", score), rows)
     else:
         print("no completed trial within the budget yet")
+    if result.finalists:
+        f0 = result.finalists[0]
+        print(f"\nfinalists, retrained on {f0.train_images:,} images x {plural(f0.fidelity['epochs'], 'epoch')} "
+              f"(seed {f0.fidelity['seed']}):")
+        rows = [(str(i), f"#{f.trial}", f.genome_str, f"{f.search_score:.2%}", f"{f.score:.2%}")
+                for i, f in enumerate(result.finalists, 1)]
+        _print_table(("rank", "trial", "genome", score, "finalist val acc"), rows)
+    if result.best is not None:
+        print(f"winner: #{result.best.number} {result.best.user_attrs.get('genome_str', '?')}")
     _print_dashboard_and_report(result.storage)
     if args.export:
         if result.best is None:

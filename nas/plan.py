@@ -43,11 +43,13 @@ class DeviceDefaults:
     trials: int
     time_limit_s: float | None
     jobs: int = 1                   # trials trained at once, the CPU threads split between them
+    finalists: int = 3              # best genomes retrained on every image of the split (nas.finalists)
 
     def describe(self) -> str:
         images = f"{self.subset:,} images" if self.subset else "all 45,000 training images"
         limit = f"a time limit of {duration(self.time_limit_s)}" if self.time_limit_s else f"{self.trials} trials"
-        return f"space {self.space}, {images} x {self.epochs} epochs per trial, {limit}"
+        return (f"space {self.space}, {images} x {self.epochs} epochs per trial, {limit}, the {self.finalists} best "
+                f"retrained on all training images to choose the winner")
 
 
 # CPU: the plain conv family trains ~6x more images/s than MBConv at 50k parameters on 2 cores
@@ -234,6 +236,21 @@ class Plan:
     calibration: Calibration        # of one trial, on the threads one job gets
     done: int = 0                   # trials already in the study
     jobs: int = 1                   # trials trained at once
+    finalists: int = 0              # best genomes retrained at the end (see nas.finalists)
+    finalist_images: int = 0        # ... on this many training images
+    finalist_epochs: int = 0        # ... for this many epochs
+
+    @property
+    def seconds_per_finalist(self) -> float:
+        return self.calibration.seconds(self.finalist_images, self.finalist_epochs, self.val_images)
+
+    @property
+    def reserve_s(self) -> float:
+        """Of the time limit, what is kept for the finalists: no trial starts after the rest."""
+        if not self.finalists or self.time_limit_s is None:
+            return 0.0
+        rounds = math.ceil(self.finalists / max(1, self.jobs))
+        return min(rounds * self.seconds_per_finalist, self.time_limit_s / 2)  # a short search still searches
 
     @property
     def seconds_per_trial(self) -> float:
@@ -246,14 +263,15 @@ class Plan:
         left = None if self.trials is None else max(0, self.trials - self.done)
         if self.time_limit_s is None:
             return left or 0
-        fit = max(1, int(self.time_limit_s // self.seconds_per_trial))
+        fit = max(1, int((self.time_limit_s - self.reserve_s) // self.seconds_per_trial))
         return fit if left is None else min(left, fit)
 
     @property
     def eta_s(self) -> float:
         """Upper bound of the run's length: every trial to its last epoch, and a time limit may be
         overrun by the epoch running when it passes."""
-        full = self.expected_trials * self.seconds_per_trial
+        full = self.expected_trials * self.seconds_per_trial + \
+            math.ceil(self.finalists / max(1, self.jobs)) * self.seconds_per_finalist
         if self.time_limit_s is None:
             return full
         until_deadline = self.time_limit_s + self.seconds_per_trial / self.epochs
@@ -276,6 +294,10 @@ class Plan:
             f"  fidelity: {self.train_images:,} training images x {self.epochs} epoch{'s' * (self.epochs != 1)} "
             f"per trial{rungs}; {self.val_images:,} validation images",
             f"  trials:   {count}" + (f", {self.jobs} at a time" if self.jobs > 1 else ""),
+            *([f"  winner:   the best of the {self.finalists} best genomes retrained on {self.finalist_images:,} images x "
+               f"{self.finalist_epochs} epoch{'s' * (self.finalist_epochs != 1)} with a fresh seed "
+               f"(~{self.seconds_per_finalist:.0f} s each{f', {self.reserve_s:.0f} s kept for them' if self.reserve_s else ''})"]
+              if self.finalists else []),
             f"  speed:    ~{self.seconds_per_trial:.0f} s per full trial ({cal.train_images_per_s:,.0f} train "
             f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''})",
             f"  ETA:      {duration(self.eta_s)}",

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,8 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.budget import DEFAULT_TOL, band, check_budget, project
 from nas.errors import NasError, warn
 from nas.fdpg import FdpgSampler, NothingToPropose
+from nas.finalists import Finalist, FinalistFidelity, retrain_finalists
+from nas.finalists import winner as finalist_winner
 from nas.spaces import Genome, Space, load_space
 from nas.study import (
     DEFAULT_VAL_SIZE,
@@ -84,14 +86,18 @@ class SearchConfig:
     transfer: Sequence[tuple[str, Genome]] = ()  # (label, genome) queued after the start (budget transfer)
     plan: bool | None = None         # calibrate and print the plan first (default: with progress)
     noise_seeds: bool = True         # train the hand design with two more seeds (see measure_noise)
+    finalists: int = 0               # best genomes retrained at the finalist fidelity to choose the winner
+    finalist_epochs: int | None = None  # their epochs (None: the recipe's); they train on every image of the split
 
     def check(self) -> None:
         """Raise NasError for settings no search can run with."""
         if self.searcher not in SEARCHERS:
             raise NasError(f"unknown searcher '{self.searcher}' (known: {', '.join(SEARCHERS)})")
-        for name, value in (("trials", self.trials), ("jobs", self.jobs)):
+        for name, value in (("trials", self.trials), ("jobs", self.jobs), ("finalist_epochs", self.finalist_epochs)):
             if value is not None and value < 1:
                 raise NasError(f"{name} must be at least 1, got {value}")
+        if self.finalists < 0:
+            raise NasError(f"finalists must be 0 (none) or more, got {self.finalists}")
         if self.trials is None and self.time_limit is None:
             raise NasError("a search needs a number of trials, a time limit, or both")
 
@@ -428,7 +434,8 @@ def default_start(space: Space) -> Genome:
 
 @dataclass
 class SearchResult:
-    """What a search left in its study: the best in-budget trials, best first."""
+    """What a search left in its study: the best in-budget trials, best first, and its winner:
+    the best of them after retraining the finalists (see nas.finalists), else the best trial."""
 
     study_name: str
     storage: str
@@ -439,10 +446,12 @@ class SearchResult:
     top: list[FrozenTrial]
     stopped: str            # why the search ended
     wall_time_s: float
+    finalists: list[Finalist] = field(default_factory=list)  # best first
 
     @property
     def best(self) -> FrozenTrial | None:
-        return self.top[0] if self.top else None
+        """The winner: what a sweep final-trains and `--export` exports."""
+        return finalist_winner(self.top, self.finalists)
 
 
 def warn_many_jobs(jobs: int, trials: int) -> None:
@@ -601,6 +610,31 @@ class _Progress:
         self.bar.close()
 
 
+def run_finalists(study: optuna.Study, candidates: list[FrozenTrial], fidelity: FinalistFidelity, recipe: Recipe,
+                  config: SearchConfig, data: CifarSource, *, deadline: float | None, progress: bool,
+                  note: Callable[[str], None]) -> list[Finalist]:
+    """Retrain the search's best `candidates` at `fidelity` (see nas.finalists), the trials' recipe
+    with the finalists' epochs and seed, scored by validation accuracy; none start after `deadline`."""
+    from nas.objective import training_objective
+    from nas.study import EvaluationFailed
+
+    objective = _LazyObjective(lambda: training_objective(
+        replace(recipe, epochs=fidelity.epochs, seed=fidelity.seed), data=data, val_size=fidelity.val_size,
+        device=config.device, progress=progress, deadline=deadline))
+
+    def train_one(genome: Genome) -> tuple[float, float, int] | str:
+        if deadline is not None and time.time() >= deadline:
+            return "the time limit had passed"
+        t0 = time.perf_counter()
+        try:
+            score = objective(genome, None)
+        except EvaluationFailed as e:  # a time limit (DeadlineReached) or a divergence
+            return str(e)
+        return score, time.perf_counter() - t0, len(objective.get().data.train_y)
+
+    return retrain_finalists(study, candidates, fidelity, train_one, jobs=config.jobs, note=note)
+
+
 def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *, done: int = 0) -> Plan:
     """The plan of a search (see nas.plan), calibrated on the budget's hand design with the
     threads one of `config.jobs` concurrent trials gets."""
@@ -614,10 +648,22 @@ def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *
     with _torch_threads_per_job(config.jobs if dev.type == "cpu" else 1):
         cal = calibrate(hand, recipe, dev)
     train_images = config.subset or (TRAIN_IMAGES - config.val_size)
+    fin = finalist_fidelity(config, recipe)
     return Plan(space=space.name, searcher=config.searcher, budget=budget, band=band(budget, config.tol),
                 device=cal.device, bf16=bf16_autocast(dev, recipe.bf16), train_images=train_images,
                 val_images=config.val_size, epochs=recipe.epochs, pruner=config.pruner, trials=config.trials,
-                time_limit_s=config.time_limit, calibration=cal, done=done, jobs=config.jobs)
+                time_limit_s=config.time_limit, calibration=cal, done=done, jobs=config.jobs,
+                finalists=config.finalists if fin else 0, finalist_images=TRAIN_IMAGES - config.val_size,
+                finalist_epochs=fin.epochs if fin else 0)
+
+
+def finalist_fidelity(config: SearchConfig, recipe: Recipe) -> FinalistFidelity | None:
+    """How the search's finalists are retrained (None: it has none): every training image of the
+    split, `config.finalist_epochs` (default the recipe's), the recipe's seed + 1."""
+    if not config.finalists:
+        return None
+    return FinalistFidelity(val_size=config.val_size, epochs=config.finalist_epochs or recipe.epochs,
+                            seed=recipe.seed + 1)
 
 
 def search(space: str | Space, budget: int, config: SearchConfig | None = None, *, storage: str | None = None,
@@ -667,13 +713,18 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     if not walk:  # fdpg starts its walk from the hand design itself
         enqueue_genomes(study, sp, [("start", hand), *config.transfer])
     own_objective = objective is None
+    fidelity = finalist_fidelity(config, recipe) if own_objective else None  # a given objective is the score
     if objective is None:
+        from nas.data import CifarSource
         from nas.objective import training_objective
+        from nas.training import default_device
 
-        objective = _LazyObjective(lambda: training_objective(recipe, data=data, data_dir=data_dir,
-                                                              score=config.score, subset=config.subset,
-                                                              val_size=config.val_size, device=config.device,
-                                                              progress=progress, deadline=deadline))
+        # read at the first training, once for the trials and the finalists
+        data = data if data is not None else CifarSource(data_dir, str(config.device or default_device()))
+        objective = _LazyObjective(lambda: training_objective(recipe, data=data, score=config.score,
+                                                              subset=config.subset, val_size=config.val_size,
+                                                              device=config.device, progress=progress,
+                                                              deadline=deadline))
     ev = Evaluator(study, objective, config.searcher, recipe.to_dict())
     budget_trials = TrialBudget(ev, config.trials, deadline=deadline)
     done = budget_trials.done()
@@ -682,8 +733,9 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     no_time_left = config.time_limit is not None and config.time_limit <= 0
     show_plan = config.plan if config.plan is not None else progress
     noise = own_objective and not no_time_left and config.noise_seeds
-    if own_objective and not no_time_left and (show_plan or (noise and config.time_limit is not None)):
-        the_plan = make_plan(sp, budget, config, recipe, done=done)  # also sizes the noise measurement
+    if own_objective and not no_time_left and \
+            (show_plan or ((noise or fidelity is not None) and config.time_limit is not None)):
+        the_plan = make_plan(sp, budget, config, recipe, done=done)  # also sizes the noise and finalists' time
         if show_plan and progress:
             for line in the_plan.lines():
                 print(line, file=sys.stderr, flush=True)
@@ -692,6 +744,8 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     bar = _Progress(total, done, progress, tops[0].value if tops else None, deadline,
                     the_plan.seconds_per_trial if the_plan else None, counted=config.trials is not None)
     budget_trials.on_wait = bar.wait
+    if deadline is not None and the_plan is not None and the_plan.reserve_s:
+        budget_trials.deadline = deadline - the_plan.reserve_s  # the rest of the time is the finalists'
     bar.note(f"study '{study.study_name}' in {url} ({plural(done, 'trial')} done)")
     measured = all(str(seed) in (study.user_attrs.get(NOISE_ATTR) or {}).get("values", {}) for seed in NOISE_SEEDS)
     train_noise = noise and not measured
@@ -708,6 +762,9 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
                 measure_noise(study, hand, objective.get())
             stopped = run_trials(ev, sp, budget, config.tol, budget_trials, sampler, config.jobs,
                                  on_outcome=bar.outcome)
+            finalists = [] if fidelity is None else \
+                run_finalists(study, top_trials(study, budget, config.finalists), fidelity, recipe, config, data,
+                              deadline=deadline, progress=progress, note=bar.note)
         if noise:
             measure_noise(study, hand, None)  # adds the start trial's own score
     except KeyboardInterrupt:
@@ -716,4 +773,4 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     finally:
         bar.close()
     return SearchResult(study.study_name, url, config.searcher, budget, config.score, budget_trials.done(),
-                        top_trials(study, budget), stopped, time.perf_counter() - t0)
+                        top_trials(study, budget), stopped, time.perf_counter() - t0, finalists)

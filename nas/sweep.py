@@ -17,6 +17,7 @@ import optuna
 
 from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_subset
+from nas import finalists
 from nas.errors import NasError
 from nas.plan import SWEEP_SEARCH_SHARE
 from nas.searchers import (
@@ -94,9 +95,11 @@ def split_time(total_s: float, budgets: int) -> tuple[float, float]:
 
 
 def search_seconds(study: optuna.Study) -> float:
-    """Time the study's finished trials took: what a rerun with the same --time has used up."""
+    """Time the study's finished trials and its finalists' retraining took: what a rerun with the
+    same --time has used up."""
     return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
-               if t.datetime_complete is not None and t.datetime_start is not None)
+               if t.datetime_complete is not None and t.datetime_start is not None) + \
+        finalists.seconds_spent(study.user_attrs)
 
 
 def final_epochs_for(genomes: list[Genome], recipe: Recipe, seconds: float, device: str | None) -> int:
