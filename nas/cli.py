@@ -495,7 +495,7 @@ def add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep", help=COMMAND_HELP["sweep"],
         description="Run one search per budget (each its own study in --storage), then retrain each budget's "
-                    "best genome on all 50,000 training images and record its test accuracy in the study, beside "
+                    "winner (the best of its finalists, see nas search --finalists) on all 50,000 training images and record its test accuracy in the study, beside "
                     "two baselines trained with the same recipe and epochs: the space's hand design projected "
                     "to the budget and the reference study's model for that budget (where there is one). "
                     "Winners of the budgets searched first are tried at the next budget (budget transfer). "

@@ -80,14 +80,14 @@ def winner(top: Sequence[FrozenTrial], finalists: Sequence[Finalist]) -> FrozenT
 
 
 def retrain_finalists(study: optuna.Study, candidates: Sequence[FrozenTrial], fidelity: FinalistFidelity,
-                      train_genome: Callable[[Genome], tuple[float, float, int] | str], *, jobs: int = 1,
+                      train_genome: Callable[[Genome], tuple[float, float, int] | str] | None, *, jobs: int = 1,
                       note: Callable[[str], None] = lambda _: None) -> list[Finalist]:
     """Retrain the genomes of `candidates` (best trials first) that the study holds no finalist
     record of at `fidelity`, `jobs` at a time, and record each. `train_genome` returns (validation
     accuracy, seconds, training images), or why the training did not finish (a time limit, a divergence: nothing
-    is recorded, a rerun retrains it). Returns the finalists of `candidates` recorded at `fidelity`."""
+    is recorded, a rerun retrains it); None: no time is left, nothing is retrained. Returns the finalists of `candidates` recorded at `fidelity`."""
     held = {f.genome for f in recorded(study.user_attrs, fidelity)}
-    todo = [t for t in candidates if t.user_attrs.get("genome") not in held]
+    todo = [t for t in candidates if t.user_attrs.get("genome") not in held] if train_genome is not None else []
 
     def run(t: FrozenTrial) -> None:
         genome = Genome.from_json(t.user_attrs["genome"])

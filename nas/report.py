@@ -30,6 +30,8 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
+from nas.finalists import Finalist, recorded, seconds_spent
+from nas.finalists import winner as finalist_winner
 from nas.spaces import Genome
 from nas.study import failure_reason, open_storage, storage_database
 from nas.text import plural
@@ -74,6 +76,16 @@ class StudyView:
         return max(self.complete, key=lambda t: t.value, default=None)
 
     @property
+    def finalists(self) -> list[Finalist]:
+        """The best genomes retrained to choose the winner (nas.finalists), best first."""
+        return recorded(self.attrs)
+
+    @property
+    def winner(self) -> FrozenTrial | None:
+        """The search's winner: the best finalist's trial, else the best trial."""
+        return finalist_winner(sorted(self.complete, key=lambda t: (-t.value, t.number)), self.finalists)
+
+    @property
     def final(self) -> dict[str, Any] | None:
         f = self.attrs.get("final")
         return f if isinstance(f, dict) else None
@@ -93,7 +105,7 @@ class StudyView:
     @property
     def search_seconds(self) -> float:
         return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in self.trials
-                   if t.datetime_complete is not None and t.datetime_start is not None)
+                   if t.datetime_complete is not None and t.datetime_start is not None) + seconds_spent(self.attrs)
 
     @property
     def is_fdpg(self) -> bool:
@@ -334,7 +346,7 @@ def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
 def fig_winner_shapes(studies: list[StudyView]) -> go.Figure | None:
     """The winners' stage widths (line) and depths (text) across budgets, widths relative to the
     first stage, so a reader sees how the best shape changes with scale."""
-    rows = [(s, (s.final or {}).get("genome") or (s.best.user_attrs.get("genome") if s.best else None))
+    rows = [(s, (s.final or {}).get("genome") or (s.winner.user_attrs.get("genome") if s.winner else None))
             for s in studies]
     rows = [(s, g) for s, g in rows if g]
     if not rows:
@@ -373,6 +385,8 @@ def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
             "search_trials": len(s.trials),
             "final_training_minutes": round((f.get("wall_time_s") or 0) / 60, 2),
             "score_sigma": s.sigma,
+            "finalists": [{"trial": x.trial, "genome_str": x.genome_str, "search_score": x.search_score,
+                           "score": x.score, "train_images": x.train_images, **x.fidelity} for x in s.finalists],
             "baselines": {k: {"genome_str": b.get("genome_str"), "params": b.get("params"),
                               "test_acc": b.get("test_acc"), "preset": b.get("preset")}
                           for k, b in s.baselines.items()},
@@ -581,12 +595,12 @@ def summary_line(studies: list[StudyView]) -> str:
 
 
 def winner_record(s: StudyView) -> dict[str, Any] | None:
-    """What the winners table shows for a study: its final training, else its search's best trial
+    """What the winners table shows for a study: its final training, else its search's winner
     (not final-trained yet), else None."""
     if s.final:
         return s.final
-    if s.best:
-        return {**s.best.user_attrs, "val_acc": s.best.user_attrs.get("val_acc", s.best.value)}
+    if s.winner:
+        return {**s.winner.user_attrs, "val_acc": s.winner.user_attrs.get("val_acc", s.winner.value)}
     return None
 
 

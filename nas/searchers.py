@@ -632,7 +632,9 @@ def run_finalists(study: optuna.Study, candidates: list[FrozenTrial], fidelity: 
             return str(e)
         return score, time.perf_counter() - t0, len(objective.get().data.train_y)
 
-    return retrain_finalists(study, candidates, fidelity, train_one, jobs=config.jobs, note=note)
+    out_of_time = deadline is not None and time.time() >= deadline  # e.g. a resumed sweep's used-up share
+    return retrain_finalists(study, candidates, fidelity, None if out_of_time else train_one, jobs=config.jobs,
+                             note=note)
 
 
 def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *, done: int = 0) -> Plan:

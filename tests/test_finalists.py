@@ -1,0 +1,162 @@
+"""Finalists (nas.finalists): a search retrains its best genomes on every training image of the
+split and the best of them is the winner; recorded in the study, kept on a rerun, paid for out
+of the time limit."""
+
+import optuna
+import pytest
+from conftest import PlantedTraining
+
+from nas.cli import main
+from nas.finalists import ATTR_PREFIX, recorded
+from nas.plan import Calibration, Plan
+from nas.report import write_report
+from nas.searchers import SearchConfig, search
+from nas.study import top_trials
+from nas.training import Recipe
+
+RECIPE = Recipe(epochs=1)
+
+
+class RanksFlipOnAllImages(PlantedTraining):
+    """Planted training whose ranking turns over when a genome trains on more images than the
+    trials' subset: the search's best genome is the worst finalist, as a short fidelity can err."""
+
+    def __init__(self, subset: int):
+        super().__init__()
+        self.subset, self.sizes = subset, []
+
+    def __call__(self, genome, data, recipe, device=None, callback=None, **kw):
+        self.sizes.append(len(data.train_y))
+        result = super().__call__(genome, data, recipe, device, callback, **kw)
+        if len(data.train_y) > self.subset:
+            result.val_acc = 1.0 - result.val_acc
+            result.curve[-1]["val_acc"] = result.val_acc
+        return result
+
+
+def test_the_best_finalist_wins_and_a_rerun_keeps_the_finalists(cifar_dir, tmp_path, monkeypatch):
+    planted = RanksFlipOnAllImages(subset=600)
+    monkeypatch.setattr("nas.objective.train", planted)
+    storage = f"sqlite:///{tmp_path}/f.db"
+    config = SearchConfig("random", trials=4, val_size=200, subset=600, pruner="none", finalists=3, plan=False,
+                          noise_seeds=False)
+    result = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
+
+    top = top_trials(optuna.load_study(study_name=result.study_name, storage=storage), 5000, 3)
+    assert len(top) == 3 and len(result.finalists) == 3
+    # the three best trials were retrained on all 1,800 images left beside the 200 held out
+    assert planted.sizes.count(1800) == 3 and planted.sizes.count(600) == 4
+    assert {f.trial for f in result.finalists} == {t.number for t in top}
+    for f in result.finalists:
+        assert f.train_images == 1800 and f.fidelity == {"val_size": 200, "epochs": 1, "seed": 1}
+        assert f.score == pytest.approx(1.0 - PlantedTraining.accuracy(optuna_genome(top, f.trial), 1))
+    assert [f.score for f in result.finalists] == sorted((f.score for f in result.finalists), reverse=True)
+    # flipped ranking: the third-best trial is the best finalist, and the winner
+    assert result.best.number == top[2].number == result.finalists[0].trial
+    assert result.best.number != result.top[0].number
+
+    study = optuna.load_study(study_name=result.study_name, storage=storage)
+    assert sorted(k for k in study.user_attrs if k.startswith(ATTR_PREFIX)) == \
+        sorted(f"{ATTR_PREFIX}{t.number}" for t in top)
+    assert recorded(study.user_attrs) == result.finalists
+
+    # the report shows the finalists, marks the winner, and its winners table names the winner's genome
+    page = write_report(storage, tmp_path / "r.html").read_text()
+    table = page[page.index('<table class="winners finalists">'):]
+    table = table[:table.index("</table>")]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 3
+    assert result.best.user_attrs["genome_str"] in rows[0] and "<b>winner</b>" in rows[0]
+    assert all("<b>winner</b>" not in r for r in rows[1:])
+    winners = page[page.index('<h2 id="winners">'):page.index('<h2 id="added">')]
+    assert result.best.user_attrs["genome_str"] in winners and result.top[0].user_attrs["genome_str"] not in winners
+
+    # the same search again: no new trial, no finalist retrained, the same winner
+    calls = planted.calls
+    again = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
+    assert planted.calls == calls
+    assert again.best.number == result.best.number and again.finalists == result.finalists
+
+
+def optuna_genome(top, number):
+    from nas.study import trial_genome
+
+    return trial_genome(next(t for t in top if t.number == number))
+
+
+def test_without_finalists_the_best_trial_wins(cifar_dir, tmp_path, monkeypatch):
+    planted = RanksFlipOnAllImages(subset=600)
+    monkeypatch.setattr("nas.objective.train", planted)
+    config = SearchConfig("random", trials=3, val_size=200, subset=600, pruner="none", plan=False, noise_seeds=False)
+    result = search("conv", 5000, config, storage=f"sqlite:///{tmp_path}/n.db", data_dir=cifar_dir, recipe=RECIPE,
+                    progress=False)
+    assert result.finalists == [] and planted.sizes == [600, 600, 600]
+    assert result.best.number == result.top[0].number
+
+
+def test_cli_prints_the_finalists_and_the_winner(cifar_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("nas.objective.train", RanksFlipOnAllImages(subset=600))
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--budget", "5k", "--space", "conv", "--searcher", "random", "--trials", "3",
+                 "--subset", "600", "--val-size", "200", "--epochs", "1", "--pruner", "none", "--finalists", "2",
+                 "--finalist-epochs", "2", "--storage", f"sqlite:///{tmp_path}/c.db", "--data-dir", str(cifar_dir),
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "finalists, retrained on 1,800 images x 2 epochs (seed 1):" in out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[-3:] == ["finalist", "val", "acc"])
+    first = lines[head + 1].split()
+    assert first[0] == "1" and lines[head + 3].startswith("winner:")
+    assert lines[head + 3].split()[1] == first[1]  # the winner is the best finalist's trial
+
+
+@pytest.mark.parametrize("bad", ["-1", "x"])
+def test_bad_finalists_is_one_line(bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--budget", "5k", "--finalists", bad, "--plan"])
+    err = capsys.readouterr().err
+    assert "--finalists" in err and "Traceback" not in err
+
+
+def test_the_plan_keeps_time_for_the_finalists():
+    cal = Calibration(genome="conv-shape:4x1|8x1|16x1|33x1", params=9_900, train_images_per_s=5_000,
+                      eval_images_per_s=20_000, device="cpu")
+    common = dict(space="conv-shape", searcher="tpe", budget=10_000, band=(9000, 10_000), device="cpu", bf16=False,
+                  train_images=15_000, val_images=5_000, epochs=4, pruner="hyperband", trials=None,
+                  time_limit_s=1200, calibration=cal, jobs=2)
+    plain = Plan(**common)
+    plan = Plan(**common, finalists=3, finalist_images=45_000, finalist_epochs=4)
+    per = 4 * (45_000 / 5_000 + 5_000 / 20_000)
+    assert plan.seconds_per_finalist == pytest.approx(per)
+    assert plan.reserve_s == pytest.approx(2 * per)  # 3 finalists, 2 at a time: two rounds
+    assert plan.expected_trials == int((1200 - 2 * per) // plan.seconds_per_trial) < plain.expected_trials
+    assert any(line.split()[:6] == ["winner:", "the", "best", "of", "the", "3"] for line in plan.lines())
+    # never more than half the time: a short search still searches
+    short = Plan(**{**common, "time_limit_s": 60}, finalists=3, finalist_images=45_000, finalist_epochs=4)
+    assert short.reserve_s == 30
+
+
+def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path, monkeypatch):
+    import time
+
+    class Slow(RanksFlipOnAllImages):
+        def __call__(self, *a, **kw):
+            time.sleep(0.15)
+            return super().__call__(*a, **kw)
+
+    planted = Slow(subset=600)
+    monkeypatch.setattr("nas.objective.train", planted)
+    # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s: a
+    # 2-second search keeps its last second for it
+    monkeypatch.setattr("nas.plan.calibrate", lambda *a, **k: Calibration(
+        genome="g", params=1, train_images_per_s=2000, eval_images_per_s=2000, device="cpu"))
+    storage = f"sqlite:///{tmp_path}/t.db"
+    config = SearchConfig("random", trials=None, time_limit=2.0, val_size=200, subset=600, pruner="none",
+                          finalists=1, plan=False, noise_seeds=False)
+    t0 = time.time()
+    result = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
+    study = optuna.load_study(study_name=result.study_name, storage=storage)
+    starts = [t.datetime_start.timestamp() for t in study.trials]
+    assert len(starts) >= 2
+    assert max(starts) < t0 + 1.0 + 0.1  # none after the search's share (timestamps in whole ms, some slack)
+    assert len(result.finalists) == 1 and planted.sizes.count(1800) == 1
