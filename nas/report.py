@@ -30,10 +30,10 @@ from plotly.subplots import make_subplots
 from nas import reference
 from nas.families import FAMILIES
 from nas.files import check_file_target, write_text_atomic
-from nas.finalists import Finalist, recorded, seconds_spent
+from nas.finalists import Finalist, recorded
 from nas.finalists import winner as finalist_winner
 from nas.spaces import Genome
-from nas.study import failure_reason, open_storage, storage_database
+from nas.study import failure_reason, open_storage, search_seconds, storage_database
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget
@@ -104,8 +104,7 @@ class StudyView:
 
     @property
     def search_seconds(self) -> float:
-        return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in self.trials
-                   if t.datetime_complete is not None and t.datetime_start is not None) + seconds_spent(self.attrs)
+        return search_seconds(self.trials, self.attrs)
 
     @property
     def is_fdpg(self) -> bool:

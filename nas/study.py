@@ -33,7 +33,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.counting import count_flops, count_params
 from nas.errors import NasError
+from nas.finalists import seconds_spent
 from nas.spaces import Genome, Space
 
 if TYPE_CHECKING:
@@ -301,6 +302,13 @@ def searcher_trials(study: optuna.Study, searcher: str, states: tuple[TrialState
 
 def in_budget(t: FrozenTrial, budget: int) -> bool:
     return isinstance(t.user_attrs.get("params"), int) and t.user_attrs["params"] <= budget
+
+
+def search_seconds(trials: Iterable[FrozenTrial], attrs: dict[str, Any]) -> float:
+    """The time a study's search has taken: its finished trials' durations and its finalists'
+    retraining (a sweep's rerun with the same --time spends only what is left)."""
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+               if t.datetime_complete is not None and t.datetime_start is not None) + seconds_spent(attrs)
 
 
 def top_trials(study: optuna.Study, budget: int, n: int = 10) -> list[FrozenTrial]:

@@ -17,7 +17,6 @@ import optuna
 
 from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_subset
-from nas import finalists
 from nas.errors import NasError
 from nas.plan import SWEEP_SEARCH_SHARE
 from nas.searchers import (
@@ -28,7 +27,7 @@ from nas.searchers import (
     search,
 )
 from nas.spaces import Genome, Space, load_space
-from nas.study import Objective, open_storage, storage_url, study_name, trial_genome
+from nas.study import Objective, open_storage, search_seconds, storage_url, study_name, trial_genome
 from nas.text import plural
 from nas.training import Recipe, default_device, space_recipe, train_genome_command
 
@@ -92,14 +91,6 @@ def split_time(total_s: float, budgets: int) -> tuple[float, float]:
     """(search seconds, final-training seconds) per budget: SWEEP_SEARCH_SHARE of the total goes to the
     searches and the rest to the final trainings (winner and baselines), equally per budget."""
     return SWEEP_SEARCH_SHARE * total_s / budgets, (1 - SWEEP_SEARCH_SHARE) * total_s / budgets
-
-
-def search_seconds(study: optuna.Study) -> float:
-    """Time the study's finished trials and its finalists' retraining took: what a rerun with the
-    same --time has used up."""
-    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
-               if t.datetime_complete is not None and t.datetime_start is not None) + \
-        finalists.seconds_spent(study.user_attrs)
 
 
 def final_epochs_for(genomes: list[Genome], recipe: Recipe, seconds: float, device: str | None) -> int:
@@ -201,7 +192,8 @@ def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | N
         if search_s is not None:
             name = study_name(sp.name, budget, recipe, config.score, config.subset, config.val_size)
             try:
-                used = search_seconds(optuna.load_study(study_name=name, storage=open_storage(url)))
+                earlier = optuna.load_study(study_name=name, storage=open_storage(url))
+                used = search_seconds(earlier.get_trials(deepcopy=False), earlier.user_attrs)
             except KeyError:
                 used = 0.0
             limit = max(0.0, search_s - used)
