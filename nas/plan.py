@@ -247,10 +247,17 @@ class Plan:
     @property
     def reserve_s(self) -> float:
         """Of the time limit, what is kept for the finalists: no trial starts after the rest."""
+        return self.reserve_for(1.0)
+
+    def reserve_for(self, slowdown: float) -> float:
+        """The finalists' time when trainings run `slowdown` times slower than calibrated (other
+        work on the machine), with the time of the trials still running when the search stops,
+        at most half the time limit (a short search still searches)."""
         if not self.finalists or self.time_limit_s is None:
             return 0.0
         rounds = math.ceil(self.finalists / max(1, self.jobs))
-        return min(rounds * self.seconds_per_finalist, self.time_limit_s / 2)  # a short search still searches
+        running = self.seconds_per_trial * max(1, self.jobs)  # the trials started last, on every job at once
+        return min((rounds * self.seconds_per_finalist + running) * slowdown, self.time_limit_s / 2)
 
     @property
     def seconds_per_trial(self) -> float:

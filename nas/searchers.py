@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 import sys
 import threading
 import time
@@ -502,8 +503,6 @@ def measure_noise(study: optuna.Study, genome: Genome, objective: TrainingObject
     keep the scores, and their standard deviation with the start trial's, in the study's user
     attr `score_noise`: how far apart two trials of one genome land by luck alone (the report
     draws it as a band)."""
-    import statistics
-
     from nas.objective import TrainingObjective
 
     noise = dict(study.user_attrs.get(NOISE_ATTR) or {})
@@ -608,6 +607,29 @@ class _Progress:
     def close(self) -> None:
         self._stop.set()
         self.bar.close()
+
+
+class FinalistTime:
+    """Keeps the end of a time-limited search for its finalists: no trial starts in the last
+    `plan.reserve_for(slowdown)` seconds. The slowdown starts at 1 (the calibration) and follows
+    the trials: the median wall time of those trained to their last epoch over the calibrated
+    time of one, since whatever else runs on the machine slows trials and finalists alike."""
+
+    def __init__(self, plan: Plan, deadline: float, budget_trials: TrialBudget):
+        self.plan, self.deadline, self.budget_trials = plan, deadline, budget_trials
+        self.trial_seconds: list[float] = []
+        self.budget_trials.deadline = deadline - plan.reserve_s
+
+    def slowdown(self) -> float:
+        if not self.trial_seconds:
+            return 1.0
+        calibrated = self.plan.seconds_per_trial * max(1, self.plan.jobs)  # one trial on one job's threads
+        return statistics.median(self.trial_seconds) / calibrated
+
+    def outcome(self, out: Outcome) -> None:
+        if out.ok and out.reused_from is None and out.seconds:
+            self.trial_seconds.append(out.seconds)
+            self.budget_trials.deadline = self.deadline - self.plan.reserve_for(self.slowdown())
 
 
 def run_finalists(study: optuna.Study, candidates: list[FrozenTrial], fidelity: FinalistFidelity, recipe: Recipe,
@@ -746,8 +768,13 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     bar = _Progress(total, done, progress, tops[0].value if tops else None, deadline,
                     the_plan.seconds_per_trial if the_plan else None, counted=config.trials is not None)
     budget_trials.on_wait = bar.wait
+    on_outcome = bar.outcome
     if deadline is not None and the_plan is not None and the_plan.reserve_s:
-        budget_trials.deadline = deadline - the_plan.reserve_s  # the rest of the time is the finalists'
+        keeper = FinalistTime(the_plan, deadline, budget_trials)
+
+        def on_outcome(out: Outcome) -> None:
+            bar.outcome(out)
+            keeper.outcome(out)
     bar.note(f"study '{study.study_name}' in {url} ({plural(done, 'trial')} done)")
     measured = all(str(seed) in (study.user_attrs.get(NOISE_ATTR) or {}).get("values", {}) for seed in NOISE_SEEDS)
     train_noise = noise and not measured
@@ -763,7 +790,7 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
                 bar.note(f"measuring the seed-to-seed noise of the score on {hand} (seeds {NOISE_SEEDS})")
                 measure_noise(study, hand, objective.get())
             stopped = run_trials(ev, sp, budget, config.tol, budget_trials, sampler, config.jobs,
-                                 on_outcome=bar.outcome)
+                                 on_outcome=on_outcome)
             finalists = [] if fidelity is None else \
                 run_finalists(study, top_trials(study, budget, config.finalists), fidelity, recipe, config, data,
                               deadline=deadline, progress=progress, note=bar.note)

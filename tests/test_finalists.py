@@ -10,8 +10,8 @@ from nas.cli import main
 from nas.finalists import ATTR_PREFIX, recorded
 from nas.plan import Calibration, Plan
 from nas.report import write_report
-from nas.searchers import SearchConfig, search
-from nas.study import top_trials
+from nas.searchers import FinalistTime, SearchConfig, search
+from nas.study import Outcome, top_trials
 from nas.training import Recipe
 
 RECIPE = Recipe(epochs=1)
@@ -128,8 +128,10 @@ def test_the_plan_keeps_time_for_the_finalists():
     plan = Plan(**common, finalists=3, finalist_images=45_000, finalist_epochs=4)
     per = 4 * (45_000 / 5_000 + 5_000 / 20_000)
     assert plan.seconds_per_finalist == pytest.approx(per)
-    assert plan.reserve_s == pytest.approx(2 * per)  # 3 finalists, 2 at a time: two rounds
-    assert plan.expected_trials == int((1200 - 2 * per) // plan.seconds_per_trial) < plain.expected_trials
+    trial = 4 * (15_000 / 5_000 + 5_000 / 20_000)  # one trial on one job
+    # 3 finalists, 2 at a time: two rounds, after the trials running when the search stops
+    assert plan.reserve_s == pytest.approx(2 * per + trial)
+    assert plan.expected_trials == int((1200 - 2 * per - trial) // plan.seconds_per_trial) < plain.expected_trials
     assert any(line.split()[:6] == ["winner:", "the", "best", "of", "the", "3"] for line in plan.lines())
     # never more than half the time: a short search still searches
     short = Plan(**{**common, "time_limit_s": 60}, finalists=3, finalist_images=45_000, finalist_epochs=4)
@@ -141,22 +143,50 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
 
     class Slow(RanksFlipOnAllImages):
         def __call__(self, *a, **kw):
-            time.sleep(0.15)
+            time.sleep(0.4)  # the calibrated time of one trial below
             return super().__call__(*a, **kw)
 
     planted = Slow(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
-    # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s: a
-    # 2-second search keeps its last second for it
+    # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s and a
+    # trial (600 + 200) 0.4 s, as the trials take: a 3-second search keeps its last 1.4 s for the
+    # finalist and the trial running when the search stops
     monkeypatch.setattr("nas.plan.calibrate", lambda *a, **k: Calibration(
         genome="g", params=1, train_images_per_s=2000, eval_images_per_s=2000, device="cpu"))
     storage = f"sqlite:///{tmp_path}/t.db"
-    config = SearchConfig("random", trials=None, time_limit=2.0, val_size=200, subset=600, pruner="none",
+    config = SearchConfig("random", trials=None, time_limit=3.0, val_size=200, subset=600, pruner="none",
                           finalists=1, plan=False, noise_seeds=False)
     t0 = time.time()
     result = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     starts = [t.datetime_start.timestamp() for t in study.trials]
     assert len(starts) >= 2
-    assert max(starts) < t0 + 1.0 + 0.1  # none after the search's share (timestamps in whole ms, some slack)
+    assert max(starts) < t0 + 1.6 + 0.1  # none after the search's share (timestamps in whole ms, some slack)
     assert len(result.finalists) == 1 and planted.sizes.count(1800) == 1
+
+
+def test_the_time_kept_follows_how_long_trials_really_take():
+    """Trials twice as slow as calibrated (a busy machine): twice the time is kept for the finalists."""
+    from optuna.trial import TrialState
+
+    cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
+    plan = Plan(space="conv-shape", searcher="tpe", budget=10_000, band=(9000, 10_000), device="cpu", bf16=False,
+                train_images=15_000, val_images=5_000, epochs=1, pruner="none", trials=None, time_limit_s=600,
+                calibration=cal, jobs=1, finalists=2, finalist_images=45_000, finalist_epochs=1)
+    assert plan.seconds_per_trial == 20 and plan.seconds_per_finalist == 50  # reserve: 2 x 50 + 20
+
+    class Budget:
+        deadline = None
+
+    budget = Budget()
+    keeper = FinalistTime(plan, 1000.0, budget)
+    assert budget.deadline == 1000 - 120  # at the calibrated speed
+    genome = None
+    keeper.outcome(Outcome(1, TrialState.PRUNED, 0.1, genome, seconds=5))  # pruned: not a full trial
+    keeper.outcome(Outcome(2, TrialState.COMPLETE, 0.2, genome, reused_from=1))  # reused: nothing trained
+    assert budget.deadline == 880
+    keeper.outcome(Outcome(3, TrialState.COMPLETE, 0.2, genome, seconds=40))
+    assert keeper.slowdown() == 2 and budget.deadline == 1000 - 240
+    for n in range(4, 8):  # many slow trials: never more than half the time limit
+        keeper.outcome(Outcome(n, TrialState.COMPLETE, 0.2, genome, seconds=400))
+    assert budget.deadline == 1000 - 300
