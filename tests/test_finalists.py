@@ -95,11 +95,13 @@ def test_without_finalists_the_best_trial_wins(cifar_dir, tmp_path, monkeypatch)
 
 
 def test_cli_prints_the_finalists_and_the_winner(cifar_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("nas.objective.train", RanksFlipOnAllImages(subset=600))
+    """Two jobs: the trials and the two finalists train two at a time."""
+    planted = RanksFlipOnAllImages(subset=600)
+    monkeypatch.setattr("nas.objective.train", planted)
     monkeypatch.chdir(tmp_path)
     assert main(["search", "--budget", "5k", "--space", "conv", "--searcher", "random", "--trials", "3",
                  "--subset", "600", "--val-size", "200", "--epochs", "1", "--pruner", "none", "--finalists", "2",
-                 "--finalist-epochs", "2", "--storage", f"sqlite:///{tmp_path}/c.db", "--data-dir", str(cifar_dir),
+                 "--finalist-epochs", "2", "--jobs", "2", "--storage", f"sqlite:///{tmp_path}/c.db", "--data-dir", str(cifar_dir),
                  "-q"]) == 0
     out = capsys.readouterr().out
     assert "finalists, retrained on 1,800 images x 2 epochs (seed 1):" in out
@@ -108,6 +110,7 @@ def test_cli_prints_the_finalists_and_the_winner(cifar_dir, tmp_path, monkeypatc
     first = lines[head + 1].split()
     assert first[0] == "1" and lines[head + 3].startswith("winner:")
     assert lines[head + 3].split()[1] == first[1]  # the winner is the best finalist's trial
+    assert planted.sizes.count(1800) == 2
 
 
 @pytest.mark.parametrize("bad", ["-1", "x"])
