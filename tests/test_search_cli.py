@@ -190,7 +190,7 @@ def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifa
 # trial is a few optimiser steps, so the processes' start-up dominates).
 TRIALS = 4
 CONV = ["search", "--space", "conv", "--jobs", "1", "--budget", "3000", "--val-size", "200", "--subset", "500", "--batch-size", "100",
-        "--trials", str(TRIALS), "--epochs", "1", "--pruner", "none", "--quiet"]
+        "--trials", str(TRIALS), "--epochs", "1", "--pruner", "none", "--finalists", "0", "--quiet"]
 
 
 def _trained(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
@@ -205,7 +205,9 @@ def test_killed_search_resumes_without_repeating_genomes(cifar_dir, _cifar_files
     and proposals of genomes the study holds do not count: N trials = N distinct trainings."""
     _, md5 = _cifar_files
     storage = f"sqlite:///{tmp_path}/k.db"
-    args = [*CONV, "--storage", storage, "--data-dir", str(cifar_dir)]
+    # trials of 8 epochs, so the kill lands while one runs (1-epoch trials on an idle machine can
+    # all finish between two looks at the study)
+    args = [*CONV, "--epochs", "8", "--storage", storage, "--data-dir", str(cifar_dir)]
     log = tmp_path / "log.txt"
     proc = _launch(md5, args, tmp_path, log)
     try:
