@@ -29,10 +29,7 @@ from nas.objective import training_objective
 from nas.plan import device_defaults
 from nas.spaces import load_space, parse_genome
 from nas.training import space_recipe
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+from search_value import read_results  # one JSONL reader for its rows and these
 
 
 def tested_genomes(rows: list[dict], budget: int, setup: str) -> dict[str, dict]:
@@ -86,7 +83,7 @@ def main() -> None:
     out = Path(args.out)
     results = out / "results.jsonl"
     if args.summarize:
-        summarize(read_rows(results))
+        summarize(read_results(results))
         return
     out.mkdir(parents=True, exist_ok=True)
     d = device_defaults("cpu")
@@ -95,9 +92,9 @@ def main() -> None:
     recipe = replace(search_recipe, epochs=args.epochs or search_recipe.epochs, seed=search_recipe.seed + 1)
     objective = training_objective(recipe, data=CifarSource(args.data_dir, "cpu"), val_size=5000)
     fidelity = {"train_images": len(objective.data.train_y), "epochs": recipe.epochs, "seed": recipe.seed}
-    source = read_rows(Path(args.search_value))
+    source = read_results(Path(args.search_value))
     for budget in parse_budgets(args.budgets):
-        done = {r["genome"] for r in read_rows(results) if r["budget"] == budget and r["fidelity"] == fidelity}
+        done = {r["genome"] for r in read_results(results) if r["budget"] == budget and r["fidelity"] == fidelity}
         for text, g in tested_genomes(source, budget, args.setup).items():
             if text in done:
                 continue
@@ -109,7 +106,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-    summarize(read_rows(results))
+    summarize(read_results(results))
 
 
 if __name__ == "__main__":

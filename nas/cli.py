@@ -74,25 +74,24 @@ def _tol(text: str) -> float:
     return tol
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, minimum: int, what: str) -> int:
+    """`text` as a whole number of at least `minimum`, else argparse's one-line error."""
     try:
         n = int(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+        n = minimum - 1
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return n
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1, "a positive whole number")
 
 
 def _count(text: str) -> int:
     """A whole number, 0 included (0: none)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
-    return n
+    return _whole(text, 0, "a whole number, 0 or more")
 
 
 def _print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -495,7 +494,8 @@ def add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep", help=COMMAND_HELP["sweep"],
         description="Run one search per budget (each its own study in --storage), then retrain each budget's "
-                    "winner (the best of its finalists, see nas search --finalists) on all 50,000 training images and record its test accuracy in the study, beside "
+                    "winner (the best of its finalists, see nas search --finalists) on all 50,000 training images "
+                    "and record its test accuracy in the study, beside "
                     "two baselines trained with the same recipe and epochs: the space's hand design projected "
                     "to the budget and the reference study's model for that budget (where there is one). "
                     "Winners of the budgets searched first are tried at the next budget (budget transfer). "

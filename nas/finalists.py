@@ -35,7 +35,8 @@ class FinalistFidelity:
     seed: int
 
     def describe(self) -> str:
-        return f"every training image but the {self.val_size:,} held out, {plural(self.epochs, 'epoch')}, seed {self.seed}"
+        return (f"every training image but the {self.val_size:,} held out, {plural(self.epochs, 'epoch')}, "
+                f"seed {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,9 @@ def winner(top: Sequence[FrozenTrial], finalists: Sequence[Finalist]) -> FrozenT
     """The trial whose genome scored best as a finalist (of the finalists among `top`); the best
     trial while it has not been retrained itself (nothing to compare the others with)."""
     by_genome = {f.genome: f.score for f in finalists}
-    measured = [t for t in top if t.user_attrs.get("genome") in by_genome]
     if not top or top[0].user_attrs.get("genome") not in by_genome:
         return top[0] if top else None
+    measured = [t for t in top if t.user_attrs.get("genome") in by_genome]
     return max(measured, key=lambda t: (by_genome[t.user_attrs["genome"]], t.value))
 
 
@@ -84,8 +85,9 @@ def retrain_finalists(study: optuna.Study, candidates: Sequence[FrozenTrial], fi
                       note: Callable[[str], None] = lambda _: None) -> list[Finalist]:
     """Retrain the genomes of `candidates` (best trials first) that the study holds no finalist
     record of at `fidelity`, `jobs` at a time, and record each. `train_genome` returns (validation
-    accuracy, seconds, training images), or why the training did not finish (a time limit, a divergence: nothing
-    is recorded, a rerun retrains it); None: no time is left, nothing is retrained. Returns the finalists of `candidates` recorded at `fidelity`."""
+    accuracy, seconds, training images), or why the training did not finish (a time limit, a
+    divergence: nothing is recorded, a rerun retrains it); None: no time is left, nothing is
+    retrained. Returns the finalists of `candidates` recorded at `fidelity`."""
     held = {f.genome for f in recorded(study.user_attrs, fidelity)}
     todo = [t for t in candidates if t.user_attrs.get("genome") not in held] if train_genome is not None else []
 

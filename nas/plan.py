@@ -245,6 +245,11 @@ class Plan:
         return self.calibration.seconds(self.finalist_images, self.finalist_epochs, self.val_images)
 
     @property
+    def finalists_s(self) -> float:
+        """All finalists' retraining, `jobs` at a time."""
+        return math.ceil(self.finalists / self.jobs) * self.seconds_per_finalist
+
+    @property
     def reserve_s(self) -> float:
         """Of the time limit, what is kept for the finalists: no trial starts after the rest."""
         return self.reserve_for(1.0)
@@ -255,15 +260,19 @@ class Plan:
         at most half the time limit (a short search still searches)."""
         if not self.finalists or self.time_limit_s is None:
             return 0.0
-        rounds = math.ceil(self.finalists / max(1, self.jobs))
-        running = self.seconds_per_trial * max(1, self.jobs)  # the trials started last, on every job at once
-        return min((rounds * self.seconds_per_finalist + running) * slowdown, self.time_limit_s / 2)
+        # the trials started last run on every job at once: one trial's time
+        return min((self.finalists_s + self.seconds_per_job_trial) * slowdown, self.time_limit_s / 2)
+
+    @property
+    def seconds_per_job_trial(self) -> float:
+        """Wall seconds of one trial trained to its last epoch, on the threads of one job."""
+        return self.calibration.seconds(self.train_images, self.epochs, self.val_images)
 
     @property
     def seconds_per_trial(self) -> float:
         """Wall seconds per trial trained to its last epoch (pruned trials take less), `jobs` of
         them running at once."""
-        return self.calibration.seconds(self.train_images, self.epochs, self.val_images) / self.jobs
+        return self.seconds_per_job_trial / self.jobs
 
     @property
     def expected_trials(self) -> int:
@@ -277,8 +286,7 @@ class Plan:
     def eta_s(self) -> float:
         """Upper bound of the run's length: every trial to its last epoch, and a time limit may be
         overrun by the epoch running when it passes."""
-        full = self.expected_trials * self.seconds_per_trial + \
-            math.ceil(self.finalists / max(1, self.jobs)) * self.seconds_per_finalist
+        full = self.expected_trials * self.seconds_per_trial + self.finalists_s
         if self.time_limit_s is None:
             return full
         until_deadline = self.time_limit_s + self.seconds_per_trial / self.epochs
@@ -301,10 +309,10 @@ class Plan:
             f"  fidelity: {self.train_images:,} training images x {self.epochs} epoch{'s' * (self.epochs != 1)} "
             f"per trial{rungs}; {self.val_images:,} validation images",
             f"  trials:   {count}" + (f", {self.jobs} at a time" if self.jobs > 1 else ""),
-            *([f"  winner:   the best of the {self.finalists} best genomes retrained on {self.finalist_images:,} images x "
-               f"{self.finalist_epochs} epoch{'s' * (self.finalist_epochs != 1)} with a fresh seed "
-               f"(~{self.seconds_per_finalist:.0f} s each{f', {self.reserve_s:.0f} s kept for them' if self.reserve_s else ''})"]
-              if self.finalists else []),
+            *([f"  winner:   the best of the {self.finalists} best genomes retrained on {self.finalist_images:,} "
+               f"images x {self.finalist_epochs} epoch{'s' * (self.finalist_epochs != 1)} with a fresh seed "
+               f"(~{self.seconds_per_finalist:.0f} s each"
+               f"{f', {self.reserve_s:.0f} s kept for them' if self.reserve_s else ''})"] if self.finalists else []),
             f"  speed:    ~{self.seconds_per_trial:.0f} s per full trial ({cal.train_images_per_s:,.0f} train "
             f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''})",
             f"  ETA:      {duration(self.eta_s)}",

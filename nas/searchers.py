@@ -623,8 +623,7 @@ class FinalistTime:
     def slowdown(self) -> float:
         if not self.trial_seconds:
             return 1.0
-        calibrated = self.plan.seconds_per_trial * max(1, self.plan.jobs)  # one trial on one job's threads
-        return statistics.median(self.trial_seconds) / calibrated
+        return statistics.median(self.trial_seconds) / self.plan.seconds_per_job_trial
 
     def outcome(self, out: Outcome) -> None:
         if out.ok and out.reused_from is None and out.seconds:
@@ -677,7 +676,7 @@ def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *
                 device=cal.device, bf16=bf16_autocast(dev, recipe.bf16), train_images=train_images,
                 val_images=config.val_size, epochs=recipe.epochs, pruner=config.pruner, trials=config.trials,
                 time_limit_s=config.time_limit, calibration=cal, done=done, jobs=config.jobs,
-                finalists=config.finalists if fin else 0, finalist_images=TRAIN_IMAGES - config.val_size,
+                finalists=config.finalists, finalist_images=TRAIN_IMAGES - config.val_size,
                 finalist_epochs=fin.epochs if fin else 0)
 
 
