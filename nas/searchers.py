@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,31 +258,51 @@ class TrialBudget:
                 return None
             with self._lock:
                 fail_stale_trials(self.ev.study)
-                mine = searcher_trials(self.ev.study, self.ev.searcher)
+                mine = self._trials()
                 done = sum(counts_as_done(t) for t in mine)
-                running = sum(t.state == TrialState.RUNNING for t in mine)
+                running = [t for t in mine if t.state == TrialState.RUNNING]
                 if done >= self.trials:
                     return None
-                if done + running < self.trials:
+                if done + len(running) < self.trials:
                     trial = self.ev.ask()
                     self._mine.add(trial.number)
                     if not self._surplus(trial):
                         return trial
                     self.ev.fail(trial, SURPLUS, retryable=True)
                     continue
-                foreign = sum(t.state == TrialState.RUNNING and t.number not in self._mine for t in mine)
+                foreign = sum(t.number not in self._mine for t in running)
             if foreign <= 0:  # all running trials are this process's: they will finish the budget
                 return None
             if self.on_wait:
                 self.on_wait(foreign)
             time.sleep(heartbeat_seconds())
 
+    def _trials(self) -> list[FrozenTrial]:
+        """This searcher's trials, and those another process has just asked: a trial is tagged
+        with its searcher a moment after it starts, so an untagged one that started within a
+        heartbeat's grace counts as this searcher's (at worst a worker waits, or gives back a
+        trial and asks again); an older untagged one is not a nas trial."""
+        since = datetime.now() - timedelta(seconds=2 * heartbeat_seconds())
+
+        def counts(t: FrozenTrial) -> bool:
+            searcher = t.user_attrs.get("searcher")
+            return searcher == self.ev.searcher or (
+                searcher is None and t.state == TrialState.RUNNING and t.datetime_start is not None
+                and t.datetime_start >= since)
+
+        return [t for t in self.ev.study.get_trials(deepcopy=False) if counts(t)]
 
     def _surplus(self, trial: optuna.Trial) -> bool:
-        """Whether this searcher's trials numbered below `trial`, done or running, fill the budget:
-        workers that claim the last trial at once all ask one, and all but the first give it back."""
-        ahead = [t for t in searcher_trials(self.ev.study, self.ev.searcher) if t.number < trial.number]
-        return sum(counts_as_done(t) or t.state == TrialState.RUNNING for t in ahead) >= self.trials
+        """Whether this searcher's trials that are done, or started running before `trial`, fill
+        the budget: workers that claim the last trial at once all ask one, and all but the first
+        give it back. Started-before is by start time, not number: a queued trial keeps the lower
+        number it was queued with, but starts when it is popped."""
+        mine = self._trials()
+        me = next(t for t in mine if t.number == trial.number)
+        ahead = [t for t in mine if t.number != me.number and (
+            counts_as_done(t) or
+            t.state == TrialState.RUNNING and (t.datetime_start, t.number) < (me.datetime_start, me.number))]
+        return len(ahead) >= self.trials
 
 
 def run_workers(worker: Callable[[], None], jobs: int, stop: threading.Event) -> None:

@@ -28,6 +28,7 @@ from nas.fdpg import (
 from nas.searchers import (
     SAMPLERS,
     SearchConfig,
+    enqueue_genomes,
     make_sampler,
     propose,
     search,
@@ -339,6 +340,64 @@ def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, 
     assert trials[1].user_attrs["failure"] == SURPLUS and not counts_as_done(trials[1])
     assert first.done() == 1 and len(ev2.objective.calls) == 0
 
+
+
+def _racing_budget(small, tmp_path, monkeypatch, other_asks):
+    """A study at budget 1 whose worker, between counting and asking, sees `other_asks(study)`
+    run: another process claiming the last trial at that moment."""
+    from nas.searchers import TrialBudget
+    from nas.study import Evaluator, open_study
+    from nas.training import Recipe
+
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")
+    study = open_study(f"sqlite:///{tmp_path}/c.db", small, BUDGET, Recipe(), tol=TOL, searcher="tpe")
+    ev = Evaluator(study, Planted(small), "tpe")
+    budget, ask = TrialBudget(ev, 1), ev.ask
+
+    def racing_ask():
+        other_asks(study)
+        ev.ask = ask
+        return ask()
+
+    ev.ask = racing_ask
+    return study, budget
+
+
+def test_a_trial_another_process_has_just_asked_counts_before_it_is_tagged(small, tmp_path, monkeypatch):
+    """Another process's trial is RUNNING a moment before it carries its searcher's name: a
+    worker claiming the last trial then gives its own back instead of training one more."""
+    from nas.searchers import SURPLUS
+
+    others = []
+    study, budget = _racing_budget(small, tmp_path, monkeypatch, lambda s: others.append(s.ask()))
+
+    def other_finishes(_):  # the other process tags and finishes its trial
+        others[0].set_user_attr("searcher", "tpe")
+        study.tell(others[0], 1.0)
+
+    budget.on_wait = other_finishes
+    assert budget.claim() is None
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["failure"] == SURPLUS
+
+
+def test_a_queued_trial_popped_last_is_the_one_given_back(small, tmp_path, monkeypatch):
+    """A queued trial keeps the number it was queued with but starts when a worker pops it:
+    another process's trial that started first, with a higher number, keeps the last place."""
+    from nas.searchers import SURPLUS
+
+    def other_asks(study):  # its ask read no queued trial, so it made a new one
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"searcher": "tpe"}))
+
+    study, budget = _racing_budget(small, tmp_path, monkeypatch, other_asks)
+    genome = project(midpoint(small), small, BUDGET, TOL)
+    enqueue_genomes(study, small, [("start", genome)])
+    budget.on_wait = lambda _: study.tell(1, 1.0)
+    assert budget.claim() is None
+    trials = study.get_trials()
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.COMPLETE)]
+    assert trials[0].user_attrs["failure"] == SURPLUS
 
 TINY = """
 family = "conv"
