@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 
 from nas.budget import parse_budgets
 from nas.data import CifarSource
-from nas.objective import training_objective
+from nas.objective import TrainingObjective, training_objective
 from nas.plan import device_defaults
 from nas.spaces import load_space, parse_genome
 from nas.training import space_recipe
@@ -68,6 +68,16 @@ def summarize(rows: list[dict]) -> None:
                   f"{len(scored)} search winners)")
 
 
+def finalist_objective(cifar: CifarSource, epochs: int | None = None) -> tuple[TrainingObjective, dict[str, int]]:
+    """The CPU default search's finalist training (every training image but the 5,000 held out,
+    `epochs` or the search's, the recipe's seed + 1), and its fidelity as the results record it."""
+    d = device_defaults("cpu")
+    search_recipe = space_recipe(load_space(d.space), epochs=d.epochs)
+    recipe = replace(search_recipe, epochs=epochs or search_recipe.epochs, seed=search_recipe.seed + 1)
+    objective = training_objective(recipe, data=cifar, val_size=5000)
+    return objective, {"train_images": len(objective.data.train_y), "epochs": recipe.epochs, "seed": recipe.seed}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
@@ -86,12 +96,7 @@ def main() -> None:
         summarize(read_results(results))
         return
     out.mkdir(parents=True, exist_ok=True)
-    d = device_defaults("cpu")
-    space = load_space(d.space)
-    search_recipe = space_recipe(space, epochs=d.epochs)
-    recipe = replace(search_recipe, epochs=args.epochs or search_recipe.epochs, seed=search_recipe.seed + 1)
-    objective = training_objective(recipe, data=CifarSource(args.data_dir, "cpu"), val_size=5000)
-    fidelity = {"train_images": len(objective.data.train_y), "epochs": recipe.epochs, "seed": recipe.seed}
+    objective, fidelity = finalist_objective(CifarSource(args.data_dir, "cpu"), args.epochs)
     source = read_results(Path(args.search_value))
     for budget in parse_budgets(args.budgets):
         done = {r["genome"] for r in read_results(results) if r["budget"] == budget and r["fidelity"] == fidelity}

@@ -28,6 +28,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,9 +36,9 @@ from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.plan import device_defaults
 from nas.searchers import SearchConfig, default_start, search
-from nas.spaces import load_space
+from nas.spaces import Genome, load_space
 from nas.study import trial_genome
-from nas.training import evaluate, space_recipe, train
+from nas.training import Recipe, evaluate, space_recipe, train
 
 
 ARMS = ("default", "tpe", "random", "hand")
@@ -74,6 +75,18 @@ def summarize(rows: list[dict]) -> None:
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
 
+def final_tester(cifar: CifarSource, final_recipe: Recipe) -> Callable[[Genome, int], float]:
+    """Test accuracy of a genome after the final training (every training image, `final_recipe`
+    with the given seed): how every arm's winner is judged."""
+    full = cifar.split(val_size=0)
+
+    def final_test(genome: Genome, seed: int) -> float:
+        r = train(genome, full, replace(final_recipe, seed=seed), "cpu")
+        return evaluate(r.model, full.test_x, full.test_y, full)
+
+    return final_test
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
@@ -104,13 +117,9 @@ def main() -> None:
     setup = (f"{space.name}, {d.subset} images x {d.epochs} epochs, {args.minutes:g} min, "
              f"final {args.final_epochs} epochs")
     cifar = CifarSource(args.data_dir, "cpu")
-    full = cifar.split(val_size=0)  # final trainings: every training image
     print(f"space {space.name}, search fidelity {d.subset:,} images x {d.epochs} epochs, {args.minutes:g} min per "
-          f"search, final {args.final_epochs} epochs on {len(full.train_y):,} images, seeds {seeds}", flush=True)
-
-    def final_test(genome, seed: int) -> float:
-        r = train(genome, full, replace(final_recipe, seed=seed), "cpu")
-        return evaluate(r.model, full.test_x, full.test_y, full)
+          f"search, final {args.final_epochs} epochs on every training image, seeds {seeds}", flush=True)
+    final_test = final_tester(cifar, final_recipe)
 
     def record(line: dict) -> None:
         line = {"setup": setup, **line}

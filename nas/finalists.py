@@ -80,6 +80,23 @@ def winner(top: Sequence[FrozenTrial], finalists: Sequence[Finalist]) -> FrozenT
     return max(measured, key=lambda t: (by_genome[t.user_attrs["genome"]], t.value))
 
 
+def pick(top: Sequence[FrozenTrial], k: int, diverse: bool = True) -> list[FrozenTrial]:
+    """The `k` trials of `top` (best first, one per genome) to retrain. `diverse`: the best trial
+    of each topology (the genome without its widths, `Genome.topology`) in turn, then the next
+    best, because the short trials rank depth below width: a deeper genome learns more slowly in
+    four epochs and its trials score lower than its final training does (README, "Finalists").
+    Otherwise the `k` best."""
+    if not diverse:
+        return list(top[:k])
+    firsts: dict[str, FrozenTrial] = {}
+    for t in top:
+        firsts.setdefault(Genome.from_json(t.user_attrs["genome"]).topology(), t)
+    leaders = {t.number for t in firsts.values()}
+    ranked = [*firsts.values(), *(t for t in top if t.number not in leaders)]
+    chosen = {t.number for t in ranked[:k]}
+    return [t for t in top if t.number in chosen]
+
+
 def retrain_finalists(study: optuna.Study, candidates: Sequence[FrozenTrial], fidelity: FinalistFidelity,
                       train_genome: Callable[[Genome], tuple[float, float, int] | str] | None, *, jobs: int = 1,
                       note: Callable[[str], None] = lambda _: None) -> list[Finalist]:

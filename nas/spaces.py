@@ -127,6 +127,13 @@ class Genome:
         return json.dumps({"family": self.family, "genes": self.to_dict()["genes"],
                            "options": self.options}, sort_keys=True)
 
+    def topology(self) -> str:
+        """The architecture without its widths (genes of role "width"): the genomes that budget
+        projection can turn into one another share it."""
+        roles = FAMILIES[self.family].gene_roles
+        genes = {k: v for k, v in self.to_dict()["genes"].items() if roles.get(k) != "width"}
+        return json.dumps({"family": self.family, "genes": genes, "options": self.options}, sort_keys=True)
+
     def __str__(self) -> str:
         prefix, base = _short_form_base(self)
         return FAMILIES[self.family].short_string(self, prefix, base)

@@ -7,10 +7,11 @@ import pytest
 from conftest import PlantedTraining
 
 from nas.cli import main
-from nas.finalists import ATTR_PREFIX, recorded
+from nas.finalists import ATTR_PREFIX, pick, recorded
 from nas.plan import Calibration, Plan
 from nas.report import write_report
 from nas.searchers import FinalistTime, SearchConfig, search
+from nas.spaces import parse_genome
 from nas.study import Outcome, top_trials
 from nas.training import Recipe
 
@@ -193,3 +194,26 @@ def test_the_time_kept_follows_how_long_trials_really_take():
     for n in range(4, 8):  # many slow trials: never more than half the time limit
         keeper.outcome(Outcome(n, TrialState.COMPLETE, 0.2, genome, seconds=400))
     assert budget.deadline == 1000 - 300
+
+
+def test_diverse_finalists_are_the_best_of_each_topology_then_the_next_best():
+    """Genomes that differ only in widths share a topology; the diverse pick takes the best trial
+    of each topology, best first, and fills the rest of k with the next best trials."""
+    texts = ["conv:8x1|16x1|32x1|64x1", "conv:9x1|17x1|30x1|60x1", "conv:6x2|12x1|24x1|60x1",
+             "conv:10x1|18x1|28x1|58x1", "conv:5x1|10x3|20x1|50x1", "conv:6x2|14x1|22x1|56x1"]
+    genomes = [parse_genome(t) for t in texts]
+    assert genomes[0].topology() == genomes[1].topology() != genomes[2].topology() == genomes[5].topology()
+    assert genomes[0].key() != genomes[1].key()
+    study = optuna.create_study(direction="maximize")
+    for value, g in zip([0.30, 0.29, 0.25, 0.24, 0.20, 0.19], genomes):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"genome": g.to_json()}))
+    top = study.trials  # best first, as top_trials gives them
+
+    def numbers(k, diverse=True):
+        return [t.number for t in pick(top, k, diverse=diverse)]
+
+    assert numbers(3, diverse=False) == [0, 1, 2]
+    assert numbers(3) == [0, 2, 4]          # one of each of the three topologies
+    assert numbers(2) == [0, 2]
+    assert numbers(4) == [0, 1, 2, 4]       # three topologies, then the best trial left
+    assert numbers(10) == [0, 1, 2, 3, 4, 5]
