@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from nas.errors import NasError
+from nas.finalists import FINALIST_PICKS
 from nas.plan import CPU_DEFAULTS, CUDA_DEFAULTS, SWEEP_SEARCH_SHARE
 from nas.text import plural
 
@@ -383,6 +384,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                         f"(default {CPU_DEFAULTS.finalists})")
     p.add_argument("--finalist-epochs", type=_positive, metavar="E",
                    help="epochs of the finalists' training (default: the trials' --epochs)")
+    p.add_argument("--finalist-pick", choices=FINALIST_PICKS, default=FINALIST_PICKS[0],
+                   help="which genomes are the finalists: 'diverse', the best trial of each topology (the genome "
+                        "without its widths) in turn, then the next best; 'best', the K best trials "
+                        f"(default {FINALIST_PICKS[0]})")
     p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
     p.add_argument("--subset", type=_subset, metavar="N|all",
                    help=f"train each trial on N of the training images (at least 5 per class), or 'all' "
@@ -430,7 +435,8 @@ def search_config(args, settings: dict[str, Any], start: Genome | None = None) -
     return SearchConfig(searcher=args.searcher, trials=settings["trials"], jobs=settings["jobs"], score=args.score,
                         pruner=args.pruner, seed=args.seed, tol=args.tol, subset=settings["subset"],
                         val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"],
-                        finalists=settings["finalists"], finalist_epochs=args.finalist_epochs)
+                        finalists=settings["finalists"], finalist_epochs=args.finalist_epochs,
+                        finalist_pick=args.finalist_pick)
 
 
 def cmd_search(args) -> int:

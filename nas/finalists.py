@@ -14,15 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import optuna
-from optuna.trial import FrozenTrial
+from typing import TYPE_CHECKING, Any
 
 from nas.spaces import Genome
 from nas.text import plural
 
+if TYPE_CHECKING:  # nas.cli reads FINALIST_PICKS for --help: no optuna import here
+    import optuna
+    from optuna.trial import FrozenTrial
+
 ATTR_PREFIX = "finalist:"
+FINALIST_PICKS = ("diverse", "best")  # see pick()
 
 
 @dataclass(frozen=True)

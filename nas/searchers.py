@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.budget import DEFAULT_TOL, band, check_budget, project
 from nas.errors import NasError, warn
 from nas.fdpg import FdpgSampler, NothingToPropose
-from nas.finalists import Finalist, FinalistFidelity, retrain_finalists
+from nas.finalists import FINALIST_PICKS, Finalist, FinalistFidelity, pick, retrain_finalists
 from nas.finalists import winner as finalist_winner
 from nas.spaces import Genome, Space, load_space
 from nas.study import (
@@ -90,6 +90,7 @@ class SearchConfig:
     noise_seeds: bool = True         # train the hand design with two more seeds (see measure_noise)
     finalists: int = 0               # best genomes retrained at the finalist fidelity to choose the winner
     finalist_epochs: int | None = None  # their epochs (None: the recipe's); they train on every image of the split
+    finalist_pick: str = FINALIST_PICKS[0]  # which trials: see finalists.pick
 
     def check(self) -> None:
         """Raise NasError for settings no search can run with."""
@@ -100,6 +101,8 @@ class SearchConfig:
                 raise NasError(f"{name} must be at least 1, got {value}")
         if self.finalists < 0:
             raise NasError(f"finalists must be 0 (none) or more, got {self.finalists}")
+        if self.finalist_pick not in FINALIST_PICKS:
+            raise NasError(f"unknown finalist pick '{self.finalist_pick}' (known: {', '.join(FINALIST_PICKS)})")
         if self.trials is None and self.time_limit is None:
             raise NasError("a search needs a number of trials, a time limit, or both")
 
@@ -465,7 +468,7 @@ class SearchResult:
     budget: int
     score: str
     trials: int             # finished evaluations of this searcher in the study
-    top: list[FrozenTrial]
+    top: list[FrozenTrial]  # every finished in-budget trial, one per genome, best first
     stopped: str            # why the search ended
     wall_time_s: float
     finalists: list[Finalist] = field(default_factory=list)  # best first
@@ -811,9 +814,11 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
                 measure_noise(study, hand, objective.get())
             stopped = run_trials(ev, sp, budget, config.tol, budget_trials, sampler, config.jobs,
                                  on_outcome=on_outcome)
+            candidates = pick(top_trials(study, budget, None), config.finalists,
+                              diverse=config.finalist_pick == "diverse")
             finalists = [] if fidelity is None else \
-                run_finalists(study, top_trials(study, budget, config.finalists), fidelity, recipe, config, data,
-                              deadline=deadline, progress=progress, note=bar.note)
+                run_finalists(study, candidates, fidelity, recipe, config, data, deadline=deadline,
+                              progress=progress, note=bar.note)
         if noise:
             measure_noise(study, hand, None)  # adds the start trial's own score
     except KeyboardInterrupt:
@@ -822,4 +827,4 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
     finally:
         bar.close()
     return SearchResult(study.study_name, url, config.searcher, budget, config.score, budget_trials.done(),
-                        top_trials(study, budget), stopped, time.perf_counter() - t0, finalists)
+                        top_trials(study, budget, None), stopped, time.perf_counter() - t0, finalists)

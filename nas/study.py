@@ -311,8 +311,8 @@ def search_seconds(trials: Iterable[FrozenTrial], attrs: dict[str, Any]) -> floa
                if t.datetime_complete is not None and t.datetime_start is not None) + seconds_spent(attrs)
 
 
-def top_trials(study: optuna.Study, budget: int, n: int = 10) -> list[FrozenTrial]:
-    """The best completed trials within the budget, one per genome, best first."""
+def top_trials(study: optuna.Study, budget: int, n: int | None = 10) -> list[FrozenTrial]:
+    """The `n` (None: all) best completed trials within the budget, one per genome, best first."""
     seen, out = set(), []
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and in_budget(t, budget)]

@@ -12,7 +12,7 @@ from nas.plan import Calibration, Plan
 from nas.report import write_report
 from nas.searchers import FinalistTime, SearchConfig, search
 from nas.spaces import parse_genome
-from nas.study import Outcome, top_trials
+from nas.study import Outcome, top_trials, trial_genome
 from nas.training import Recipe
 
 RECIPE = Recipe(epochs=1)
@@ -40,7 +40,7 @@ def test_the_best_finalist_wins_and_a_rerun_keeps_the_finalists(cifar_dir, tmp_p
     monkeypatch.setattr("nas.objective.train", planted)
     storage = f"sqlite:///{tmp_path}/f.db"
     config = SearchConfig("random", trials=4, val_size=200, subset=600, pruner="none", finalists=3, plan=False,
-                          noise_seeds=False)
+                          noise_seeds=False, finalist_pick="best")
     result = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
 
     top = top_trials(optuna.load_study(study_name=result.study_name, storage=storage), 5000, 3)
@@ -80,8 +80,6 @@ def test_the_best_finalist_wins_and_a_rerun_keeps_the_finalists(cifar_dir, tmp_p
 
 
 def optuna_genome(top, number):
-    from nas.study import trial_genome
-
     return trial_genome(next(t for t in top if t.number == number))
 
 
@@ -93,6 +91,27 @@ def test_without_finalists_the_best_trial_wins(cifar_dir, tmp_path, monkeypatch)
                     progress=False)
     assert result.finalists == [] and planted.sizes == [600, 600, 600]
     assert result.best.number == result.top[0].number
+
+
+def test_a_search_retrains_the_best_of_each_topology_and_its_winner_may_rank_low(cifar_dir, tmp_path, monkeypatch):
+    """The default pick: the finalists are the best trials of distinct topologies; with the
+    ranking flipped on all images, the winner is the finalist whose trial scored lowest, which
+    may be far down the trials' ranking."""
+    planted = RanksFlipOnAllImages(subset=600)
+    monkeypatch.setattr("nas.objective.train", planted)
+    config = SearchConfig("random", trials=12, val_size=200, subset=600, pruner="none", finalists=3, plan=False,
+                          noise_seeds=False)
+    assert config.finalist_pick == "diverse"
+    result = search("conv", 5000, config, storage=f"sqlite:///{tmp_path}/d.db", data_dir=cifar_dir, recipe=RECIPE,
+                    progress=False)
+    topologies = [trial_genome(t).topology() for t in result.top]
+    assert len(result.top) == 12 and len(set(topologies)) >= 3
+    chosen = [next(t for t in result.top if t.number == f.trial) for f in result.finalists]
+    assert len({trial_genome(t).topology() for t in chosen}) == 3
+    # each finalist is the best trial of its topology
+    assert all(topologies.index(trial_genome(t).topology()) == result.top.index(t) for t in chosen)
+    lowest = min(chosen, key=lambda t: t.value)
+    assert result.best.number == lowest.number == result.finalists[0].trial
 
 
 def test_cli_prints_the_finalists_and_the_winner(cifar_dir, tmp_path, monkeypatch, capsys):
