@@ -45,9 +45,11 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
         print(f"\nbudget {budget:,} ({setup}): test accuracy (%) of the winner, mean ± std over seeds")
         arms = {f"default, {rule}": [r["test_acc"] for r in sorted(picks, key=lambda r: r["seed"])
                                      if r["budget"] == budget and r["rule"] == rule] for rule in RULES}
+        seeds = {r["seed"] for r in picks if r["budget"] == budget}  # the other arms at the same seeds
         for arm in ("random", "hand"):
-            arms[arm] = [r["test_acc"] for r in search_value if r["budget"] == budget and r["arm"] == arm
-                         and r.get("setup") == setup]
+            arms[arm] = [r["test_acc"] for r in sorted(search_value, key=lambda r: r["seed"])
+                         if r["budget"] == budget and r["arm"] == arm and r.get("setup") == setup
+                         and r["seed"] in seeds]
         for arm, xs in arms.items():
             if xs:
                 print(f"  {arm:<17} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
