@@ -111,7 +111,7 @@ def main() -> None:
         picked = {(r["seed"], r["rule"]) for r in rows if r["kind"] == "pick"}
         for run in sorted((r for r in searched if r["budget"] == budget and r["arm"] == "default"
                            and r.get("setup") == args.setup), key=lambda r: r["seed"]):
-            storage = open_storage(str(source / f"b{budget}-default-s{run['seed']}.log"))
+            storage = open_storage(str(source / run.get("study_file", f"b{budget}-default-s{run['seed']}.log")))
             study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
             top = top_trials(study, budget, n=len(study.trials))
             held = {f.genome_str: f.score for f in recorded(study.user_attrs, FinalistFidelity(

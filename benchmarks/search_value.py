@@ -3,8 +3,10 @@ at equal CPU time, on real CIFAR-100, each winner then trained with the same fin
 
 Per budget, arms:
 - `default`: `nas search` as a user runs it (the device's default space, fidelity, searcher and
-  finalists: TPE, then the best genomes retrained on every training image, see nas.finalists)
-  for `--minutes` in all, with each of `--seeds`;
+  finalists: TPE, then the best trial of each topology retrained on every training image, see
+  nas.finalists) for `--minutes` in all, with each of `--seeds`;
+- `k-best`: the same with the k best trials as finalists (the default before the diverse pick;
+  the `default` rows recorded before it, without a `finalist_pick`, are this arm's);
 - `tpe`: the same search without finalists (the best trial wins), same space, time and seeds;
 - `random`: the same with Optuna's random sampler, no finalists (the textbook baseline);
 - `hand`: the space's hand design (its default start projected to the budget), no search.
@@ -41,9 +43,12 @@ from nas.study import trial_genome
 from nas.training import Recipe, evaluate, space_recipe, train
 
 
-ARMS = ("default", "tpe", "random", "hand")
-SEARCH_ARMS = {"default": "tpe", "tpe": "tpe", "random": "random"}  # arm -> searcher
-COMPARED = (("default", "hand"), ("default", "random"), ("default", "tpe"), ("tpe", "hand"), ("tpe", "random"),
+ARMS = ("default", "k-best", "tpe", "random", "hand")
+# arm -> (searcher, finalist pick; None: no finalists)
+SEARCH_ARMS = {"default": ("tpe", "diverse"), "k-best": ("tpe", "best"), "tpe": ("tpe", None),
+               "random": ("random", None)}
+COMPARED = (("default", "hand"), ("default", "random"), ("default", "k-best"), ("default", "tpe"),
+            ("k-best", "hand"), ("k-best", "random"), ("tpe", "hand"), ("tpe", "random"),
             ("random", "hand"))
 
 
@@ -55,12 +60,20 @@ def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def arm_of(row: dict) -> str:
+    """A row's arm; rows of the `default` arm from before the diverse finalist pick (no
+    `finalist_pick` recorded) ran with the k best trials as finalists."""
+    if row["arm"] == "default" and row.get("finalist_pick", "best") == "best":
+        return "k-best"
+    return row["arm"]
+
+
 def summarize(rows: list[dict]) -> None:
     """Per budget and setup: test accuracy per arm (mean ± std over seeds), the differences, and
     the seed-to-seed σ of one genome (the hand design trained with each seed)."""
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
-        groups.setdefault((r["budget"], r.get("setup", "")), {a: [] for a in ARMS})[r["arm"]].append(r["test_acc"])
+        groups.setdefault((r["budget"], r.get("setup", "")), {a: [] for a in ARMS})[arm_of(r)].append(r["test_acc"])
     for (budget, setup), arms in groups.items():
         print(f"\nbudget {budget:,} ({setup}): test accuracy (%), mean ± std over seeds")
         for arm, xs in arms.items():
@@ -130,7 +143,8 @@ def main() -> None:
     budgets = parse_budgets(args.budgets)
     for budget in budgets:
         # a rerun resumes: an arm and seed already in the results file is not run again
-        done = {(r["arm"], r["seed"]) for r in read_results(results) if r["budget"] == budget and r.get("setup") == setup}
+        done = {(arm_of(r), r["seed"]) for r in read_results(results)
+                if r["budget"] == budget and r.get("setup") == setup}
         # Searches first, the arms interleaved by seed (tpe 0, random 0, tpe 1, ...), so that a
         # change in what else runs on the machine falls on both searchers alike; then the hand
         # design's fixed-length trainings.
@@ -138,18 +152,22 @@ def main() -> None:
             for arm in [a for a in ARMS if a in SEARCH_ARMS and a in arms]:
                 if (arm, seed) in done:
                     continue
-                config = SearchConfig(SEARCH_ARMS[arm], trials=None, time_limit=60 * args.minutes, seed=seed,
-                                      subset=d.subset, noise_seeds=False,
-                                      finalists=d.finalists if arm == "default" else 0)
+                searcher, pick = SEARCH_ARMS[arm]
+                config = SearchConfig(searcher, trials=None, time_limit=60 * args.minutes, seed=seed,
+                                      subset=d.subset, noise_seeds=False, finalists=d.finalists if pick else 0,
+                                      finalist_pick=pick or "best")
+                # the pick in the default arm's file name: its studies from before the diverse
+                # pick (b<budget>-default-s<seed>.log) are never resumed as if they were this arm's
+                study_file = f"b{budget}-{arm}{f'-{pick}' if arm == 'default' else ''}-s{seed}.log"
                 cpu = time.process_time()
-                r = search(space, budget, config, storage=str(out / f"b{budget}-{arm}-s{seed}.log"),
-                           data=cifar, recipe=search_recipe, progress=False)
+                r = search(space, budget, config, storage=str(out / study_file), data=cifar, recipe=search_recipe,
+                           progress=False)
                 if r.best is None:
                     raise SystemExit(f"the {arm} search at {budget:,} finished no trial in {args.minutes:g} min; "
                                      f"give it more --minutes")
                 winner = trial_genome(r.best)
-                record({"budget": budget, "arm": arm, "seed": seed, "genome": str(winner),
-                        "search_score": r.best.value, "trials": r.trials,
+                record({"budget": budget, "arm": arm, "seed": seed, "genome": str(winner), "study_file": study_file,
+                        "finalist_pick": pick, "search_score": r.best.value, "trials": r.trials,
                         "finalists": [{"genome": f.genome_str, "search_score": f.search_score, "score": f.score}
                                       for f in r.finalists],
                         "search_cpu_minutes": round((time.process_time() - cpu) / 60, 2),
