@@ -85,9 +85,9 @@ def winner(top: Sequence[FrozenTrial], finalists: Sequence[Finalist]) -> FrozenT
 def pick(top: Sequence[FrozenTrial], k: int, diverse: bool = True) -> list[FrozenTrial]:
     """The `k` trials of `top` (best first, one per genome) to retrain. `diverse`: the best trial
     of each topology (the genome without its widths, `Genome.topology`) in turn, then the next
-    best, because the short trials rank depth below width: a deeper genome learns more slowly in
-    four epochs and its trials score lower than its final training does (README, "Finalists").
-    Otherwise the `k` best."""
+    best: a search's best trials are mostly width variations of one topology, and a short trial
+    ranks a deeper genome below its worth (it learns more slowly in four epochs), so the k best
+    rarely include one (README, "Does the search beat a hand design?"). Otherwise the `k` best."""
     if not diverse:
         return list(top[:k])
     firsts: dict[str, FrozenTrial] = {}

@@ -814,11 +814,9 @@ def search(space: str | Space, budget: int, config: SearchConfig | None = None, 
                 measure_noise(study, hand, objective.get())
             stopped = run_trials(ev, sp, budget, config.tol, budget_trials, sampler, config.jobs,
                                  on_outcome=on_outcome)
-            candidates = pick(top_trials(study, budget, None), config.finalists,
-                              diverse=config.finalist_pick == "diverse")
-            finalists = [] if fidelity is None else \
-                run_finalists(study, candidates, fidelity, recipe, config, data, deadline=deadline,
-                              progress=progress, note=bar.note)
+            finalists = [] if fidelity is None else run_finalists(
+                study, pick(top_trials(study, budget, None), config.finalists, config.finalist_pick == "diverse"),
+                fidelity, recipe, config, data, deadline=deadline, progress=progress, note=bar.note)
         if noise:
             measure_noise(study, hand, None)  # adds the start trial's own score
     except KeyboardInterrupt:
