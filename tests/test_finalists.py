@@ -133,6 +133,35 @@ def test_cli_prints_the_finalists_and_the_winner(cifar_dir, tmp_path, monkeypatc
     assert planted.sizes.count(1800) == 2
 
 
+TWO_STAGES = """
+family = "conv"
+[options]
+stages = 2
+[genes]
+depth = {low = 1, high = 2}
+width = {low = 4, high = 64, log = true}
+"""
+
+
+@pytest.mark.parametrize("pick_rule", ["best", "diverse"])
+def test_cli_finalist_pick_chooses_the_finalists(pick_rule, cifar_dir, tmp_path, monkeypatch):
+    """In this run the two best trials share a topology: `best` retrains both, `diverse` the best
+    and the best trial of another topology."""
+    monkeypatch.setattr("nas.objective.train", PlantedTraining())
+    space, storage = tmp_path / "two.toml", f"sqlite:///{tmp_path}/b.db"
+    space.write_text(TWO_STAGES)
+    assert main(["search", "--budget", "8k", "--space", str(space), "--searcher", "random", "--trials", "8",
+                 "--subset", "600", "--val-size", "200", "--epochs", "1", "--pruner", "none", "--finalists", "2",
+                 "--finalist-pick", pick_rule, "--storage", storage, "--data-dir", str(cifar_dir), "-q"]) == 0
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    top = top_trials(study, 8000, None)
+    topologies = [trial_genome(t).topology() for t in top]
+    assert topologies[0] == topologies[1] != topologies[-1]
+    other = next(t for t, topo in zip(top, topologies) if topo != topologies[0])
+    expected = [top[0], top[1]] if pick_rule == "best" else [top[0], other]
+    assert {f.trial for f in recorded(study.user_attrs)} == {t.number for t in expected}
+
+
 @pytest.mark.parametrize("bad", ["-1", "x"])
 def test_bad_finalists_is_one_line(bad, capsys):
     with pytest.raises(SystemExit):
