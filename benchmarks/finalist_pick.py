@@ -34,7 +34,7 @@ from nas.plan import device_defaults
 from nas.spaces import Genome, load_space
 from nas.study import open_storage, top_trials
 from nas.training import space_recipe
-from search_value import final_tester, mean_std, read_results
+from search_value import difference, final_tester, mean_std, read_results
 
 RULES = {"best": False, "diverse": True}  # rule -> pick(diverse=...)
 
@@ -54,12 +54,11 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
             if xs:
                 print(f"  {arm:<17} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
         sigma = statistics.stdev(arms["hand"]) if len(arms["hand"]) > 1 else float("nan")
-        for rule in RULES:
-            for other in ("random", "hand"):
-                a, b = arms[f"default, {rule}"], arms[other]
-                if a and b:
-                    d = statistics.mean(a) - statistics.mean(b)
-                    print(f"  default, {rule} - {other}: {100 * d:+.2f} points ({abs(d) / sigma:.1f} σ)")
+        a, b = "default, diverse", "default, best"  # the same searches: paired by seed
+        print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma, paired=True)}")
+        for a, b in [(f"default, {rule}", other) for rule in RULES for other in ("random", "hand")]:
+            if arms[a] and arms[b]:
+                print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma)}")
         for r in sorted((r for r in picks if r["budget"] == budget), key=lambda r: (r["seed"], r["rule"])):
             chosen = ", ".join(f"{g} {100 * s:.2f}" for g, s in r["finalists"])
             print(f"  seed {r['seed']} {r['rule']:<8} winner {r['winner']} ({100 * r['test_acc']:.2f}); "

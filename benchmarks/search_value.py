@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from scipy.stats import ttest_ind, ttest_rel
+
 from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.plan import device_defaults
@@ -68,23 +70,36 @@ def arm_of(row: dict) -> str:
     return row["arm"]
 
 
+def difference(a: list[float], b: list[float], sigma: float, paired: bool = False) -> str:
+    """Mean of `a` minus mean of `b` in points, in units of `sigma` (one genome's seed-to-seed
+    σ), and a t-test's p-value (whether the two arms' means differ beyond their seed spread):
+    Welch's, or the paired test when a[i] and b[i] come from one search."""
+    d = statistics.mean(a) - statistics.mean(b)
+    parts = [] if math.isnan(sigma) else [f"{abs(d) / sigma:.1f} σ"]
+    if paired and len(a) == len(b) > 1:
+        parts.append(f"paired t-test p {ttest_rel(a, b).pvalue:.3f}")
+    elif len(a) > 1 and len(b) > 1:
+        parts.append(f"Welch p {ttest_ind(a, b, equal_var=False).pvalue:.3f}")
+    return f"{100 * d:+.2f} points" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def summarize(rows: list[dict]) -> None:
     """Per budget and setup: test accuracy per arm (mean ± std over seeds), the differences, and
     the seed-to-seed σ of one genome (the hand design trained with each seed)."""
-    groups: dict[tuple, dict[str, list[float]]] = {}
-    for r in rows:
-        groups.setdefault((r["budget"], r.get("setup", "")), {a: [] for a in ARMS})[arm_of(r)].append(r["test_acc"])
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        groups.setdefault((r["budget"], r.get("setup", "")), {a: [] for a in ARMS})[arm_of(r)].append(r)
     for (budget, setup), arms in groups.items():
         print(f"\nbudget {budget:,} ({setup}): test accuracy (%), mean ± std over seeds")
-        for arm, xs in arms.items():
-            if xs:
-                print(f"  {arm:<7} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
-        sigma = statistics.stdev(arms["hand"]) if len(arms["hand"]) > 1 else float("nan")
+        acc = {arm: [r["test_acc"] for r in got] for arm, got in arms.items()}
+        for arm, got in arms.items():
+            if got:
+                each = ", ".join(f"{100 * r['test_acc']:.2f} s{r['seed']}" for r in got)
+                print(f"  {arm:<7} {mean_std(acc[arm])}   ({each})")
+        sigma = statistics.stdev(acc["hand"]) if len(acc["hand"]) > 1 else float("nan")
         for a, b in COMPARED:
-            if arms[a] and arms[b]:
-                d = statistics.mean(arms[a]) - statistics.mean(arms[b])
-                in_sigma = "" if math.isnan(sigma) else f" ({abs(d) / sigma:.1f} σ)"
-                print(f"  {a} - {b}: {100 * d:+.2f} points{in_sigma}")
+            if acc[a] and acc[b]:
+                print(f"  {a} - {b}: {difference(acc[a], acc[b], sigma)}")
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
 
