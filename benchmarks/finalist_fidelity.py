@@ -1,7 +1,8 @@
 """Do the finalists' scores rank genomes the way the final training does?
 
 The genomes are those whose final test accuracy `search_value.py` has measured (every arm's
-winner at every seed, the hand design; a genome tested more than once counts with its mean).
+winner at every seed, the hand design; a genome tested more than once counts with its mean),
+and the winners `finalist_pick.py` tested (it replays search_value's searches).
 Each is trained once more at the finalist fidelity of `nas search` (every training image but the
 5,000 held out, `--epochs`, the recipe's seed + 1; see nas.finalists) and scored on the held-out
 images. Per budget the script prints each genome's search score (its trial's, where it won a
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="10000,50000")
     ap.add_argument("--epochs", type=int, default=None, help="finalist epochs (default: the search's, as nas search)")
     ap.add_argument("--search-value", default="benchmarks/results/search_value/results.jsonl")
+    ap.add_argument("--finalist-pick", default="benchmarks/results/finalist_pick/results.jsonl",
+                    help="finalist_pick.py's results: the winners it tested are rescored too")
     ap.add_argument("--setup", default="conv-shape, 15000 images x 4 epochs, 15 min, final 15 epochs",
                     help="the search_value setup whose genomes are rescored")
     ap.add_argument("--out", default="benchmarks/results/finalist_fidelity")
@@ -97,7 +100,9 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     objective, fidelity = finalist_objective(CifarSource(args.data_dir, "cpu"), args.epochs)
-    source = read_results(Path(args.search_value))
+    source = read_results(Path(args.search_value)) + [
+        {"budget": r["budget"], "genome": r["genome"], "test_acc": r["test_acc"], "arm": "finalist_pick",
+         "setup": args.setup} for r in read_results(Path(args.finalist_pick)) if r["kind"] == "test"]
     for budget in parse_budgets(args.budgets):
         done = {r["genome"] for r in read_results(results) if r["budget"] == budget and r["fidelity"] == fidelity}
         for text, g in tested_genomes(source, budget, args.setup).items():
