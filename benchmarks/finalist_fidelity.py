@@ -47,6 +47,18 @@ def tested_genomes(rows: list[dict], budget: int, setup: str) -> dict[str, dict]
     return out
 
 
+def with_current_tests(rows: list[dict], source: list[dict], setup: str) -> list[dict]:
+    """`rows` with each genome's test accuracy, test count, arms and best search score as the
+    sources hold them now (a genome tested again after its row was written counts every test)."""
+    tested = {b: tested_genomes(source, b, setup) for b in {r["budget"] for r in rows}}
+    out = []
+    for r in rows:
+        g = tested[r["budget"]].get(r["genome"])
+        out.append(r if g is None else {**r, "test_acc": statistics.mean(g["tests"]), "tests": len(g["tests"]),
+                                        "arms": sorted(g["arms"]), "search_score": g["search_score"]})
+    return out
+
+
 def summarize(rows: list[dict]) -> None:
     for budget in sorted({r["budget"] for r in rows}):
         got = sorted((r for r in rows if r["budget"] == budget), key=lambda r: -r["test_acc"])
@@ -95,14 +107,14 @@ def main() -> None:
 
     out = Path(args.out)
     results = out / "results.jsonl"
-    if args.summarize:
-        summarize(read_results(results))
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    objective, fidelity = finalist_objective(CifarSource(args.data_dir, "cpu"), args.epochs)
     source = read_results(Path(args.search_value)) + [
         {"budget": r["budget"], "genome": r["genome"], "test_acc": r["test_acc"], "arm": "finalist_pick",
          "setup": args.setup} for r in read_results(Path(args.finalist_pick)) if r["kind"] == "test"]
+    if args.summarize:
+        summarize(with_current_tests(read_results(results), source, args.setup))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    objective, fidelity = finalist_objective(CifarSource(args.data_dir, "cpu"), args.epochs)
     for budget in parse_budgets(args.budgets):
         done = {r["genome"] for r in read_results(results) if r["budget"] == budget and r["fidelity"] == fidelity}
         for text, g in tested_genomes(source, budget, args.setup).items():
@@ -116,7 +128,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-    summarize(read_results(results))
+    summarize(with_current_tests(read_results(results), source, args.setup))
 
 
 if __name__ == "__main__":
