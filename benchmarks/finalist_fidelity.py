@@ -29,6 +29,7 @@ from nas.data import CifarSource
 from nas.objective import TrainingObjective, training_objective
 from nas.plan import device_defaults
 from nas.spaces import load_space, parse_genome
+from nas.study import DEFAULT_VAL_SIZE
 from nas.training import space_recipe
 from search_value import read_results  # one JSONL reader for its rows and these
 
@@ -87,7 +88,7 @@ def finalist_objective(cifar: CifarSource, epochs: int | None = None) -> tuple[T
     d = device_defaults("cpu")
     search_recipe = space_recipe(load_space(d.space), epochs=d.epochs)
     recipe = replace(search_recipe, epochs=epochs or search_recipe.epochs, seed=search_recipe.seed + 1)
-    objective = training_objective(recipe, data=cifar, val_size=5000)
+    objective = training_objective(recipe, data=cifar, val_size=DEFAULT_VAL_SIZE)  # as nas search holds out
     return objective, {"train_images": len(objective.data.train_y), "epochs": recipe.epochs, "seed": recipe.seed}
 
 

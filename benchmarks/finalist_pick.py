@@ -32,7 +32,7 @@ from nas.data import CifarSource
 from nas.finalists import FinalistFidelity, pick, recorded
 from nas.plan import device_defaults
 from nas.spaces import Genome, load_space
-from nas.study import open_storage, top_trials
+from nas.study import DEFAULT_VAL_SIZE, open_storage, top_trials
 from nas.training import space_recipe
 from search_value import difference, final_tester, mean_std, read_results
 
@@ -114,7 +114,7 @@ def main() -> None:
             study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
             top = top_trials(study, budget, n=len(study.trials))
             held = {f.genome_str: f.score for f in recorded(study.user_attrs, FinalistFidelity(
-                val_size=5000, epochs=fidelity["epochs"], seed=fidelity["seed"]))}
+                val_size=DEFAULT_VAL_SIZE, epochs=fidelity["epochs"], seed=fidelity["seed"]))}
             for rule, diverse in RULES.items():
                 if (run["seed"], rule) in picked:
                     continue
