@@ -155,13 +155,20 @@ def test_three_workers_one_study_on_postgres(postgres_url, cifar_dir, _cifar_fil
     study = optuna.load_study(study_name=names[0], storage=postgres_url)
     trials = study.get_trials()
     states = Counter(t.state.name for t in trials)
-    killed = trials[killed_trial]
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial]
+    # The trial the victim was running when the kill landed: the one seen mid-training, or a later
+    # one when the victim finished that trial (2 short epochs) before the signal arrived.
+    unfinished = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+                  and t.state != TrialState.COMPLETE  # nor a proposal it gave back or found held:
+                  and not t.user_attrs.get("retryable") and "duplicate_of" not in t.user_attrs]
+    assert len(unfinished) == 1, [(t.number, t.state.name) for t in unfinished]
+    killed = unfinished[0]
+    assert killed.number >= killed_trial
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     trained = [t for t in completed if "reused_from" not in t.user_attrs]  # trained, not reused
     genomes = [t.user_attrs["genome"] for t in trained]
     workers = {t.user_attrs.get("worker") for t in completed}
-    print(f"\npostgres workers: {len(trials)} trials {dict(states)}; killed #{killed_trial}, "
+    print(f"\npostgres workers: {len(trials)} trials {dict(states)}; killed #{killed.number}, "
           f"retried as {[t.number for t in retries]}; {len(trained)} trained, "
           f"{len(completed) - len(trained)} reused, {len(set(genomes))} distinct genomes, "
           f"{len(workers)} workers completed trials")
