@@ -1,10 +1,13 @@
-"""Which genomes should a search retrain as finalists? The k best trials, or the best trial of
-each topology (nas.finalists.pick)?
+"""Which genomes should a search retrain as finalists? The k best trials, the best trial of
+each topology (nas.finalists.pick), or those plus the hand design (the search's first trial)?
 
-Both rules are replayed on the studies that `search_value.py` wrote for its `default` arm (TPE
-with finalists, `--minutes` per search): the trials are those the search ran, and the finalists'
-time is the same (k retrainings either way), so each rule's winner is what `nas search` would
-have returned with that rule. A finalist the study already holds is read from it; any other is
+Each rule is replayed on the studies that `search_value.py` wrote for its `default` arm (TPE
+with finalists, `--minutes` per search): the trials are those the search ran, and the first two
+rules' finalists cost the same (k retrainings), so each rule's winner is what `nas search` would
+have returned with that rule. The third, `diverse + hand`, also retrains the hand design (the
+search's first trial) when the diverse pick leaves it out, one finalist more: the winner, chosen
+at the finalist fidelity, can then never be below the hand design at that fidelity, as the best
+trial cannot at the trials'. A finalist the study already holds is read from it; any other is
 retrained exactly as `nas search` retrains finalists (benchmarks/finalist_fidelity.py, which
 reproduces the studies' own finalist scores). Each rule's winner is then tested after the final
 training of search_value.py (every training image, `--final-epochs`, seed 0), reusing a test
@@ -25,18 +28,27 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
-
 from finalist_fidelity import finalist_objective
-from nas.budget import parse_budgets
+from search_value import difference, final_tester, mean_std, read_results
+
+from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.finalists import FinalistFidelity, pick, recorded
 from nas.plan import device_defaults
+from nas.searchers import SearchConfig, default_start
 from nas.spaces import Genome, load_space
 from nas.study import DEFAULT_VAL_SIZE, open_storage, top_trials
 from nas.training import space_recipe
-from search_value import difference, final_tester, mean_std, read_results
 
-RULES = {"best": False, "diverse": True}  # rule -> pick(diverse=...)
+RULES = ("best", "diverse", "diverse + hand")  # see the docstring
+
+
+def finalists_of(rule: str, top: list, k: int, hand: Genome) -> list:
+    """The trials of `top` (best first) that `rule` retrains."""
+    chosen = pick(top, k, diverse=rule != "best")
+    if rule == "diverse + hand" and all(Genome.from_json(t.user_attrs["genome"]) != hand for t in chosen):
+        chosen += [t for t in top if Genome.from_json(t.user_attrs["genome"]) == hand]
+    return chosen
 
 
 def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
@@ -52,16 +64,17 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
                          and r["seed"] in seeds]
         for arm, xs in arms.items():
             if xs:
-                print(f"  {arm:<17} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
+                print(f"  {arm:<23} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
         sigma = statistics.stdev(arms["hand"]) if len(arms["hand"]) > 1 else float("nan")
-        a, b = "default, diverse", "default, best"  # the same searches: paired by seed
-        print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma, paired=True)}")
+        for a, b in (("default, diverse", "default, best"), ("default, diverse + hand", "default, diverse")):
+            if len(arms[a]) == len(arms[b]):  # the same searches: paired by seed
+                print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma, paired=True)}")
         for a, b in [(f"default, {rule}", other) for rule in RULES for other in ("random", "hand")]:
             if arms[a] and arms[b]:
                 print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma)}")
         for r in sorted((r for r in picks if r["budget"] == budget), key=lambda r: (r["seed"], r["rule"])):
             chosen = ", ".join(f"{g} {100 * s:.2f}" for g, s in r["finalists"])
-            print(f"  seed {r['seed']} {r['rule']:<8} winner {r['winner']} ({100 * r['test_acc']:.2f}); "
+            print(f"  seed {r['seed']} {r['rule']:<14} winner {r['winner']} ({100 * r['test_acc']:.2f}); "
                   f"finalists: {chosen}")
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
@@ -89,9 +102,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     d = device_defaults("cpu")
+    space = load_space(d.space)  # the studies' space
     cifar = CifarSource(args.data_dir, "cpu")
     objective, fidelity = finalist_objective(cifar)
-    final_test = final_tester(cifar, replace(space_recipe(load_space(d.space), epochs=d.epochs),
+    final_test = final_tester(cifar, replace(space_recipe(space, epochs=d.epochs),
                                              epochs=args.final_epochs))
 
     def record(row: dict) -> dict:
@@ -103,6 +117,7 @@ def main() -> None:
     for budget in parse_budgets(args.budgets):
         rows = [r for r in read_results(results) if r["budget"] == budget]
         scores = {r["genome"]: r["score"] for r in rows if r["kind"] == "finalist"}
+        scores |= {g: s for r in rows if r["kind"] == "pick" for g, s in r["finalists"]}  # incl. the studies' own
         # the searcher arms' final training is seed 0, this script's too
         tests = {r["genome"]: r["test_acc"] for r in searched
                  if r["budget"] == budget and r.get("setup") == args.setup and r["arm"] != "hand"}
@@ -115,11 +130,12 @@ def main() -> None:
             top = top_trials(study, budget, n=len(study.trials))
             held = {f.genome_str: f.score for f in recorded(study.user_attrs, FinalistFidelity(
                 val_size=DEFAULT_VAL_SIZE, epochs=fidelity["epochs"], seed=fidelity["seed"]))}
-            for rule, diverse in RULES.items():
+            hand = project(default_start(space), space, budget, SearchConfig().tol)
+            for rule in RULES:
                 if (run["seed"], rule) in picked:
                     continue
                 finalists = []  # (genome, finalist score, trial score)
-                for t in pick(top, d.finalists, diverse=diverse):
+                for t in finalists_of(rule, top, d.finalists, hand):
                     genome = Genome.from_json(t.user_attrs["genome"])
                     text = str(genome)
                     if text not in held and text not in scores:
