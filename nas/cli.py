@@ -374,7 +374,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--score", choices=["val", "asymptote"], default="val",
                    help="trial value: last-epoch val accuracy, or the fitted learning-curve asymptote")
-    p.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="prune on epochs (samplers only; default hyperband)")
+    p.add_argument("--pruner", choices=PRUNERS,
+                   help=f"stop trials that are behind after some epochs (samplers only; default: "
+                        f"{CPU_DEFAULTS.pruner} on a CPU, where pruning 4-epoch trials steers the search away "
+                        f"from deeper genomes, {CUDA_DEFAULTS.pruner} on CUDA)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--finalists", type=_count, metavar="K",
                    help=f"at the end, retrain the K best genomes on every training image of the split (the "
@@ -425,7 +428,8 @@ def search_settings(args) -> dict[str, Any]:
     subset = d.subset if args.subset is None else (args.subset or None)
     return {"space": args.space or d.space, "trials": trials, "time_limit": limit, "subset": subset,
             "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs,
-            "finalists": d.finalists if args.finalists is None else args.finalists}
+            "finalists": d.finalists if args.finalists is None else args.finalists,
+            "pruner": args.pruner or d.pruner}
 
 
 def search_config(args, settings: dict[str, Any], start: Genome | None = None) -> SearchConfig:
@@ -433,7 +437,7 @@ def search_config(args, settings: dict[str, Any], start: Genome | None = None) -
     from nas.searchers import SearchConfig
 
     return SearchConfig(searcher=args.searcher, trials=settings["trials"], jobs=settings["jobs"], score=args.score,
-                        pruner=args.pruner, seed=args.seed, tol=args.tol, subset=settings["subset"],
+                        pruner=settings["pruner"], seed=args.seed, tol=args.tol, subset=settings["subset"],
                         val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"],
                         finalists=settings["finalists"], finalist_epochs=args.finalist_epochs,
                         finalist_pick=args.finalist_pick)

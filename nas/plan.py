@@ -44,12 +44,15 @@ class DeviceDefaults:
     time_limit_s: float | None
     jobs: int = 1                   # trials trained at once, the CPU threads split between them
     finalists: int = 3              # best genomes retrained on every image of the split (nas.finalists)
+    pruner: str = "hyperband"       # stops trials behind on epochs (nas.searchers.make_pruner)
 
     def describe(self) -> str:
         images = f"{self.subset:,} images" if self.subset else "all 45,000 training images"
         limit = f"a time limit of {duration(self.time_limit_s)}" if self.time_limit_s else f"{self.trials} trials"
-        return (f"space {self.space}, {images} x {self.epochs} epochs per trial, {limit}, the {self.finalists} best "
-                f"retrained on all training images to choose the winner")
+        pruning = "no pruning" if self.pruner == "none" else f"{self.pruner} pruning"
+        return (f"space {self.space}, {images} x {self.epochs} epochs per trial, {pruning}, {limit}, "
+                f"{self.finalists} finalists (the best trial of each topology first) retrained on all training "
+                f"images to choose the winner")
 
 
 # CPU: the plain conv family trains ~6x more images/s than MBConv at 50k parameters on 2 cores
@@ -57,8 +60,11 @@ class DeviceDefaults:
 # calibration and the last running epoch inside the promised 30.
 # Two trials at once, one thread each, beat one trial on two threads by 1.55x (10k) and 1.28x
 # (50k) on the 2-core machine (benchmarks/cpu_defaults.py --parts 2): small models leave a core idle.
+# No pruning: at 4 epochs Hyperband stops most trials of deeper genomes (they learn more slowly
+# at first) and TPE learns from the stopped scores to stay shallow, while the deeper genomes test
+# best after the final training (README, "Does the search beat a hand design?").
 CPU_DEFAULTS = DeviceDefaults(space="conv-shape", epochs=4, subset=15_000, trials=10_000, time_limit_s=20 * 60,
-                              jobs=2)
+                              jobs=2, pruner="none")
 # Of a sweep's --time, the share that goes to the searches; the rest trains the winners.
 SWEEP_SEARCH_SHARE = 0.5
 CUDA_DEFAULTS = DeviceDefaults(space="mbconv-shape", epochs=15, subset=None, trials=40, time_limit_s=None)

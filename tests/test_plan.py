@@ -98,6 +98,21 @@ def test_plan_creates_no_trials_and_says_the_eta(tmp_path, capsys, monkeypatch):
     assert "cached" in capsys.readouterr().out and time.time() - t0 < 5
 
 
+def test_a_cpu_search_prunes_nothing_unless_asked(tmp_path, capsys, monkeypatch):
+    """On a CPU the default search trains every trial to its last epoch (CPU_DEFAULTS.pruner);
+    --pruner hyperband brings the pruning back, and the plan says which."""
+    from nas.cli import build_parser, search_config, search_settings
+
+    monkeypatch.chdir(tmp_path)
+    base = ["search", "--budget", "10k", "--device", "cpu"]
+    for extra, pruner in (([], "none"), (["--pruner", "hyperband"], "hyperband")):
+        args = build_parser().parse_args([*base, *extra])
+        assert search_config(args, search_settings(args)).pruner == pruner
+        assert main([*base, *extra, "--plan"]) == 0
+        fidelity = next(line for line in capsys.readouterr().out.splitlines() if "fidelity:" in line)
+        assert ("pruned at 1, 3 epoch(s) when behind" in fidelity) == (pruner == "hyperband")
+
+
 def test_plan_arithmetic():
     space = load_space("conv-shape")
     g = project(default_start(space), space, 10_000)
