@@ -1,8 +1,8 @@
 """Which genomes should a search retrain as finalists? The k best trials, the best trial of
 each topology (nas.finalists.pick), or those plus the hand design (the search's first trial)?
 
-Each rule is replayed on the studies that `search_value.py` wrote for its `default` arm (TPE
-with finalists, `--minutes` per search): the trials are those the search ran, and the first two
+Each rule is replayed on the studies that `search_value.py` wrote for its `hyperband` and
+`k-best` arms (TPE with Hyperband pruning and finalists, `--minutes` per search): the trials are those the search ran, and the first two
 rules' finalists cost the same (k retrainings), so each rule's winner is what `nas search` would
 have returned with that rule. The third, `diverse + hand`, also retrains the hand design (the
 search's first trial) when the diverse pick leaves it out, one finalist more: the winner, chosen
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import optuna
 from finalist_fidelity import finalist_objective
-from search_value import difference, final_tester, mean_std, read_results
+from search_value import arm_of, difference, final_tester, mean_std, read_results
 
 from nas.budget import parse_budgets, project
 from nas.data import CifarSource
@@ -41,6 +41,7 @@ from nas.study import DEFAULT_VAL_SIZE, open_storage, top_trials
 from nas.training import space_recipe
 
 RULES = ("best", "diverse", "diverse + hand")  # see the docstring
+REPLAYED = ("hyperband", "k-best")  # search_value's arms whose studies are replayed
 
 
 def finalists_of(rule: str, top: list, k: int, hand: Genome) -> list:
@@ -55,7 +56,7 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
     picks = [r for r in rows if r["kind"] == "pick"]
     for budget in sorted({r["budget"] for r in picks}):
         print(f"\nbudget {budget:,} ({setup}): test accuracy (%) of the winner, mean ± std over seeds")
-        arms = {f"default, {rule}": [r["test_acc"] for r in sorted(picks, key=lambda r: r["seed"])
+        arms = {f"hyperband, {rule}": [r["test_acc"] for r in sorted(picks, key=lambda r: r["seed"])
                                      if r["budget"] == budget and r["rule"] == rule] for rule in RULES}
         seeds = {r["seed"] for r in picks if r["budget"] == budget}  # the other arms at the same seeds
         for arm in ("random", "hand"):
@@ -64,12 +65,12 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
                          and r["seed"] in seeds]
         for arm, xs in arms.items():
             if xs:
-                print(f"  {arm:<23} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
+                print(f"  {arm:<25} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
         sigma = statistics.stdev(arms["hand"]) if len(arms["hand"]) > 1 else float("nan")
-        for a, b in (("default, diverse", "default, best"), ("default, diverse + hand", "default, diverse")):
+        for a, b in (("hyperband, diverse", "hyperband, best"), ("hyperband, diverse + hand", "hyperband, diverse")):
             if len(arms[a]) == len(arms[b]):  # the same searches: paired by seed
                 print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma, paired=True)}")
-        for a, b in [(f"default, {rule}", other) for rule in RULES for other in ("random", "hand")]:
+        for a, b in [(f"hyperband, {rule}", other) for rule in RULES for other in ("random", "hand")]:
             if arms[a] and arms[b]:
                 print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma)}")
         for r in sorted((r for r in picks if r["budget"] == budget), key=lambda r: (r["seed"], r["rule"])):
@@ -123,7 +124,7 @@ def main() -> None:
                  if r["budget"] == budget and r.get("setup") == args.setup and r["arm"] != "hand"}
         tests |= {r["genome"]: r["test_acc"] for r in rows if r["kind"] == "test"}
         picked = {(r["seed"], r["rule"]) for r in rows if r["kind"] == "pick"}
-        for run in sorted((r for r in searched if r["budget"] == budget and r["arm"] == "default"
+        for run in sorted((r for r in searched if r["budget"] == budget and arm_of(r) in REPLAYED
                            and r.get("setup") == args.setup), key=lambda r: r["seed"]):
             storage = open_storage(str(source / run.get("study_file", f"b{budget}-default-s{run['seed']}.log")))
             study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)

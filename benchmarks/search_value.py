@@ -2,18 +2,19 @@
 at equal CPU time, on real CIFAR-100, each winner then trained with the same final recipe.
 
 Per budget, arms:
-- `default`: `nas search` as a user runs it (the device's default space, fidelity, searcher and
-  finalists: TPE, then the best trial of each topology retrained on every training image, see
-  nas.finalists) for `--minutes` in all, with each of `--seeds`;
-- `unpruned`: the same without pruning (`--pruner none`: every trial trains all its epochs; by
-  default Hyperband stops the trials behind after 1 and 3 epochs, in these searches at 10k 83%
-  of the trials of genomes with 5 or more blocks against 43% of the four-block ones, and only
-  complete trials become finalists);
-- `k-best`: the same with the k best trials as finalists (the default before the diverse pick;
-  the `default` rows recorded before it, without a `finalist_pick`, are this arm's);
-- `tpe`: the same search without finalists (the best trial wins), same space, time and seeds;
-- `random`: the same with Optuna's random sampler, no finalists (the textbook baseline);
+- `default`: `nas search` as a user runs it (the device's default space, fidelity, searcher,
+  pruning and finalists: TPE with no pruning, then the best trial of each topology retrained on
+  every training image, see nas.finalists) for `--minutes` in all, with each of `--seeds`;
+- `hyperband`: the same with Hyperband pruning (trials behind after 1 and 3 of their 4 epochs
+  stop; the default until 2026-11-30). In its searches at 10k it stopped 83% of the trials of
+  genomes with 5 or more blocks against 43% of the four-block ones, and only complete trials
+  become finalists;
+- `k-best`: the same with the k best trials as finalists (the default before the diverse pick);
+- `tpe`: TPE with Hyperband and no finalists (the best trial wins), same space, time and seeds;
+- `random`: Optuna's random sampler with Hyperband, no finalists (the textbook baseline);
 - `hand`: the space's hand design (its default start projected to the budget), no search.
+The rows keep the arm names they were written with (`default` for the Hyperband searches,
+`unpruned` for the first searches without pruning); `arm_of` reads them as the arms above.
 Every search is its own study (one journal file per arm and seed under `--out`, so arms never
 share results). Each arm's winner is then trained on all 50,000 training images for
 `--final-epochs` with the same recipe and tested; the hand design is trained with each seed of
@@ -38,24 +39,27 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
 from scipy.stats import ttest_ind, ttest_rel
 
 from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.plan import device_defaults
 from nas.searchers import SearchConfig, default_start, search
-from nas.spaces import Genome, load_space
-from nas.study import trial_genome
+from nas.spaces import FAMILIES, Genome, load_space
+from nas.study import open_storage, trial_genome
 from nas.training import Recipe, evaluate, space_recipe, train
 
 
-ARMS = ("default", "unpruned", "k-best", "tpe", "random", "hand")
-# arm -> (searcher, finalist pick (None: no finalists), pruner)
-SEARCH_ARMS = {"default": ("tpe", "diverse", "hyperband"), "unpruned": ("tpe", "diverse", "none"),
-               "k-best": ("tpe", "best", "hyperband"), "tpe": ("tpe", None, "hyperband"),
-               "random": ("random", None, "hyperband")}
-COMPARED = (("default", "hand"), ("default", "random"), ("default", "k-best"), ("default", "tpe"),
-            ("unpruned", "default"), ("unpruned", "hand"), ("unpruned", "random"),
+ARMS = ("default", "hyperband", "k-best", "tpe", "random", "hand")
+# arm -> (searcher, finalist pick (None: no finalists), pruner, the stem of its study files)
+SEARCH_ARMS = {"default": ("tpe", "diverse", "none", "unpruned"),
+               "hyperband": ("tpe", "diverse", "hyperband", "default-diverse"),
+               "k-best": ("tpe", "best", "hyperband", "default"), "tpe": ("tpe", None, "hyperband", "tpe"),
+               "random": ("random", None, "hyperband", "random")}
+COMPARED = (("default", "hand"), ("default", "random"), ("default", "hyperband"), ("default", "k-best"),
+            ("default", "tpe"), ("hyperband", "hand"), ("hyperband", "random"), ("hyperband", "k-best"),
             ("k-best", "hand"), ("k-best", "random"), ("tpe", "hand"), ("tpe", "random"),
             ("random", "hand"))
 
@@ -69,10 +73,12 @@ def read_results(path: Path) -> list[dict]:
 
 
 def arm_of(row: dict) -> str:
-    """A row's arm; rows of the `default` arm from before the diverse finalist pick (no
-    `finalist_pick` recorded) ran with the k best trials as finalists."""
-    if row["arm"] == "default" and row.get("finalist_pick", "best") == "best":
-        return "k-best"
+    """A row's arm (see the module's docstring): a `default` row is the default of its day,
+    which its `pruner` and `finalist_pick` say (absent: Hyperband, the k best)."""
+    if row["arm"] == "unpruned" or (row["arm"] == "default" and row.get("pruner") == "none"):
+        return "default"
+    if row["arm"] == "default":
+        return "hyperband" if row.get("finalist_pick") == "diverse" else "k-best"
     return row["arm"]
 
 
@@ -101,12 +107,52 @@ def summarize(rows: list[dict]) -> None:
         for arm, got in arms.items():
             if got:
                 each = ", ".join(f"{100 * r['test_acc']:.2f} s{r['seed']}" for r in got)
-                print(f"  {arm:<7} {mean_std(acc[arm])}   ({each})")
+                print(f"  {arm:<9} {mean_std(acc[arm])}   ({each})")
         sigma = statistics.stdev(acc["hand"]) if len(acc["hand"]) > 1 else float("nan")
         for a, b in COMPARED:
             if acc[a] and acc[b]:
-                print(f"  {a} - {b}: {difference(acc[a], acc[b], sigma)}")
+                line = f"  {a} - {b}: {difference(acc[a], acc[b], sigma)}"
+                by_seed = [{r["seed"]: r["test_acc"] for r in arms[arm]} for arm in (a, b)]
+                shared = sorted(by_seed[0].keys() & by_seed[1].keys())
+                # the same seeds only, paired (not the hand design: its seed is its final training's)
+                if "hand" not in (a, b) and 1 < len(shared) < max(len(acc[a]), len(acc[b])):
+                    line += (f"; at the {len(shared)} seeds both ran: " + difference(
+                        [by_seed[0][s] for s in shared], [by_seed[1][s] for s in shared], sigma, paired=True))
+                print(line)
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
+
+
+def blocks(genome: Genome) -> int:
+    """How many blocks a genome stacks: the sum of its depth genes."""
+    roles = FAMILIES[genome.family].gene_roles
+    depths = [v for k, v in genome.to_dict()["genes"].items() if roles.get(k) == "depth"]
+    return sum(sum(v) if isinstance(v, list) else int(v) for v in depths)
+
+
+def pruned_by_depth(rows: list[dict], out: Path) -> None:
+    """Per budget, of the trials of the searches with Hyperband: the share it stopped, for
+    genomes of the hand design's depth and for deeper ones (read from the arms' studies)."""
+    for budget in sorted({r["budget"] for r in rows}):
+        counts: dict[tuple[bool, bool], int] = {}  # (deeper, pruned) -> trials
+        hand_blocks = None
+        for r in rows:
+            arm = arm_of(r)
+            if r["budget"] != budget or arm not in SEARCH_ARMS or SEARCH_ARMS[arm][2] != "hyperband":
+                continue
+            path = out / r.get("study_file", f"b{budget}-{SEARCH_ARMS[arm][3]}-s{r['seed']}.log")
+            storage = open_storage(str(path))
+            study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+            if hand_blocks is None:
+                hand_blocks = blocks(default_start(load_space(study.user_attrs["space"])))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+                if "genome" in t.user_attrs and "reused_from" not in t.user_attrs:
+                    key = (blocks(trial_genome(t)) > hand_blocks, t.state == TrialState.PRUNED)
+                    counts[key] = counts.get(key, 0) + 1
+        for deeper in (False, True):
+            n = counts.get((deeper, False), 0) + counts.get((deeper, True), 0)
+            if n:
+                print(f"  {budget:,}: Hyperband stopped {counts.get((deeper, True), 0) / n:.0%} of the {n} trials of "
+                      f"genomes {'deeper than' if deeper else 'as deep as'} the hand design ({hand_blocks} blocks)")
 
 
 def final_tester(cifar: CifarSource, final_recipe: Recipe) -> Callable[[Genome, int], float]:
@@ -137,6 +183,8 @@ def main() -> None:
     results = out / "results.jsonl"
     if args.summarize:
         summarize(read_results(results))
+        print("\npruning by depth:")
+        pruned_by_depth(read_results(results), out)
         return
     d = device_defaults("cpu")
     space = load_space(d.space)
@@ -173,13 +221,11 @@ def main() -> None:
             for arm in [a for a in ARMS if a in SEARCH_ARMS and a in arms]:
                 if (arm, seed) in done:
                     continue
-                searcher, pick, pruner = SEARCH_ARMS[arm]
+                searcher, pick, pruner, stem = SEARCH_ARMS[arm]
                 config = SearchConfig(searcher, trials=None, time_limit=60 * args.minutes, seed=seed,
                                       subset=d.subset, noise_seeds=False, finalists=d.finalists if pick else 0,
                                       finalist_pick=pick or "best", pruner=pruner)
-                # the pick in the default arm's file name: its studies from before the diverse
-                # pick (b<budget>-default-s<seed>.log) are never resumed as if they were this arm's
-                study_file = f"b{budget}-{arm}{f'-{pick}' if arm == 'default' else ''}-s{seed}.log"
+                study_file = f"b{budget}-{stem}-s{seed}.log"  # one arm's studies are never another's
                 cpu = time.process_time()
                 r = search(space, budget, config, storage=str(out / study_file), data=cifar, recipe=search_recipe,
                            progress=False)
