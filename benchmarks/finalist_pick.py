@@ -2,16 +2,17 @@
 each topology (nas.finalists.pick), or those plus the hand design (the search's first trial)?
 
 Each rule is replayed on the studies that `search_value.py` wrote for its `hyperband` and
-`k-best` arms (TPE with Hyperband pruning and finalists, `--minutes` per search): the trials are those the search ran, and the first two
-rules' finalists cost the same (k retrainings), so each rule's winner is what `nas search` would
-have returned with that rule. The third, `diverse + hand`, also retrains the hand design (the
-search's first trial) when the diverse pick leaves it out, one finalist more: the winner, chosen
-at the finalist fidelity, can then never be below the hand design at that fidelity, as the best
-trial cannot at the trials'. A finalist the study already holds is read from it; any other is
-retrained exactly as `nas search` retrains finalists (benchmarks/finalist_fidelity.py, which
-reproduces the studies' own finalist scores). Each rule's winner is then tested after the final
-training of search_value.py (every training image, `--final-epochs`, seed 0), reusing a test
-accuracy search_value.py measured for the same genome and recipe. The script prints test
+`k-best` arms (TPE with Hyperband pruning and finalists, `--minutes` per search): the trials are
+those the search ran, and the first two rules' finalists cost the same (k retrainings), so each
+rule's winner is what `nas search` would have returned with that rule. The third, `diverse +
+hand`, also retrains the hand design (the search's first trial) when the diverse pick leaves it
+out, one finalist more: the winner, chosen at the finalist fidelity, can then never be below the
+hand design at that fidelity, as the best trial cannot at the trials'. A finalist the study
+already holds is read from it; any other is retrained exactly as `nas search` retrains finalists
+(benchmarks/finalist_fidelity.py, which reproduces the studies' own finalist scores). Each rule's
+winner is then tested after the final training of search_value.py (every training image,
+`--final-epochs`, seed 0), reusing a test accuracy search_value.py measured for the same genome
+and recipe. The script prints test
 accuracy per rule (mean ± std over seeds) beside search_value's random search and hand design,
 and the differences in units of one genome's seed-to-seed σ, from one run. Rows are appended to
 `<out>/results.jsonl` as they arrive; a rerun skips what is there; `--summarize` prints from it.
@@ -28,9 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
-from finalist_fidelity import finalist_objective
-from search_value import arm_of, difference, final_tester, mean_std, read_results
 
+from finalist_fidelity import finalist_objective
 from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.finalists import FinalistFidelity, pick, recorded
@@ -39,6 +39,7 @@ from nas.searchers import SearchConfig, default_start
 from nas.spaces import Genome, load_space
 from nas.study import DEFAULT_VAL_SIZE, open_storage, top_trials
 from nas.training import space_recipe
+from search_value import arm_of, difference, final_tester, mean_std, read_results
 
 RULES = ("best", "diverse", "diverse + hand")  # see the docstring
 REPLAYED = ("hyperband", "k-best")  # search_value's arms whose studies are replayed
