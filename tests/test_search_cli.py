@@ -47,9 +47,9 @@ def test_search_end_to_end(cifar_dir, tmp_path, monkeypatch, capsys):
     # the plan first, on stderr with the progress, so stdout keeps only the results
     plan = out.err.splitlines()
     assert plan[0].startswith("plan: tpe search of mbconv, budget 3,000")
-    assert any(line.split() == ["fidelity:", "600", "training", "images", "x", "2", "epochs", "per", "trial,",
-                                "pruned", "at", "1", "epoch(s)", "when", "behind;", "200", "validation", "images"]
-               for line in plan)
+    # a CPU search prunes nothing by default (tests/test_plan.py has the line with pruning)
+    assert any(line.split() == ["fidelity:", "600", "training", "images", "x", "2", "epochs", "per", "trial;",
+                                "200", "validation", "images"] for line in plan)
     assert any(line.strip().startswith("ETA:") for line in plan)
     assert out.err.count("trial #") == 2  # a line per trial (bars only on a terminal)
     lines = out.out.splitlines()
