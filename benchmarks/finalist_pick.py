@@ -37,9 +37,9 @@ from nas.finalists import FinalistFidelity, pick, recorded
 from nas.plan import device_defaults
 from nas.searchers import SearchConfig, default_start
 from nas.spaces import Genome, load_space
-from nas.study import DEFAULT_VAL_SIZE, open_storage, top_trials
+from nas.study import DEFAULT_VAL_SIZE, top_trials
 from nas.training import space_recipe
-from search_value import arm_of, difference, final_tester, mean_std, read_results
+from search_value import arm_of, difference, final_tester, mean_std, read_results, search_study
 
 RULES = ("best", "diverse", "diverse + hand")  # see the docstring
 REPLAYED = ("hyperband", "k-best")  # search_value's arms whose studies are replayed
@@ -127,8 +127,7 @@ def main() -> None:
         picked = {(r["seed"], r["rule"]) for r in rows if r["kind"] == "pick"}
         for run in sorted((r for r in searched if r["budget"] == budget and arm_of(r) in REPLAYED
                            and r.get("setup") == args.setup), key=lambda r: r["seed"]):
-            storage = open_storage(str(source / run.get("study_file", f"b{budget}-default-s{run['seed']}.log")))
-            study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+            study = search_study(source / run.get("study_file", f"b{budget}-default-s{run['seed']}.log"))
             top = top_trials(study, budget, n=len(study.trials))
             held = {f.genome_str: f.score for f in recorded(study.user_attrs, FinalistFidelity(
                 val_size=DEFAULT_VAL_SIZE, epochs=fidelity["epochs"], seed=fidelity["seed"]))}

@@ -129,6 +129,12 @@ def blocks(genome: Genome) -> int:
     return sum(sum(v) if isinstance(v, list) else int(v) for v in depths)
 
 
+def search_study(path: Path) -> optuna.Study:
+    """The study of one search: each arm and seed has its own journal file, holding one study."""
+    storage = open_storage(str(path))
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+
+
 def pruned_by_depth(rows: list[dict], out: Path) -> None:
     """Per budget, of the trials of the searches with Hyperband: the share it stopped, for
     genomes of the hand design's depth and for deeper ones (read from the arms' studies)."""
@@ -139,9 +145,7 @@ def pruned_by_depth(rows: list[dict], out: Path) -> None:
             arm = arm_of(r)
             if r["budget"] != budget or arm not in SEARCH_ARMS or SEARCH_ARMS[arm][2] != "hyperband":
                 continue
-            path = out / r.get("study_file", f"b{budget}-{SEARCH_ARMS[arm][3]}-s{r['seed']}.log")
-            storage = open_storage(str(path))
-            study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+            study = search_study(out / r.get("study_file", f"b{budget}-{SEARCH_ARMS[arm][3]}-s{r['seed']}.log"))
             if hand_blocks is None:
                 hand_blocks = blocks(default_start(load_space(study.user_attrs["space"])))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
