@@ -16,7 +16,7 @@ import time
 
 from nas.budget import project
 from nas.counting import _count_key, count_params
-from nas.models import build_model
+from nas.families import build_model
 from nas.spaces import load_space
 
 TARGET_MS = 5.0

@@ -48,9 +48,9 @@ class Conv:
         return conv_params(self.c_in, self.c_out, self.kernel, self.bias) + batchnorm_params(self.c_out)
 
     def build(self) -> nn.Module:
-        from nas.models import ConvLayer
+        from nas.modules import ConvLayer
 
-        return ConvLayer(self)
+        return ConvLayer(self.c_in, self.c_out, self.kernel, self.act, self.bias, self.stride, self.residual)
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,10 @@ class MBConv:
         return n
 
     def build(self) -> nn.Module:
-        from nas.models import MBConvBlock
+        from nas.modules import MBConvBlock
 
-        return MBConvBlock(self)
+        s = self
+        return MBConvBlock(s.c_in, s.c_out, s.c_inner, s.kernel, s.stride, s.bias, s.act, s.se, s.skip)
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,9 @@ class Head:
         return self.c_in * self.classes + self.classes
 
     def build(self) -> nn.Module:
-        from nas.models import Classifier
+        from nas.modules import Classifier
 
-        return Classifier(self)
+        return Classifier(self.c_in, self.classes)
 
 
 def downsampling(stage: int, mode: str) -> tuple[list[BlockSpec], int]:

@@ -136,7 +136,7 @@ def add_count(sub) -> None:
 
 
 def cmd_count(args) -> int:
-    from nas.spaces import parse_genome
+    from nas.genome_args import parse_genome
 
     genome = parse_genome(args.genome, storage=args.storage)
     from nas.counting import layer_table  # after the genome is read: a bad one fails without loading torch
@@ -168,7 +168,8 @@ def add_project(sub) -> None:
 
 def cmd_project(args) -> int:
     from nas.budget import project
-    from nas.spaces import load_space, parse_genome
+    from nas.genome_args import parse_genome
+    from nas.spaces import load_space
 
     genome = parse_genome(args.genome, storage=args.storage)
     space = load_space(args.space or genome.space)
@@ -256,8 +257,10 @@ def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int | None) -
         if f.name == "epochs":
             continue
         text = (f.metadata.get("help") or "default {default}").format(default=f.default).replace("%", "%%")
-        if isinstance(f.default, bool):  # a flag that sets the value other than the default
+        if isinstance(f.default, bool) and f.metadata.get("flag"):  # a flag that sets the other value
             g.add_argument(flag, dest=f.name, action="store_const", const=not f.default, help=text)
+        elif isinstance(f.default, bool):  # --x / --no-x: a space's [recipe] may have turned it on
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             g.add_argument(flag, dest=f.name, type=type(f.default), choices=f.metadata.get("choices"), help=text)
 
@@ -297,17 +300,25 @@ def add_train(sub) -> None:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
     p.add_argument("--subset", type=_positive, help=SUBSET_HELP)
+    p.add_argument("--teacher", metavar="RUN",
+                   help="distil from a trained model: a run folder (nas train, a sweep's final training) or "
+                        "STUDY#N with weights; its classes and inputs must match. The loss mixes cross-entropy "
+                        "with the teacher's softened outputs (--kd-alpha, default 0.5 with a teacher; "
+                        "--kd-temperature); the budget counts the student only")
     add_recipe_options(p, epochs_default=15)
 
 
 def cmd_train(args) -> int:
-    from nas.spaces import parse_genome
-    from nas.training import train_genome_command
+    from nas.genome_args import parse_genome
+    from nas.runs import train_genome_command
 
     genome = parse_genome(args.genome, storage=args.storage)
+    if args.teacher and args.kd_alpha is None:
+        args.kd_alpha = 0.5
     recipe = recipe_from_args(args, space=space_of(genome))
     s = train_genome_command(genome, recipe, args.data_dir, args.out, device=args.device,
-                             val_size=args.val_size, subset=args.subset)
+                             val_size=args.val_size, subset=args.subset, teacher=args.teacher,
+                             storage=args.storage)
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
     val = "-" if s["val_acc"] is None else f"{s['val_acc']:.2%}"
     print(f"val acc:  {val}   test acc: {s['test_acc']:.2%}   "
@@ -447,7 +458,8 @@ def cmd_search(args) -> int:
     import optuna
 
     from nas.searchers import make_plan, search
-    from nas.spaces import load_space, parse_genome
+    from nas.genome_args import parse_genome
+    from nas.spaces import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what happens
     settings = search_settings(args)
@@ -605,13 +617,10 @@ def _export_and_print(run: str, output: str | None, *, storage: str | None = Non
                       data_dir: str | None = None) -> None:
     from pathlib import Path
 
-    from nas.export import export_run, parse_trial_ref, trial_run_dir
+    from nas.export import export_run
+    from nas.runs import resolve_run
 
-    ref = None if Path(run).is_dir() else parse_trial_ref(run)
-    if ref is None:
-        run_dir, source = Path(run), {}
-    else:
-        run_dir, source = trial_run_dir(*ref, storage=storage)
+    run_dir, source = resolve_run(run, storage)
     r = export_run(run_dir, output, check=check, data_dir=data_dir, source=source)
     c = r.card
     test = f", test acc {c['test_acc']:.2%}" if isinstance(c.get("test_acc"), (int, float)) else ""

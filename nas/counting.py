@@ -32,7 +32,7 @@ def _flop_analysis(genome: Genome):
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-    from nas.models import build_model
+    from nas.families import build_model
 
     model = build_model(genome).eval()
     with warnings.catch_warnings():  # fvcore traces through a deprecated torch.jit API

@@ -258,23 +258,37 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return torch.addcmul(shift, x.float(), scale)  # one fused pass instead of three
 
 
-def random_crop(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = PAD) -> torch.Tensor:
-    """Random 32x32 crops of the zero-padded batch (torchvision's RandomCrop(32, padding=4))."""
+def crop_flip(x: torch.Tensor, crop: bool = True, flip: bool | torch.Tensor = True,
+              generator: torch.Generator | None = None, pad: int = PAD) -> torch.Tensor:
+    """Random 32x32 crops of the zero-padded batch (torchvision's RandomCrop(32, padding=4)) when
+    `crop`, mirrored left-right where `flip` says: True flips a random half, a bool tensor (one
+    per image) flips exactly those. One gather does both, on the uint8 images."""
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
+    dev = x.device
+    if crop:
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=dev, generator=generator)
+    else:
+        dy = dx = torch.zeros((b, 1, 1), dtype=torch.int64, device=dev)
+    if flip is True:
+        flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    if isinstance(flip, torch.Tensor):
+        cols = torch.where(flip.view(b, 1, 1), w - 1 - cols, cols)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    index = ((dy + rows) * x.shape[3] + dx + cols).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
+
+
+def random_crop(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = PAD) -> torch.Tensor:
+    """Random 32x32 crops of the zero-padded batch, not flipped."""
+    return crop_flip(x, True, False, generator, pad)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return crop_flip(x, False, True, generator)
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -290,13 +304,13 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
     return x.masked_fill(inside[:, None], 0.0)
 
 
-def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, crop: bool = True, flip: bool = True,
-            cutout_size: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A training batch: uint8 (B, 3, 32, 32) -> augmented, normalised float32."""
-    if crop:
-        x = random_crop(x, generator)
-    if flip:
-        x = random_flip(x, generator)
+def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, crop: bool = True,
+            flip: bool | torch.Tensor = True, cutout_size: int = 0,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """A training batch: uint8 (B, 3, 32, 32) -> augmented, normalised float32. `flip`: True for
+    a random half, False for none, or a bool tensor saying which images to mirror."""
+    if crop or flip is not False:
+        x = crop_flip(x, crop, flip, generator)
     x = normalize(x, mean, std)
     if cutout_size > 0:
         x = cutout(x, cutout_size, generator)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +135,7 @@ def input_spec_of(summary: dict[str, Any], data_dir: str | Path | None) -> dict[
     if isinstance(spec, dict) and "mean" in spec and "std" in spec:
         return spec
     from nas.data import load_cifar100
-    from nas.training import input_spec
+    from nas.runs import input_spec
 
     val_size = int(summary.get("val_size", 5000))
     subset = summary.get("subset")
@@ -148,6 +147,13 @@ def input_spec_of(summary: dict[str, Any], data_dir: str | Path | None) -> dict[
         raise NasError(f"this run's result.json has no normalisation statistics (saved by an older nas) and "
                        f"they cannot be recomputed: {e}") from None
     return input_spec(data)
+
+
+def _tta_note(tta: str) -> str:
+    if tta == "flip":
+        return ("flip: the graph averages the logits of each image and its mirror image, "
+                "so a prediction costs two forward passes (2x the FLOPs given)")
+    return "none"
 
 
 # ---------------------------------------------------------------- runs and trials
@@ -164,18 +170,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
 
     from nas import __version__
     from nas.counting import count_flops, count_params
-    from nas.training import load_trained, output_classes
+    from nas.runs import load_trained, run_summary
+    from nas.training import output_classes
 
     run = Path(run_dir)
     if not run.is_dir():
         raise NasError(f"{run}: no such training run folder (RUN is a folder written by nas train, "
                        f"or STUDY#N with --storage)")
     genome, model = load_trained(run)
-    result_file = run / "result.json"
-    try:
-        summary = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise NasError(f"{result_file} is not valid JSON: {e}") from None
+    summary = run_summary(run)
     spec = input_spec_of(summary, data_dir)
     num_classes = output_classes(model)
     out_path = Path(out) if out else run / "model.onnx"
@@ -205,6 +208,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
         "genome": genome.to_dict(), "genome_str": str(genome),
         "params": count_params(genome), "flops": count_flops(genome),
         "recipe": summary.get("recipe"), "epochs": summary.get("epochs"),
+        "test_time_augmentation": _tta_note((summary.get("recipe") or {}).get("tta", "none")),
         "val_acc": summary.get("val_acc"), "test_acc": summary.get("test_acc"),
         "input": {"name": INPUT_NAME, "shape": ["batch", *spec.get("shape", [3, 32, 32])],
                   "dtype": "float32", "layout": spec.get("layout", "NCHW"), "channels": spec.get("channels", "RGB"),
@@ -222,68 +226,3 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp_card, card_file)
     return ExportResult(out_path, card_file, card)
-
-
-def parse_trial_ref(ref: str) -> tuple[str, int] | None:
-    """`STUDY#N` -> (study name, N); None when `ref` is not of that form."""
-    name, sep, number = ref.rpartition("#")
-    if not sep or not name:
-        return None
-    try:
-        n = int(number)
-    except ValueError:
-        raise NasError(f"'{ref}': the part after '#' must be a trial number, e.g. {name}#3") from None
-    return name, n
-
-
-def train_command(genome_json: str, recipe: dict[str, Any] | None, out: str, val_size: int | None = None) -> str:
-    """The `nas train` command line that trains `genome_json` with `recipe` into `out`."""
-    from nas.training import Recipe, recipe_options
-
-    r = {**Recipe().to_dict(), **(recipe or {})}
-    flags = [f"--epochs {r['epochs']}"]
-    for f, flag in recipe_options():  # the options whose value is not the default
-        if f.name != "epochs" and r[f.name] != f.default:
-            flags.append(flag if isinstance(f.default, bool) else f"{flag} {r[f.name]}")
-    if val_size and val_size != 5000:
-        flags.append(f"--val-size {val_size}")
-    return f"nas train {shlex.quote(genome_json)} {' '.join(flags)} --out {shlex.quote(out)}"
-
-
-def trial_run_dir(study_name: str, number: int, storage: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """The training run that holds trial `number`'s weights, and where it came from: the study's
-    final training (`final.run_dir`) when the trial is the winner or has the winner's genome.
-    NasError otherwise, with the commands that make a run and export it."""
-    import optuna
-
-    from nas.spaces import Genome
-    from nas.study import open_storage, resolve_storage
-
-    st = open_storage(storage)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=st)
-    except KeyError:
-        names = optuna.get_all_study_names(st)
-        hint = f" (studies there: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
-        raise NasError(f"no study '{study_name}' in {resolve_storage(storage)}{hint}") from None
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise NasError(f"study '{study_name}' has no trial #{number} (it has {len(trials)} trials)")
-    t = trials[number]
-    text = t.user_attrs.get("genome")
-    if not isinstance(text, str):
-        raise NasError(f"trial #{number} of study '{study_name}' has no genome recorded")
-    final = study.user_attrs.get("final") or {}
-    same = isinstance(final.get("genome"), str) and Genome.from_json(final["genome"]).key() == Genome.from_json(text).key()
-    source = {"study": study_name, "trial": number, "storage": resolve_storage(storage)}
-    if (final.get("trial") == number or same) and final.get("run_dir"):
-        run = Path(final["run_dir"])
-        if not (run / "model.pt").is_file():
-            raise NasError(f"trial #{number} of study '{study_name}' was trained in {run}, which is not here "
-                           f"(run nas export in the folder the sweep ran in, or pass that folder)")
-        return run, {**source, "final_training_of_trial": final.get("trial")}
-    out = f"runs/{study_name}-t{number}"
-    recipe = final.get("recipe") if same else t.user_attrs.get("recipe") or study.user_attrs.get("recipe")
-    train = train_command(text, recipe, out, study.user_attrs.get("val_size"))
-    raise NasError(f"trial #{number} of study '{study_name}' has no trained weights (search trials keep none; only a "
-                   f"sweep's final training of the winner does): train it with  {train}  then  nas export {out}")

@@ -24,6 +24,8 @@ from nas.family import (
 from nas.resnet import ResNetFamily
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from nas.spaces import Genome
 
 
@@ -158,3 +160,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (ConvFamily(), MBConvFamily(),
 def architecture(genome: Genome) -> list[BlockSpec]:
     """The block specs of a genome's network, in order."""
     return FAMILIES[genome.family].architecture(genome)
+
+
+def build_model(genome: Genome) -> nn.Sequential:
+    """The network of a genome, freshly initialised; outputs logits (softmax is part of the loss)."""
+    from torch import nn
+
+    from nas.modules import init_weights
+
+    model = nn.Sequential(*(b.build() for b in architecture(genome)))
+    init_weights(model)
+    return model

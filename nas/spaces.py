@@ -519,11 +519,11 @@ GENOME_FORMS = ("a preset name (seed-m4, mbconv:seed-m4), a short form as nas pr
                 "(conv:16x1|32x2|64x1|128x1), STUDY#N (trial N of a study), a .json file or inline JSON")
 
 
-def parse_genome(text: str, space: Space | None = None, storage: str | None = None) -> Genome:
-    """A GENOME argument: a preset name (`seed-m4` or `mbconv:seed-m4`), a short form as nas
-    prints it, `STUDY#N` (trial N of study STUDY in `storage`, default the one `nas search`
-    uses), a JSON file, or inline JSON. JSON that names a `space` takes the family and any
-    option it leaves out from that space file.
+def parse_genome(text: str, space: Space | None = None) -> Genome:
+    """A GENOME that needs no storage: a preset name (`seed-m4` or `mbconv:seed-m4`), a short
+    form as nas prints it, a JSON file, or inline JSON. JSON that names a `space` takes the family
+    and any option it leaves out from that space file. (`STUDY#N` reads a study:
+    `nas.genome_args.parse_genome`.)
 
     The genome must lie inside its space (`space`, else the one it names)."""
     text = text.strip()
@@ -533,11 +533,9 @@ def parse_genome(text: str, space: Space | None = None, storage: str | None = No
     elif Path(text).suffix == ".json" or _is_file(Path(text)):
         where = clip(text)
         genome = _genome_from_json(read_text(Path(text), "genome file"), where)
-    elif m := TRIAL_REF.fullmatch(text):
-        from nas.study import trial_genome_by_number  # nas.study imports this module
-
-        where = text
-        genome = trial_genome_by_number(m["study"], int(m["number"]), storage)
+    elif TRIAL_REF.fullmatch(text):
+        raise NasError(f"'{clip(text)}' is a trial of a study: read it with nas.genome_args.parse_genome, "
+                       f"which opens the storage")
     elif ":" in text and re.match(r"\d|s\d", text.partition(":")[2]):  # a body starts s<stem> or <width>x
         where = f"genome '{clip(text)}'"
         genome = parse_short(text, where)

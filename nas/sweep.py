@@ -29,7 +29,8 @@ from nas.searchers import (
 from nas.spaces import Genome, Space, load_space
 from nas.study import Objective, open_storage, search_seconds, storage_url, study_name, trial_genome
 from nas.text import plural
-from nas.training import Recipe, default_device, space_recipe, train_genome_command
+from nas.runs import train_genome_command
+from nas.training import Recipe, default_device, space_recipe
 
 if TYPE_CHECKING:
     from nas.data import CifarData

@@ -11,25 +11,25 @@ The CPU path is reproducible for a seed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from nas.data import CifarData, augment, batches, load_cifar100, normalize
+from nas.data import CifarData, augment, batches, normalize
 from nas.errors import NasError
-from nas.models import build_model
+from nas.families import build_model
 from nas.progress import progress_bar
-from nas.spaces import Genome, Space, parse_genome
+from nas.modules import FlipAverage
+from nas.spaces import Genome, Space
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
@@ -45,7 +45,11 @@ _ORIGINAL: Mapping[str, Any] = MappingProxyType({
     "bf16": True, "seed": 0,
 })
 # Fields added since, each at its neutral value: the one that trains as before the field existed.
-_ADDED: Mapping[str, Any] = MappingProxyType({})
+_ADDED: Mapping[str, Any] = MappingProxyType({
+    "ema": 0.0, "tta": "none", "alt_flip": False, "bn_lr": 1.0, "whiten": False, "kd_alpha": 0.0,
+    "kd_temperature": 4.0,
+})
+TTA_MODES = ("none", "flip")
 
 
 def _field(default: Any, help: str | None = None, *, flag: str | None = None,
@@ -83,6 +87,20 @@ class Recipe:
     bf16: bool = _field(True, "train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)",
                         flag="--no-bf16")
     seed: int = _field(0, option=False)  # `--seed` is the sampler's seed in nas search
+    # Learning more per epoch (benchmarks/recipe_ablation.py measures each at equal wall-clock time).
+    ema: float = _field(0.0, "decay per step of an average of the weights; the average is evaluated, saved and "
+                        "exported (0 = off; default: the space's, else {default})")
+    tta: str = _field("none", "test-time augmentation: 'flip' averages the logits of each image and its mirror "
+                      "image, in the exported model too (default: the space's, else {default})", choices=TTA_MODES)
+    alt_flip: bool = _field(False, "flip each image in every other epoch instead of at random (default: the "
+                            "space's, else random)")
+    bn_lr: float = _field(1.0, "learning-rate multiplier of BatchNorm parameters and biases (default: the "
+                          "space's, else {default})")
+    whiten: bool = _field(False, "initialise the first conv by whitening image patches (default: the space's, "
+                          "else off)")
+    kd_alpha: float = _field(0.0, "weight of the distillation loss when training with --teacher (default 0.5 with "
+                             "a teacher)")
+    kd_temperature: float = _field(4.0, "softmax temperature of the distillation loss (default {default})")
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,10 +108,14 @@ class Recipe:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.tta not in TTA_MODES:
+            problems.append(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         checks = (("lr", self.lr > 0), ("warmup", 0 <= self.warmup < 1),
                   ("label_smoothing", 0 <= self.label_smoothing < 1), ("weight_decay", self.weight_decay >= 0),
-                  ("batch_size", self.batch_size >= 1), ("epochs", self.epochs >= 1), ("cutout", self.cutout >= 0))
-        bounds = {"lr": "> 0", "warmup": "in [0, 1)", "label_smoothing": "in [0, 1)", "weight_decay": ">= 0",
+                  ("batch_size", self.batch_size >= 1), ("epochs", self.epochs >= 1), ("cutout", self.cutout >= 0),
+                  ("ema", 0 <= self.ema < 1), ("bn_lr", self.bn_lr > 0), ("kd_alpha", 0 <= self.kd_alpha <= 1),
+                  ("kd_temperature", self.kd_temperature > 0))
+        bounds = {"ema": "in [0, 1)", "bn_lr": "> 0", "kd_alpha": "in [0, 1]", "kd_temperature": "> 0","lr": "> 0", "warmup": "in [0, 1)", "label_smoothing": "in [0, 1)", "weight_decay": ">= 0",
                   "batch_size": ">= 1", "epochs": ">= 1", "cutout": ">= 0"}
         problems += [f"{name} must be {bounds[name]}, got {getattr(self, name)!r}" for name, ok in checks if not ok]
         if problems:
@@ -174,6 +196,7 @@ class TrainResult:
     images_seen: int
     device: str
     params: int
+    # The trained model (the weight average with recipe.ema); `predictor(model, recipe.tta)` answers.
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -208,19 +231,102 @@ def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, bn_lr: float = 1.0) -> list[dict[str, Any]]:
     """Weight decay on conv and linear weights only: BatchNorm scales/shifts and biases are the
-    1-D parameters, and decaying them only fights the normalisation."""
+    1-D parameters, and decaying them only fights the normalisation. Those 1-D parameters learn
+    at `bn_lr` times the learning rate (airbench's BatchNorm-bias multiplier). Each group's
+    `lr_scale` is its multiplier of the recipe's learning rate."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": bn_lr}]
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    groups = param_groups(model, recipe.weight_decay)
+    groups = param_groups(model, recipe.weight_decay, recipe.bn_lr)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics, kept in a
+    copy of the model. It is updated every `every` steps with the decay compounded to match,
+    and warms up (an effective decay of at most (1 + n) / (10 + n) after n updates, as timm's
+    ModelEma), so a short run is not averaged with its random initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float, every: int = 4):
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.every, self.updates = decay ** every, every, 0
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        if step % self.every:
+            return
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_([a for a, _ in self._floats], [b for _, b in self._floats], 1.0 - decay)
+        for a, b in self._others:  # BatchNorm's step counters
+            a.copy_(b)
+
+
+def predictor(model: nn.Module, tta: str) -> nn.Module:
+    """What answers for a trained model: the model, or its test-time-augmented wrapper."""
+    return FlipAverage(model) if tta == "flip" else model
+
+
+@torch.no_grad()
+def whiten_first_conv(model: nn.Module, data: CifarData, samples: int = 1000, eps: float = 5e-4) -> bool:
+    """Initialise the first conv that reads the image (3 input channels, not grouped) with the
+    principal components of the training images' patches of its kernel size, each scaled to unit
+    variance, in +/- pairs so that the ReLU after it keeps both signs (airbench's whitening
+    init, with as many filters as the conv has). False when the model has no such conv."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.groups == 1),
+                None)
+    if conv is None:
+        return False
+    k = conv.kernel_size[0]
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data.train_x), generator=gen)[:samples].to(data.device)
+    x = normalize(data.train_x[idx], data.mean, data.std).cpu().double()
+    patches = torch.nn.functional.unfold(x, k).transpose(1, 2).reshape(-1, 3 * k * k)
+    patches = patches - patches.mean(0)
+    values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))  # ascending
+    values, vectors = values.flip(0), vectors.flip(1)
+    filters = []
+    for i in range(conv.out_channels):
+        j = (i // 2) % len(values)
+        filters.append((1 - 2 * (i % 2)) * vectors[:, j] / (values[j] + eps).sqrt())
+    conv.weight.copy_(torch.stack(filters).reshape(conv.weight.shape).to(conv.weight))
+    return True
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, recipe: Recipe,
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Label-smoothed cross-entropy, mixed with the distillation loss when a teacher answered:
+    (1 - kd_alpha) * cross-entropy + kd_alpha * distillation."""
+    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+    if teacher_logits is None:
+        return loss
+    kd = distillation_loss(logits, teacher_logits, recipe.kd_temperature)
+    return (1 - recipe.kd_alpha) * loss + recipe.kd_alpha * kd
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, times T^2 (Hinton et
+    al.) so that its gradients keep their scale whatever the temperature."""
+    t = temperature
+    return nn.functional.kl_div(nn.functional.log_softmax(student.float() / t, 1),
+                                nn.functional.log_softmax(teacher.float() / t, 1),
+                                reduction="batchmean", log_target=True) * (t * t)
 
 
 def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:
@@ -272,18 +378,29 @@ class _Diverged(Exception):
         super().__init__(f"loss became {value} at epoch {epoch} step {step}")
 
 
+def _check_teacher(teacher: nn.Module, data: CifarData) -> None:
+    classes = output_classes(teacher)
+    if classes != data.num_classes:
+        raise NasError(f"the teacher predicts {classes} classes but the data has {data.num_classes}")
+
+
 # ---------------------------------------------------------------- the loop
 
 def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
           device: str | torch.device | None = None,
           callback: Callable[[int, float], bool | None] | None = None,
-          progress: bool = False, desc: str | None = None) -> TrainResult:
+          progress: bool = False, desc: str | None = None, teacher: nn.Module | None = None) -> TrainResult:
     """Train for `recipe.epochs` epochs on `data.train_*`, evaluating on `data.val_*` after each.
 
     `callback(epoch, val_acc)` (epoch 1-based; val_acc None without a validation split) runs after
-    each epoch; returning False stops the run early (status "ok", `stopped_early`). Exceptions it raises propagate unchanged. A NaN or
-    infinite loss, or CUDA running out of memory, ends the run with status "failed" and a reason.
-    A model whose head does not predict `data.num_classes` classes raises NasError before training.
+    each epoch; returning False stops the run early (status "ok", `stopped_early`). Exceptions it
+    raises propagate unchanged. A NaN or infinite loss, or CUDA running out of memory, ends the run
+    with status "failed" and a reason. A model whose head does not predict `data.num_classes`
+    classes raises NasError before training. With `teacher` (a trained model, run in eval mode on
+    the same augmented batches) and `recipe.kd_alpha` > 0, the loss is
+    (1 - kd_alpha) * cross-entropy + kd_alpha * `distillation_loss`. The model that is evaluated
+    and returned is the weight average when `recipe.ema` > 0, wrapped by `predictor` for
+    evaluation when `recipe.tta` is on.
     """
     dev = torch.device(device) if device is not None else default_device()
     if data.device != dev:
@@ -296,29 +413,39 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
             model = build_model(model_or_genome)
     else:
         model = model_or_genome
+    if recipe.whiten:
+        whiten_first_conv(model, data)
     # channels_last on the CPU too: oneDNN's NHWC kernels trained these small nets ~1.3-1.7x faster.
     model = model.to(dev, memory_format=torch.channels_last)
     classes = output_classes(model)
     if classes != data.num_classes:  # else a CUDA assert or a silent mismatch, deep in the loop
         what = model_or_genome if isinstance(model_or_genome, Genome) else "the model"
         raise NasError(f"{what} has a {classes}-class head but the data has {data.num_classes} classes")
+    distill = teacher is not None and recipe.kd_alpha > 0
+    if recipe.kd_alpha > 0 and teacher is None:
+        raise NasError("recipe: kd_alpha > 0 needs a teacher (nas train --teacher RUN)")
+    if distill:
+        teacher = teacher.to(dev, memory_format=torch.channels_last).eval()
+        _check_teacher(teacher, data)
     forward = torch.compile(model) if recipe.compile and cuda else model
     params = sum(p.numel() for p in model.parameters())
+    average = WeightAverage(model, recipe.ema) if recipe.ema > 0 else None
+    final = average.model if average else model  # what is evaluated, saved and exported
+    answer = predictor(final, recipe.tta)
 
     optimizer = make_optimizer(model, recipe)
     n, bs = len(data.train_y), recipe.batch_size
     steps_per_epoch = math.ceil(n / bs)
     total_steps = steps_per_epoch * recipe.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, recipe.schedule, recipe.warmup))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    lrs = [recipe.lr * lr_factor(s, total_steps, recipe.schedule, recipe.warmup) for s in range(total_steps)]
     gen = torch.Generator(device=dev).manual_seed(recipe.seed)
-    # Checking the loss needs a sync: free on the CPU, so every step; on CUDA every 32 steps.
-    check_every = 32 if cuda else 1
+    # Alternating flip (airbench): each image is mirrored in every other epoch, from a random start.
+    flip_start = torch.rand(n, device=dev, generator=gen) < 0.5 if recipe.alt_flip and recipe.flip else None
+    check_every = 32  # the loss check waits for the device: every 32 steps, not every step
 
     curve: list[dict[str, float]] = []
     status, failure, stopped_early = "ok", None, False
-    train_time, images_seen, epoch = 0.0, 0, 0
+    train_time, images_seen, epoch, step = 0.0, 0, 0, 0
     start = time.perf_counter()
     # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
     with progress_bar(total_steps, progress, unit="batch", leave=False,
@@ -329,29 +456,36 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                 t0 = time.perf_counter()
                 losses = torch.zeros(steps_per_epoch, device=dev)
                 checked = 0
-                for step, idx in enumerate(batches(n, bs, gen, dev), 1):
-                    x = augment(data.train_x[idx], data.mean, data.std, crop=recipe.crop, flip=recipe.flip,
+                for i, idx in enumerate(batches(n, bs, gen, dev), 1):
+                    flip = recipe.flip if flip_start is None else flip_start[idx] ^ bool(epoch % 2)
+                    x = augment(data.train_x[idx], data.mean, data.std, crop=recipe.crop, flip=flip,
                                 cutout_size=recipe.cutout, generator=gen)
                     x = x.contiguous(memory_format=torch.channels_last)
+                    set_lr(optimizer, lrs[step])
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                        loss = loss_fn(forward(x), data.train_y[idx])
+                        logits = forward(x)
+                        with torch.no_grad():
+                            soft = teacher(x) if distill else None
+                        loss = training_loss(logits, data.train_y[idx], recipe, soft)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    scheduler.step()
-                    losses[step - 1] = loss.detach()
+                    step += 1
+                    if average:
+                        average.update(step)
+                    losses[i - 1] = loss.detach()
                     bar.update(1)
-                    if step % check_every == 0 or step == steps_per_epoch:
-                        bad = (~torch.isfinite(losses[checked:step])).nonzero()
+                    if i % check_every == 0 or i == steps_per_epoch:
+                        bad = (~torch.isfinite(losses[checked:i])).nonzero()
                         if len(bad):
                             s = checked + int(bad[0])
                             raise _Diverged(epoch, s + 1, losses[s].item())
-                        checked = step
+                        checked = i
                 images_seen += n
                 train_loss = losses.mean().item()  # also waits for the device, for train_time
                 train_time += time.perf_counter() - t0
                 # No validation split (a final training on every image): nothing to measure per epoch.
-                val_acc = (evaluate(forward, data.val_x, data.val_y, data, bf16=recipe.bf16)
+                val_acc = (evaluate(answer, data.val_x, data.val_y, data, bf16=recipe.bf16)
                            if len(data.val_y) else None)
                 curve.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc})
                 bar.set_postfix(epoch=f"{epoch}/{recipe.epochs}", loss=f"{train_loss:.3f}",
@@ -366,7 +500,7 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
             failure = f"CUDA out of memory at epoch {epoch} (batch size {bs}, {params} parameters)"
     if status == "failed" and cuda:
         # Drop this run's tensors before returning the cached blocks, so the next run has them.
-        x = loss = losses = None  # noqa: F841
+        x = loss = losses = logits = None  # noqa: F841
         optimizer.state.clear()
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
@@ -374,74 +508,4 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                        failure=failure, epochs=len(curve), stopped_early=stopped_early,
                        wall_time_s=time.perf_counter() - start, train_time_s=train_time,
                        images_seen=images_seen, device=describe_device(dev), params=params,
-                       model=model if status == "ok" else None)
-
-
-# ---------------------------------------------------------------- `nas train GENOME`
-
-def _run_dir(genome: Genome) -> Path:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(genome)).strip("_")[:100]  # short forms with options get long
-    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out, k = base, 1
-    while out.exists():
-        k += 1
-        out = base.with_name(f"{base.name}-{k}")
-    return out
-
-
-def input_spec(data: CifarData) -> dict[str, Any]:
-    """The input a model trained on `data` expects: 3x32x32 RGB, NCHW, float32, normalised per
-    channel with the training split's statistics as `(pixel / 255 - mean) / std`."""
-    return {"shape": [3, 32, 32], "layout": "NCHW", "channels": "RGB", "dtype": "float32",
-            "mean": data.mean.cpu().tolist(), "std": data.std.cpu().tolist(),
-            "normalize": "(pixel / 255 - mean) / std, per channel",
-            "num_classes": data.num_classes, "classes": list(data.classes)}
-
-
-def train_genome_command(genome: Genome | str, recipe: Recipe, data_dir: str | Path | None = None,
-                         out_dir: str | Path | None = None, *, device: str | None = None,
-                         val_size: int = 5000, subset: int | None = None, progress: bool = True,
-                         data: CifarData | None = None) -> dict[str, Any]:
-    """Train one genome (a Genome or a GENOME argument: preset, .json file or inline JSON) with
-    `recipe`, report val and test accuracy, and save `model.pt` (state_dict), `genome.json` and
-    `result.json` in `out_dir` (default `runs/<genome>-<timestamp>/`). Returns the summary
-    written to result.json; a failed run still writes result.json, then raises NasError with the
-    reason."""
-    g = parse_genome(genome) if isinstance(genome, str) else genome
-    dev = torch.device(device) if device else default_device()
-    if data is None:  # a caller training several genomes passes the data it loaded once
-        data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
-    result = train(g, data, recipe, dev, progress=progress)
-    out = Path(out_dir) if out_dir else _run_dir(g)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "genome.json").write_text(g.to_json() + "\n")
-    summary: dict[str, Any] = {
-        "run_dir": str(out), "genome": g.to_dict(), "genome_str": str(g), "params": result.params,
-        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": len(data.val_y), "subset": subset,
-        "train_size": len(data.train_y), "val_acc": result.val_acc, "test_acc": None,
-        # What the model expects as input: the exported model (nas export) needs it to be usable.
-        "input": input_spec(data),
-        **{k: v for k, v in result.to_dict().items() if k not in ("val_acc", "params")},
-    }
-    if result.ok:
-        summary["test_acc"] = evaluate(result.model, data.test_x, data.test_y, data, bf16=recipe.bf16)
-        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out / "model.pt")
-    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if not result.ok:
-        raise NasError(f"training failed: {result.failure} (details in {out / 'result.json'})")
-    return summary
-
-
-def load_trained(run_dir: str | Path) -> tuple[Genome, nn.Module]:
-    """The genome and trained model (in eval mode, on the CPU) saved by `train_genome_command`."""
-    run = Path(run_dir)
-    for name in ("genome.json", "model.pt"):
-        if not (run / name).is_file():
-            raise NasError(f"{run} is not a finished training run: {name} is missing")
-    genome = Genome.from_json((run / "genome.json").read_text(), str(run / "genome.json"))
-    model = build_model(genome)
-    try:
-        model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError) as e:
-        raise NasError(f"{run / 'model.pt'} does not fit genome {genome}: {str(e).splitlines()[0]}") from None
-    return genome, model.eval()
+                       model=final if status == "ok" else None)

@@ -7,7 +7,7 @@ import torch
 from conftest import builtin_space_names, random_genome
 
 from nas.counting import count_flops, count_params
-from nas.models import build_model
+from nas.families import build_model
 from nas.spaces import Genome, load_space
 
 PUBLISHED = {"seed-m4": 50_548, "seed-m5": 99_844, "seed-m6": 352_388, "seed-m7": 491_524, "seed-m8": 1_068_740}

@@ -14,9 +14,9 @@ from nas.cli import main
 from nas.counting import count_flops, count_params
 from nas.errors import NasError
 from nas.export import CHECK_TOLERANCE, card_path_for, export_run, onnx_logits
-from nas.models import build_model
+from nas.families import build_model
 from nas.spaces import Genome, load_space
-from nas.training import load_trained
+from nas.runs import load_trained
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -12,7 +12,8 @@ from conftest import builtin_space_names, option_values, random_genome
 
 from nas.errors import NasError
 from nas.families import FAMILIES
-from nas.spaces import load_space, parse_genome, parse_short
+from nas.genome_args import parse_genome
+from nas.spaces import load_space, parse_short
 
 SPACES = builtin_space_names()
 

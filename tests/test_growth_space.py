@@ -7,7 +7,7 @@ import pytest
 
 from nas.budget import band, project
 from nas.counting import count_params
-from nas.models import build_model
+from nas.families import build_model
 from nas.searchers import default_start, suggest_genome
 from nas.spaces import load_space
 

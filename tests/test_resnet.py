@@ -11,7 +11,7 @@ from torchvision.models.resnet import BasicBlock
 from nas.budget import band, project
 from nas.cli import main
 from nas.counting import count_params
-from nas.models import build_model
+from nas.families import build_model
 from nas.spaces import Genome, load_space, parse_short
 
 

@@ -3,7 +3,8 @@
 import json
 
 from nas.cli import main
-from nas.training import evaluate, load_trained
+from nas.runs import load_trained
+from nas.training import evaluate
 
 
 def test_nas_train_saves_a_rebuildable_model(cifar_dir, tmp_path, capsys):

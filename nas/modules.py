@@ -1,13 +1,13 @@
-"""The torch modules of the built-in block specs (`nas.blocks`), and a genome's whole network."""
+"""The torch modules that block specs (`nas.blocks`) build, and the test-time-augmentation wrapper.
+
+Modules take plain numbers, not specs: specs import this module when they build, and nothing
+here imports a spec, so the two never import each other.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from nas.blocks import Conv, Head, MBConv
-from nas.families import architecture
-from nas.spaces import Genome
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -22,10 +22,11 @@ def conv_bn_act(c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride
 
 
 class ConvLayer(nn.Module):
-    def __init__(self, spec: Conv):
+    def __init__(self, c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride: int = 1,
+                 residual: bool = False):
         super().__init__()
-        self.body = conv_bn_act(spec.c_in, spec.c_out, spec.kernel, spec.act, spec.bias, spec.stride)
-        self.residual = spec.residual
+        self.body = conv_bn_act(c_in, c_out, kernel, act, bias, stride)
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -45,19 +46,22 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConvBlock(nn.Module):
-    def __init__(self, spec: MBConv):
+    """1x1 expand, depthwise kxk, optional squeeze-excitation, 1x1 project; `skip` is
+    "identity", "project" (a 1x1 conv with the block's stride) or "none"."""
+
+    def __init__(self, c_in: int, c_out: int, c_inner: int, kernel: int, stride: int, bias: bool, act: str,
+                 se: int, skip: str):
         super().__init__()
-        s = spec
         layers: list[nn.Module] = [
-            conv_bn_act(s.c_in, s.c_inner, 1, s.act, s.bias),
-            conv_bn_act(s.c_inner, s.c_inner, s.kernel, s.act, s.bias, stride=s.stride, groups=s.c_inner),
+            conv_bn_act(c_in, c_inner, 1, act, bias),
+            conv_bn_act(c_inner, c_inner, kernel, act, bias, stride=stride, groups=c_inner),
         ]
-        if s.se:
-            layers.append(SqueezeExcite(s.c_inner, s.se, s.act))
-        layers.append(conv_bn_act(s.c_inner, s.c_out, 1, s.act, s.bias))
+        if se:
+            layers.append(SqueezeExcite(c_inner, se, act))
+        layers.append(conv_bn_act(c_inner, c_out, 1, act, bias))
         self.main = nn.Sequential(*layers)
-        self.skip_kind = s.skip
-        self.skip = nn.Conv2d(s.c_in, s.c_out, 1, stride=s.stride, bias=s.bias) if s.skip == "project" else None
+        self.skip_kind = skip
+        self.skip = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias) if skip == "project" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.main(x)
@@ -69,19 +73,25 @@ class MBConvBlock(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self, spec: Head):
+    def __init__(self, c_in: int, classes: int):
         super().__init__()
-        self.fc = nn.Linear(spec.c_in, spec.classes)
+        self.fc = nn.Linear(c_in, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean((2, 3)))
 
 
-def build_model(genome: Genome) -> nn.Sequential:
-    """The network of a genome; outputs logits (softmax is part of the loss)."""
-    model = nn.Sequential(*(b.build() for b in architecture(genome)))
-    init_weights(model)
-    return model
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the mean of the model's logits for the images and their mirror
+    images. Wrapping the model (rather than averaging in the evaluation loop) makes the exported
+    ONNX graph do the same, so the accuracy a user gets is the accuracy reported."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.model(x) + self.model(x.flip(3)))
 
 
 def init_weights(model: nn.Module) -> None:
