@@ -31,10 +31,20 @@ def _conv(depth, width, **options) -> Genome:
 
 
 def _mbconv(stem, width, expand, **options) -> Genome:
-    genes = {"stem": stem, "depth": [1] * len(width), "width": width, "expand": [expand] * len(width),
-             "kernel": [3] * len(width)}
-    return Genome.from_dict({"family": "mbconv", "genes": genes,
-                             "options": {"activation": "silu", "bias": False, "stem_kernel": 3, **options}})
+    genes = {
+        "stem": stem,
+        "depth": [1] * len(width),
+        "width": width,
+        "expand": [expand] * len(width),
+        "kernel": [3] * len(width),
+    }
+    return Genome.from_dict(
+        {
+            "family": "mbconv",
+            "genes": genes,
+            "options": {"activation": "silu", "bias": False, "stem_kernel": 3, **options},
+        }
+    )
 
 
 GENOMES = [
@@ -56,14 +66,18 @@ def summarize(rows: list[dict], epochs: int) -> dict:
         fits = [fit_asymptote(range(1, k + 1), r["curve"][:k]) for r in rows]
         for name, pred in ((f"alpha@{k}", [f.alpha for f in fits]), (f"raw@{k}", [r["curve"][k - 1] for r in rows])):
             pred = np.array(pred)
-            summary[name] = {"mae": float(np.mean(np.abs(pred - final))),
-                             "mean_signed_error": float(np.mean(pred - final)),
-                             "spearman": float(spearmanr(pred, final).statistic),
-                             **({"fits_converged": sum(f.converged for f in fits)} if name.startswith("alpha") else {})}
+            summary[name] = {
+                "mae": float(np.mean(np.abs(pred - final))),
+                "mean_signed_error": float(np.mean(pred - final)),
+                "spearman": float(spearmanr(pred, final).statistic),
+                **({"fits_converged": sum(f.converged for f in fits)} if name.startswith("alpha") else {}),
+            }
             s = summary[name]
-            print(f"{name:>9} vs final@{epochs}: mean abs error {s['mae']:.4f}, mean signed error "
-                  f"{s['mean_signed_error']:+.4f}, Spearman {s['spearman']:+.3f}"
-                  + (f", fits converged {s['fits_converged']}/{len(rows)}" if "fits_converged" in s else ""))
+            print(
+                f"{name:>9} vs final@{epochs}: mean abs error {s['mae']:.4f}, mean signed error "
+                f"{s['mean_signed_error']:+.4f}, Spearman {s['spearman']:+.3f}"
+                + (f", fits converged {s['fits_converged']}/{len(rows)}" if "fits_converged" in s else "")
+            )
     return summary
 
 
@@ -85,26 +99,51 @@ def main(argv: list[str] | None = None) -> int:
     data = load_cifar100(args.data_dir, device=device, subset=args.subset)
     recipe = Recipe(epochs=args.epochs)
     k = args.epochs // 3
-    print(f"E={args.epochs}, fit on the first {k} epochs; {len(data.train_y)} training / {len(data.val_y)} "
-          f"validation images; recipe {recipe.tag}; device {device}; load average {os.getloadavg()[0]:.1f}",
-          flush=True)
+    print(
+        f"E={args.epochs}, fit on the first {k} epochs; {len(data.train_y)} training / {len(data.val_y)} "
+        f"validation images; recipe {recipe.tag}; device {device}; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     rows: list[dict] = []
     start = time.perf_counter()
 
     def save(rows: list[dict], summary: dict | None) -> None:
         with open(args.out, "w") as f:
-            json.dump({"epochs": args.epochs, "k": k, "subset": args.subset, "recipe": recipe.to_dict(),
-                       "rows": rows, "summary": summary}, f, indent=2)
+            json.dump(
+                {
+                    "epochs": args.epochs,
+                    "k": k,
+                    "subset": args.subset,
+                    "recipe": recipe.to_dict(),
+                    "rows": rows,
+                    "summary": summary,
+                },
+                f,
+                indent=2,
+            )
 
     for genome in GENOMES:
         r = train(genome, data, recipe, device)
         accs = [c["val_acc"] for c in r.curve]
         a = fit_asymptote(range(1, k + 1), accs[:k])
-        rows.append({"genome": str(genome), "params": count_params(genome), "curve": accs, "alpha": a.alpha,
-                     "alpha_std": a.alpha_std, "method": a.method, "reason": a.reason, "wall_time_s": r.wall_time_s})
-        print(f"{rows[-1]['genome']:<48} {rows[-1]['params']:>6} params  final {accs[-1]:.4f}  "
-              f"raw@{k} {accs[k - 1]:.4f}  alpha@{k} {a.alpha:.4f} +- {a.alpha_std:.4f} ({a.method} {a.reason})  "
-              f"{r.wall_time_s:.0f}s", flush=True)
+        rows.append(
+            {
+                "genome": str(genome),
+                "params": count_params(genome),
+                "curve": accs,
+                "alpha": a.alpha,
+                "alpha_std": a.alpha_std,
+                "method": a.method,
+                "reason": a.reason,
+                "wall_time_s": r.wall_time_s,
+            }
+        )
+        print(
+            f"{rows[-1]['genome']:<48} {rows[-1]['params']:>6} params  final {accs[-1]:.4f}  "
+            f"raw@{k} {accs[k - 1]:.4f}  alpha@{k} {a.alpha:.4f} +- {a.alpha_std:.4f} ({a.method} {a.reason})  "
+            f"{r.wall_time_s:.0f}s",
+            flush=True,
+        )
         save(rows, None)  # after every genome: a long run that dies keeps what it measured
     save(rows, summarize(rows, args.epochs))
     print(f"total {time.perf_counter() - start:.0f}s")

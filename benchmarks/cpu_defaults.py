@@ -23,7 +23,7 @@ import torch
 from nas.budget import parse_budgets, project
 from nas.data import load_cifar100
 from nas.plan import calibrate
-from nas.searchers import default_start
+from nas.search import default_start
 from nas.spaces import load_space
 from nas.training import space_recipe, train
 
@@ -43,7 +43,10 @@ def main() -> None:
     print(f"cpu, {threads} threads, {len(data.train_y):,} training images, {len(data.val_y):,} validation")
     parts = set(args.parts.split(","))
     print("\n1. accuracy per CPU-second: each hand design trained for about the same wall time")
-    print(f"{'budget':>8}  {'space':<14} {'genome':<40} {'params':>8} {'img/s':>7} {'epochs':>6} {'seconds':>7} {'val acc':>8}")
+    print(
+        f"{'budget':>8}  {'space':<14} {'genome':<40} {'params':>8} {'img/s':>7} {'epochs':>6} "
+        f"{'seconds':>7} {'val acc':>8}"
+    )
     for budget in parse_budgets(args.budgets) if "1" in parts else []:
         for name in args.spaces.split(","):
             space = load_space(name)
@@ -52,16 +55,22 @@ def main() -> None:
             cal = calibrate(genome, recipe, "cpu", use_cache=False)
             epochs = max(1, round(args.seconds / cal.seconds(len(data.train_y), 1, len(data.val_y))))
             r = train(genome, data, replace(recipe, epochs=epochs), "cpu")
-            print(f"{budget:>8,}  {name:<14} {str(genome):<40} {r.params:>8,} {cal.train_images_per_s:>7,.0f} "
-                  f"{epochs:>6} {r.wall_time_s:>7.0f} {r.val_acc:>8.2%}", flush=True)
+            print(
+                f"{budget:>8,}  {name:<14} {str(genome):<40} {r.params:>8,} {cal.train_images_per_s:>7,.0f} "
+                f"{epochs:>6} {r.wall_time_s:>7.0f} {r.val_acc:>8.2%}",
+                flush=True,
+            )
 
     print("\n2. two trials: one after the other with all threads vs both at once, one thread each")
     space = load_space(args.spaces.split(",")[0])
     recipe = space_recipe(space)
     for budget in parse_budgets(args.budgets) if "2" in parts else []:
         a = project(default_start(space), space, budget)
-        b = project(space.from_vector([2, 1, 1, 1, 16, 150, 150, 150]), space, budget) \
-            if space.growth and space.stages == 4 and "expand" not in space.genes else a
+        b = (
+            project(space.from_vector([2, 1, 1, 1, 16, 150, 150, 150]), space, budget)
+            if space.growth and space.stages == 4 and "expand" not in space.genes
+            else a
+        )
         one = replace(recipe, epochs=2)
         t0 = time.perf_counter()
         for g in (a, b):
@@ -70,12 +79,15 @@ def main() -> None:
         torch.set_num_threads(max(1, threads // 2))
         t0 = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda g: train(g, data, one, "cpu"), (a, b)))
+            list(pool.map(lambda g, r=one: train(g, data, r, "cpu"), (a, b)))
         concurrent = time.perf_counter() - t0
         torch.set_num_threads(threads)
-        print(f"{budget:>8,}: 1 trial x {threads} threads, twice: {sequential:.0f} s; 2 trials x "
-              f"{max(1, threads // 2)} thread at once: {concurrent:.0f} s; sequential / concurrent = "
-              f"{sequential / concurrent:.2f}", flush=True)
+        print(
+            f"{budget:>8,}: 1 trial x {threads} threads, twice: {sequential:.0f} s; 2 trials x "
+            f"{max(1, threads // 2)} thread at once: {concurrent:.0f} s; sequential / concurrent = "
+            f"{sequential / concurrent:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

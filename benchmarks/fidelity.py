@@ -37,8 +37,11 @@ def study_genomes(storage: str, space: str, budget: int, n: int) -> list[tuple[G
     """`n` distinct completed genomes of the study of (`space`, `budget`) with their search scores:
     the best n//2, then n - n//2 spread evenly over the rest by rank."""
     st = open_storage(storage, create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st)
-             if s.user_attrs.get("space") == space and s.user_attrs.get("budget") == budget]
+    names = [
+        s.study_name
+        for s in optuna.get_all_study_summaries(st)
+        if s.user_attrs.get("space") == space and s.user_attrs.get("budget") == budget
+    ]
     if not names:
         raise SystemExit(f"no study of space {space} at budget {budget:,} in {storage}: run the search first")
     seen: dict[str, tuple[Genome, float]] = {}
@@ -49,7 +52,7 @@ def study_genomes(storage: str, space: str, budget: int, n: int) -> list[tuple[G
     ranked = sorted(seen.values(), key=lambda x: -x[1])
     if len(ranked) < n:
         raise SystemExit(f"the study {names[0]} has {len(ranked)} distinct completed genomes, fewer than {n}")
-    top, rest = ranked[:n // 2], ranked[n // 2:]
+    top, rest = ranked[: n // 2], ranked[n // 2 :]
     k = n - len(top)
     return top + [rest[round(i * (len(rest) - 1) / max(1, k - 1))] for i in range(k)]
 
@@ -62,16 +65,22 @@ def summarize(rows: list[dict]) -> None:
     for budget in sorted({r["budget"] for r in rows}):
         got = [r for r in rows if r["budget"] == budget]
         print(f"\nbudget {budget:,}: {len(got)} genomes, final {got[0]['final_epochs']} epochs on 50,000 images")
-        print(f"  {'genome':<44} {'study score':>11} " + " ".join(f"{f:>12}" for f in got[0]["scores"])
-              + f" {'test':>7}")
+        print(
+            f"  {'genome':<44} {'study score':>11} " + " ".join(f"{f:>12}" for f in got[0]["scores"]) + f" {'test':>7}"
+        )
         for r in sorted(got, key=lambda r: -r["test_acc"]):
-            print(f"  {r['genome']:<44} {100 * r['study_score']:>10.2f}% "
-                  + " ".join(f"{100 * v:>11.2f}%" for v in r["scores"].values()) + f" {100 * r['test_acc']:>6.2f}%")
+            print(
+                f"  {r['genome']:<44} {100 * r['study_score']:>10.2f}% "
+                + " ".join(f"{100 * v:>11.2f}%" for v in r["scores"].values())
+                + f" {100 * r['test_acc']:>6.2f}%"
+            )
         if len(got) < 3:
             continue
         test = [r["test_acc"] for r in got]
-        print("  Spearman with test accuracy (p-value), training images x epochs per trial, seconds per trial "
-              "(wall clock: other work on the machine inflates it)")
+        print(
+            "  Spearman with test accuracy (p-value), training images x epochs per trial, seconds per trial "
+            "(wall clock: other work on the machine inflates it)"
+        )
         rho = spearmanr([r["study_score"] for r in got], test)
         print(f"    {'study score (the search itself)':<34} {rho.statistic:+.2f} ({rho.pvalue:.3f})")
         for f in got[0]["scores"]:
@@ -116,9 +125,15 @@ def main() -> None:
                 r = train(genome, splits[images], replace(recipe, epochs=epochs), "cpu")
                 scores[f"{images}x{epochs}"], seconds[f"{images}x{epochs}"] = r.val_acc, time.perf_counter() - t0
             final = train(genome, full, replace(recipe, epochs=args.final_epochs), "cpu")
-            row = {"budget": budget, "genome": str(genome), "study_score": study_score, "scores": scores,
-                   "seconds": seconds, "final_epochs": args.final_epochs,
-                   "test_acc": evaluate(final.model, full.test_x, full.test_y, full)}
+            row = {
+                "budget": budget,
+                "genome": str(genome),
+                "study_score": study_score,
+                "scores": scores,
+                "seconds": seconds,
+                "final_epochs": args.final_epochs,
+                "test_acc": evaluate(final.model, full.test_x, full.test_y, full),
+            }
             print(json.dumps(row), flush=True)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from scipy.stats import spearmanr
+from search_value import read_results  # one JSONL reader for its rows and these
 
 from nas.budget import parse_budgets
 from nas.data import CifarSource
@@ -31,7 +32,6 @@ from nas.plan import device_defaults
 from nas.spaces import load_space, parse_genome
 from nas.study import DEFAULT_VAL_SIZE
 from nas.training import space_recipe
-from search_value import read_results  # one JSONL reader for its rows and these
 
 
 def tested_genomes(rows: list[dict], budget: int, setup: str) -> dict[str, dict]:
@@ -55,8 +55,17 @@ def with_current_tests(rows: list[dict], source: list[dict], setup: str) -> list
     out = []
     for r in rows:
         g = tested[r["budget"]].get(r["genome"])
-        out.append(r if g is None else {**r, "test_acc": statistics.mean(g["tests"]), "tests": len(g["tests"]),
-                                        "arms": sorted(g["arms"]), "search_score": g["search_score"]})
+        out.append(
+            r
+            if g is None
+            else {
+                **r,
+                "test_acc": statistics.mean(g["tests"]),
+                "tests": len(g["tests"]),
+                "arms": sorted(g["arms"]),
+                "search_score": g["search_score"],
+            }
+        )
     return out
 
 
@@ -64,22 +73,30 @@ def summarize(rows: list[dict]) -> None:
     for budget in sorted({r["budget"] for r in rows}):
         got = sorted((r for r in rows if r["budget"] == budget), key=lambda r: -r["test_acc"])
         f = got[0]["fidelity"]
-        print(f"\nbudget {budget:,}: {len(got)} genomes; finalist fidelity {f['train_images']:,} images x "
-              f"{f['epochs']} epochs, seed {f['seed']}; test accuracy after the final training (mean over tests)")
+        print(
+            f"\nbudget {budget:,}: {len(got)} genomes; finalist fidelity {f['train_images']:,} images x "
+            f"{f['epochs']} epochs, seed {f['seed']}; test accuracy after the final training (mean over tests)"
+        )
         print(f"  {'genome':<40} {'arms':<22} {'search':>7} {'finalist':>9} {'test':>7}")
         for r in got:
             search = f"{100 * r['search_score']:.2f}" if r["search_score"] is not None else "-"
-            print(f"  {r['genome']:<40} {','.join(r['arms']):<22} {search:>7} {100 * r['finalist_score']:>9.2f} "
-                  f"{100 * r['test_acc']:>7.2f}")
+            print(
+                f"  {r['genome']:<40} {','.join(r['arms']):<22} {search:>7} {100 * r['finalist_score']:>9.2f} "
+                f"{100 * r['test_acc']:>7.2f}"
+            )
         if len(got) >= 3:
             rho = spearmanr([r["finalist_score"] for r in got], [r["test_acc"] for r in got])
-            print(f"  Spearman with test accuracy: finalist score {rho.statistic:+.2f} (p {rho.pvalue:.3f}, "
-                  f"{len(got)} genomes)")
+            print(
+                f"  Spearman with test accuracy: finalist score {rho.statistic:+.2f} (p {rho.pvalue:.3f}, "
+                f"{len(got)} genomes)"
+            )
         scored = [r for r in got if r["search_score"] is not None]
         if len(scored) >= 3:
             rho = spearmanr([r["search_score"] for r in scored], [r["test_acc"] for r in scored])
-            print(f"  Spearman with test accuracy: search score {rho.statistic:+.2f} (p {rho.pvalue:.3f}, "
-                  f"{len(scored)} search winners)")
+            print(
+                f"  Spearman with test accuracy: search score {rho.statistic:+.2f} (p {rho.pvalue:.3f}, "
+                f"{len(scored)} search winners)"
+            )
 
 
 def finalist_objective(cifar: CifarSource, epochs: int | None = None) -> tuple[TrainingObjective, dict[str, int]]:
@@ -98,10 +115,16 @@ def main() -> None:
     ap.add_argument("--budgets", default="10000,50000")
     ap.add_argument("--epochs", type=int, default=None, help="finalist epochs (default: the search's, as nas search)")
     ap.add_argument("--search-value", default="benchmarks/results/search_value/results.jsonl")
-    ap.add_argument("--finalist-pick", default="benchmarks/results/finalist_pick/results.jsonl",
-                    help="finalist_pick.py's results: the winners it tested are rescored too")
-    ap.add_argument("--setup", default="conv-shape, 15000 images x 4 epochs, 15 min, final 15 epochs",
-                    help="the search_value setup whose genomes are rescored")
+    ap.add_argument(
+        "--finalist-pick",
+        default="benchmarks/results/finalist_pick/results.jsonl",
+        help="finalist_pick.py's results: the winners it tested are rescored too",
+    )
+    ap.add_argument(
+        "--setup",
+        default="conv-shape, 15000 images x 4 epochs, 15 min, final 15 epochs",
+        help="the search_value setup whose genomes are rescored",
+    )
     ap.add_argument("--out", default="benchmarks/results/finalist_fidelity")
     ap.add_argument("--summarize", action="store_true", help="print the table from <out>/results.jsonl and stop")
     args = ap.parse_args()
@@ -109,8 +132,16 @@ def main() -> None:
     out = Path(args.out)
     results = out / "results.jsonl"
     source = read_results(Path(args.search_value)) + [
-        {"budget": r["budget"], "genome": r["genome"], "test_acc": r["test_acc"], "arm": "finalist_pick",
-         "setup": args.setup} for r in read_results(Path(args.finalist_pick)) if r["kind"] == "test"]
+        {
+            "budget": r["budget"],
+            "genome": r["genome"],
+            "test_acc": r["test_acc"],
+            "arm": "finalist_pick",
+            "setup": args.setup,
+        }
+        for r in read_results(Path(args.finalist_pick))
+        if r["kind"] == "test"
+    ]
     if args.summarize:
         summarize(with_current_tests(read_results(results), source, args.setup))
         return
@@ -123,9 +154,17 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             score = objective(parse_genome(text), None)
-            row = {"budget": budget, "genome": text, "arms": sorted(g["arms"]), "search_score": g["search_score"],
-                   "finalist_score": score, "test_acc": statistics.mean(g["tests"]), "tests": len(g["tests"]),
-                   "fidelity": fidelity, "seconds": round(time.perf_counter() - t0, 1)}
+            row = {
+                "budget": budget,
+                "genome": text,
+                "arms": sorted(g["arms"]),
+                "search_score": g["search_score"],
+                "finalist_score": score,
+                "test_acc": statistics.mean(g["tests"]),
+                "tests": len(g["tests"]),
+                "fidelity": fidelity,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             print(json.dumps(row), flush=True)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")

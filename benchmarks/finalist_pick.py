@@ -29,17 +29,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
-
 from finalist_fidelity import finalist_objective
+from search_value import arm_of, difference, final_tester, mean_std, read_results, search_study
+
 from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.finalists import FinalistFidelity, pick, recorded
 from nas.plan import device_defaults
-from nas.searchers import SearchConfig, default_start
+from nas.search import SearchConfig, default_start
 from nas.spaces import Genome, load_space
 from nas.study import DEFAULT_VAL_SIZE, top_trials
 from nas.training import space_recipe
-from search_value import arm_of, difference, final_tester, mean_std, read_results, search_study
 
 RULES = ("best", "diverse", "diverse + hand")  # see the docstring
 REPLAYED = ("hyperband", "k-best")  # search_value's arms whose studies are replayed
@@ -57,13 +57,21 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
     picks = [r for r in rows if r["kind"] == "pick"]
     for budget in sorted({r["budget"] for r in picks}):
         print(f"\nbudget {budget:,} ({setup}): test accuracy (%) of the winner, mean ± std over seeds")
-        arms = {f"hyperband, {rule}": [r["test_acc"] for r in sorted(picks, key=lambda r: r["seed"])
-                                     if r["budget"] == budget and r["rule"] == rule] for rule in RULES}
+        arms = {
+            f"hyperband, {rule}": [
+                r["test_acc"]
+                for r in sorted(picks, key=lambda r: r["seed"])
+                if r["budget"] == budget and r["rule"] == rule
+            ]
+            for rule in RULES
+        }
         seeds = {r["seed"] for r in picks if r["budget"] == budget}  # the other arms at the same seeds
         for arm in ("random", "hand"):
-            arms[arm] = [r["test_acc"] for r in sorted(search_value, key=lambda r: r["seed"])
-                         if r["budget"] == budget and r["arm"] == arm and r.get("setup") == setup
-                         and r["seed"] in seeds]
+            arms[arm] = [
+                r["test_acc"]
+                for r in sorted(search_value, key=lambda r: r["seed"])
+                if r["budget"] == budget and r["arm"] == arm and r.get("setup") == setup and r["seed"] in seeds
+            ]
         for arm, xs in arms.items():
             if xs:
                 print(f"  {arm:<25} {mean_std(xs)}   ({', '.join(f'{100 * x:.2f}' for x in xs)})")
@@ -76,8 +84,10 @@ def summarize(rows: list[dict], search_value: list[dict], setup: str) -> None:
                 print(f"  {a} - {b}: {difference(arms[a], arms[b], sigma)}")
         for r in sorted((r for r in picks if r["budget"] == budget), key=lambda r: (r["seed"], r["rule"])):
             chosen = ", ".join(f"{g} {100 * s:.2f}" for g, s in r["finalists"])
-            print(f"  seed {r['seed']} {r['rule']:<14} winner {r['winner']} ({100 * r['test_acc']:.2f}); "
-                  f"finalists: {chosen}")
+            print(
+                f"  seed {r['seed']} {r['rule']:<14} winner {r['winner']} ({100 * r['test_acc']:.2f}); "
+                f"finalists: {chosen}"
+            )
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
 
@@ -85,10 +95,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
     ap.add_argument("--budgets", default="10000,50000")
-    ap.add_argument("--search-value", default="benchmarks/results/search_value",
-                    help="search_value.py's --out: its default-arm studies and results.jsonl")
-    ap.add_argument("--setup", default="conv-shape, 15000 images x 4 epochs, 15 min, final 15 epochs",
-                    help="the search_value setup whose default-arm studies are replayed")
+    ap.add_argument(
+        "--search-value",
+        default="benchmarks/results/search_value",
+        help="search_value.py's --out: its default-arm studies and results.jsonl",
+    )
+    ap.add_argument(
+        "--setup",
+        default="conv-shape, 15000 images x 4 epochs, 15 min, final 15 epochs",
+        help="the search_value setup whose default-arm studies are replayed",
+    )
     ap.add_argument("--final-epochs", type=int, default=15, help="as search_value.py's (the setup says which)")
     ap.add_argument("--out", default="benchmarks/results/finalist_pick")
     ap.add_argument("--summarize", action="store_true", help="print the tables from <out>/results.jsonl and stop")
@@ -107,8 +123,7 @@ def main() -> None:
     space = load_space(d.space)  # the studies' space
     cifar = CifarSource(args.data_dir, "cpu")
     objective, fidelity = finalist_objective(cifar)
-    final_test = final_tester(cifar, replace(space_recipe(space, epochs=d.epochs),
-                                             epochs=args.final_epochs))
+    final_test = final_tester(cifar, replace(space_recipe(space, epochs=d.epochs), epochs=args.final_epochs))
 
     def record(row: dict) -> dict:
         print(json.dumps(row), flush=True)
@@ -121,16 +136,26 @@ def main() -> None:
         scores = {r["genome"]: r["score"] for r in rows if r["kind"] == "finalist"}
         scores |= {g: s for r in rows if r["kind"] == "pick" for g, s in r["finalists"]}  # incl. the studies' own
         # the searcher arms' final training is seed 0, this script's too
-        tests = {r["genome"]: r["test_acc"] for r in searched
-                 if r["budget"] == budget and r.get("setup") == args.setup and r["arm"] != "hand"}
+        tests = {
+            r["genome"]: r["test_acc"]
+            for r in searched
+            if r["budget"] == budget and r.get("setup") == args.setup and r["arm"] != "hand"
+        }
         tests |= {r["genome"]: r["test_acc"] for r in rows if r["kind"] == "test"}
         picked = {(r["seed"], r["rule"]) for r in rows if r["kind"] == "pick"}
-        for run in sorted((r for r in searched if r["budget"] == budget and arm_of(r) in REPLAYED
-                           and r.get("setup") == args.setup), key=lambda r: r["seed"]):
+        for run in sorted(
+            (r for r in searched if r["budget"] == budget and arm_of(r) in REPLAYED and r.get("setup") == args.setup),
+            key=lambda r: r["seed"],
+        ):
             study = search_study(source / run.get("study_file", f"b{budget}-default-s{run['seed']}.log"))
             top = top_trials(study, budget, n=len(study.trials))
-            held = {f.genome_str: f.score for f in recorded(study.user_attrs, FinalistFidelity(
-                val_size=DEFAULT_VAL_SIZE, epochs=fidelity["epochs"], seed=fidelity["seed"]))}
+            held = {
+                f.genome_str: f.score
+                for f in recorded(
+                    study.user_attrs,
+                    FinalistFidelity(val_size=DEFAULT_VAL_SIZE, epochs=fidelity["epochs"], seed=fidelity["seed"]),
+                )
+            }
             hand = project(default_start(space), space, budget, SearchConfig().tol)
             for rule in RULES:
                 if (run["seed"], rule) in picked:
@@ -140,16 +165,33 @@ def main() -> None:
                     genome = Genome.from_json(t.user_attrs["genome"])
                     text = str(genome)
                     if text not in held and text not in scores:
-                        scores[text] = record({"kind": "finalist", "budget": budget, "genome": text,
-                                               "score": objective(genome, None), "fidelity": fidelity})["score"]
+                        scores[text] = record(
+                            {
+                                "kind": "finalist",
+                                "budget": budget,
+                                "genome": text,
+                                "score": objective(genome, None),
+                                "fidelity": fidelity,
+                            }
+                        )["score"]
                     finalists.append((genome, held.get(text, scores.get(text)), t.value))
                 winner = str(max(finalists, key=lambda f: (f[1], f[2]))[0])
                 if winner not in tests:
                     genome = next(g for g, _, _ in finalists if str(g) == winner)
-                    tests[winner] = record({"kind": "test", "budget": budget, "genome": winner,
-                                            "test_acc": final_test(genome, 0)})["test_acc"]
-                record({"kind": "pick", "budget": budget, "seed": run["seed"], "rule": rule, "winner": winner,
-                        "finalists": [[str(g), s] for g, s, _ in finalists], "test_acc": tests[winner]})
+                    tests[winner] = record(
+                        {"kind": "test", "budget": budget, "genome": winner, "test_acc": final_test(genome, 0)}
+                    )["test_acc"]
+                record(
+                    {
+                        "kind": "pick",
+                        "budget": budget,
+                        "seed": run["seed"],
+                        "rule": rule,
+                        "winner": winner,
+                        "finalists": [[str(g), s] for g, s, _ in finalists],
+                        "test_acc": tests[winner],
+                    }
+                )
     summarize(read_results(results), searched, args.setup)
 
 

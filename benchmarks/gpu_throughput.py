@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = default_device()
     data = load_cifar100(args.data_dir, device=device, val_size=0)
-    print(f"device {describe_device(device)}, torch {torch.__version__}, {len(data.train_y):,} images per epoch",
-          flush=True)
+    print(
+        f"device {describe_device(device)}, torch {torch.__version__}, {len(data.train_y):,} images per epoch",
+        flush=True,
+    )
     rows = []
     for name in args.spaces.split(","):
         space = load_space(name)
@@ -51,9 +53,19 @@ def main(argv: list[str] | None = None) -> int:
             for compiled in args.compile.split(","):
                 recipe = space_recipe(space, **{**json.loads(args.recipe), "epochs": 3, "compile": compiled == "yes"})
                 rate = images_per_s(genome, data, recipe, device)
-                rows.append({"space": name, "budget": budget, "genome": str(genome), "compile": compiled == "yes",
-                             "recipe_tag": recipe.tag, "ema": recipe.ema, "tta": recipe.tta,
-                             "alt_flip": recipe.alt_flip, "img_per_s": round(rate)})
+                rows.append(
+                    {
+                        "space": name,
+                        "budget": budget,
+                        "genome": str(genome),
+                        "compile": compiled == "yes",
+                        "recipe_tag": recipe.tag,
+                        "ema": recipe.ema,
+                        "tta": recipe.tta,
+                        "alt_flip": recipe.alt_flip,
+                        "img_per_s": round(rate),
+                    }
+                )
                 print(f"{name:13s} {budget:>9,}  compile {compiled:3s}  {rate:9.0f} img/s  {genome}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

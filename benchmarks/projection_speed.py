@@ -27,8 +27,10 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     args = ap.parse_args()
     rng = random.Random(0)
-    print(f"{'space':<14}{'median ms':>10}{'p99 ms':>9}{'max ms':>9}{'target/median':>15}"
-          f"{'count µs':>10}{'build+numel µs':>16}{'speedup':>9}")
+    print(
+        f"{'space':<14}{'median ms':>10}{'p99 ms':>9}{'max ms':>9}{'target/median':>15}"
+        f"{'count µs':>10}{'build+numel µs':>16}{'speedup':>9}"
+    )
     for name in ("conv", "mbconv", "conv-res", "mbconv-linear"):
         sp = load_space(name)
         times, analytic, naive = [], [], []
@@ -50,8 +52,10 @@ def main() -> None:
         times.sort()
         med = statistics.median(times)
         a, b = statistics.median(analytic), statistics.median(naive)
-        print(f"{name:<14}{med:>10.2f}{times[int(0.99 * len(times))]:>9.2f}{times[-1]:>9.2f}"
-              f"{TARGET_MS / med:>14.1f}x{a:>10.0f}{b:>16.0f}{b / a:>8.0f}x")
+        print(
+            f"{name:<14}{med:>10.2f}{times[int(0.99 * len(times))]:>9.2f}{times[-1]:>9.2f}"
+            f"{TARGET_MS / med:>14.1f}x{a:>10.0f}{b:>16.0f}{b / a:>8.0f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -48,15 +48,22 @@ DEFAULT_EPOCHS = {10_000: 15, 50_000: 10, 500_000: 4}
 
 
 def arms(args: argparse.Namespace) -> dict[str, dict]:
-    return {"base": {}, "alt_flip": {"alt_flip": True}, "bn_lr": {"bn_lr": args.bn_lr},
-            "whiten": {"whiten": True}, "cutout": {"cutout": args.cutout}, "combo": json.loads(args.combo)}
+    return {
+        "base": {},
+        "alt_flip": {"alt_flip": True},
+        "bn_lr": {"bn_lr": args.bn_lr},
+        "whiten": {"whiten": True},
+        "cutout": {"cutout": args.cutout},
+        "combo": json.loads(args.combo),
+    }
 
 
 def step_seconds(genome, data, recipe: Recipe, steps: int = 24) -> float:
     """Seconds per training step of `recipe` on `steps` batches (after a warm-up run)."""
     n = steps * recipe.batch_size
-    sub = dataclasses.replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n],
-                              val_x=data.val_x[:0], val_y=data.val_y[:0])
+    sub = dataclasses.replace(
+        data, train_x=data.train_x[:n], train_y=data.train_y[:n], val_x=data.val_x[:0], val_y=data.val_y[:0]
+    )
     r = train(genome, sub, dataclasses.replace(recipe, epochs=1))
     return r.train_time_s / steps
 
@@ -86,13 +93,21 @@ def run(args: argparse.Namespace) -> None:
     for budget in parse_budgets(args.budgets):
         genome = project(hand, space, budget)
         epochs = args.epochs or DEFAULT_EPOCHS.get(budget, 10)
-        recipes = {name: Recipe.from_dict({**BASE, **fields, "ema": args.ema}) for name, fields in arms(args).items()
-                   if name in wanted or name == "base"}
+        recipes = {
+            name: Recipe.from_dict({**BASE, **fields, "ema": args.ema})
+            for name, fields in arms(args).items()
+            if name in wanted or name == "base"
+        }
         ratio = relative_step_times(genome, data, recipes)
-        no_ema = relative_step_times(genome, data, {"base": dataclasses.replace(recipes["base"], ema=0.0),
-                                                    "ema": recipes["base"]})["ema"]
-        print(f"{genome}: step time over base " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
-              + f"; the EMA costs {no_ema:.3f}x per step", flush=True)
+        no_ema = relative_step_times(
+            genome, data, {"base": dataclasses.replace(recipes["base"], ema=0.0), "ema": recipes["base"]}
+        )["ema"]
+        print(
+            f"{genome}: step time over base "
+            + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
+            + f"; the EMA costs {no_ema:.3f}x per step",
+            flush=True,
+        )
         for seed in [int(s) for s in args.seeds.split(",")]:
             for name in wanted:
                 if (budget, name, seed) in done:
@@ -104,10 +119,20 @@ def run(args: argparse.Namespace) -> None:
                     model = build_model(genome)
                 t0 = time.perf_counter()
                 result = train(model, data, recipe)
-                row = {"budget": budget, "genome": str(genome), "arm": name, "seed": seed, "epochs": arm_epochs,
-                       "step_time_ratio": round(ratio[name], 4), "ema_step_cost": round(no_ema, 4),
-                       "recipe": recipe.to_dict(), "status": result.status, "failure": result.failure,
-                       "wall_s": round(time.perf_counter() - t0, 1), "test": {}}
+                row = {
+                    "budget": budget,
+                    "genome": str(genome),
+                    "arm": name,
+                    "seed": seed,
+                    "epochs": arm_epochs,
+                    "step_time_ratio": round(ratio[name], 4),
+                    "ema_step_cost": round(no_ema, 4),
+                    "recipe": recipe.to_dict(),
+                    "status": result.status,
+                    "failure": result.failure,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "test": {},
+                }
                 if result.ok:
                     for which, m in (("last", model), ("ema", result.model)):
                         for tta in ("none", "flip"):
@@ -115,8 +140,11 @@ def run(args: argparse.Namespace) -> None:
                             row["test"][f"{which}/{tta}"] = round(acc, 5)
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"  {budget:>7,} {name:9s} seed {seed} {arm_epochs:2d} epochs {row['wall_s']:6.0f} s: "
-                      + " ".join(f"{k} {100 * v:.2f}" for k, v in row["test"].items()), flush=True)
+                print(
+                    f"  {budget:>7,} {name:9s} seed {seed} {arm_epochs:2d} epochs {row['wall_s']:6.0f} s: "
+                    + " ".join(f"{k} {100 * v:.2f}" for k, v in row["test"].items()),
+                    flush=True,
+                )
 
 
 def summarize(args: argparse.Namespace) -> None:
@@ -128,18 +156,25 @@ def summarize(args: argparse.Namespace) -> None:
     for budget in sorted({r["budget"] for r in rows}):
         epochs = {r["arm"]: r["epochs"] for r in rows if r["budget"] == budget}
         base = statistics.mean(by[(budget, "base", "last/none")])
-        print(f"\nbudget {budget:,} ({rows[[r['budget'] for r in rows].index(budget)]['genome']}): test accuracy %, "
-              f"mean ± std over seeds (gain over base, last weights, no TTA)")
-        print(f"  {'arm':10s} {'epochs':>6s}  " + "  ".join(f"{k:>22s}" for k in ("last/none", "last/flip",
-                                                                             "ema/none", "ema/flip")))
+        print(
+            f"\nbudget {budget:,} ({rows[[r['budget'] for r in rows].index(budget)]['genome']}): test accuracy %, "
+            f"mean ± std over seeds (gain over base, last weights, no TTA)"
+        )
+        print(
+            f"  {'arm':10s} {'epochs':>6s}  "
+            + "  ".join(f"{k:>22s}" for k in ("last/none", "last/flip", "ema/none", "ema/flip"))
+        )
         for arm in dict.fromkeys(r["arm"] for r in rows if r["budget"] == budget):
             cells = []
             for k in ("last/none", "last/flip", "ema/none", "ema/flip"):
                 v = by[(budget, arm, k)]
                 sd = statistics.stdev(v) if len(v) > 1 else 0.0
                 cells.append(f"{statistics.mean(v):6.2f} ± {sd:4.2f} ({statistics.mean(v) - base:+5.2f})")
-            print(f"  {arm:10s} {epochs[arm]:6d}  " + "  ".join(f"{c:>22s}" for c in cells)
-                  + f"   n={len(by[(budget, arm, 'last/none')])}")
+            print(
+                f"  {arm:10s} {epochs[arm]:6d}  "
+                + "  ".join(f"{c:>22s}" for c in cells)
+                + f"   n={len(by[(budget, arm, 'last/none')])}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

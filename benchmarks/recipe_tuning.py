@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from nas.budget import parse_budgets, project
 from nas.data import load_cifar100
-from nas.searchers import default_start
+from nas.search import default_start
 from nas.spaces import load_space
 from nas.training import Recipe, train
 
@@ -52,10 +52,23 @@ def main() -> None:
                 cells.append(f"{r.val_acc:8.2%}")
                 if args.json:
                     with open(args.json, "a") as f:
-                        f.write(json.dumps({"space": args.space, "budget": budget, "genome": str(genome),
-                                            "params": r.params, "lr": lr, "weight_decay": wd,
-                                            "epochs": args.epochs, "val_acc": r.val_acc, "status": r.status,
-                                            "seconds": time.perf_counter() - t0}) + "\n")
+                        f.write(
+                            json.dumps(
+                                {
+                                    "space": args.space,
+                                    "budget": budget,
+                                    "genome": str(genome),
+                                    "params": r.params,
+                                    "lr": lr,
+                                    "weight_decay": wd,
+                                    "epochs": args.epochs,
+                                    "val_acc": r.val_acc,
+                                    "status": r.status,
+                                    "seconds": time.perf_counter() - t0,
+                                }
+                            )
+                            + "\n"
+                        )
             print(f"{lr:<8g} " + "  ".join(cells), flush=True)
 
 

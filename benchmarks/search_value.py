@@ -46,26 +46,41 @@ from scipy.stats import ttest_ind, ttest_rel
 from nas.budget import parse_budgets, project
 from nas.data import CifarSource
 from nas.plan import device_defaults
-from nas.searchers import SearchConfig, default_start, search
+from nas.search import SearchConfig, default_start, search
 from nas.spaces import FAMILIES, Genome, load_space
 from nas.study import open_storage, trial_genome
 from nas.training import Recipe, evaluate, space_recipe, train
 
-
 ARMS = ("default", "hyperband", "k-best", "tpe", "random", "hand")
 # arm -> (searcher, finalist pick (None: no finalists), pruner, the stem of its study files)
-SEARCH_ARMS = {"default": ("tpe", "diverse", "none", "unpruned"),
-               "hyperband": ("tpe", "diverse", "hyperband", "default-diverse"),
-               "k-best": ("tpe", "best", "hyperband", "default"), "tpe": ("tpe", None, "hyperband", "tpe"),
-               "random": ("random", None, "hyperband", "random")}
-COMPARED = (("default", "hand"), ("default", "random"), ("default", "hyperband"), ("default", "k-best"),
-            ("default", "tpe"), ("hyperband", "hand"), ("hyperband", "random"), ("hyperband", "k-best"),
-            ("k-best", "hand"), ("k-best", "random"), ("tpe", "hand"), ("tpe", "random"),
-            ("random", "hand"))
+SEARCH_ARMS = {
+    "default": ("tpe", "diverse", "none", "unpruned"),
+    "hyperband": ("tpe", "diverse", "hyperband", "default-diverse"),
+    "k-best": ("tpe", "best", "hyperband", "default"),
+    "tpe": ("tpe", None, "hyperband", "tpe"),
+    "random": ("random", None, "hyperband", "random"),
+}
+COMPARED = (
+    ("default", "hand"),
+    ("default", "random"),
+    ("default", "hyperband"),
+    ("default", "k-best"),
+    ("default", "tpe"),
+    ("hyperband", "hand"),
+    ("hyperband", "random"),
+    ("hyperband", "k-best"),
+    ("k-best", "hand"),
+    ("k-best", "random"),
+    ("tpe", "hand"),
+    ("tpe", "random"),
+    ("random", "hand"),
+)
 
 
 def mean_std(xs: list[float]) -> str:
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+    return (
+        f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+    )
 
 
 def read_results(path: Path) -> list[dict]:
@@ -116,8 +131,9 @@ def summarize(rows: list[dict]) -> None:
                 shared = sorted(by_seed[0].keys() & by_seed[1].keys())
                 # the same seeds only, paired (not the hand design: its seed is its final training's)
                 if "hand" not in (a, b) and 1 < len(shared) < max(len(acc[a]), len(acc[b])):
-                    line += (f"; at the {len(shared)} seeds both ran: " + difference(
-                        [by_seed[0][s] for s in shared], [by_seed[1][s] for s in shared], sigma, paired=True))
+                    line += f"; at the {len(shared)} seeds both ran: " + difference(
+                        [by_seed[0][s] for s in shared], [by_seed[1][s] for s in shared], sigma, paired=True
+                    )
                 print(line)
         print(f"  seed-to-seed σ of one genome (hand design, final training): {100 * sigma:.2f} points", flush=True)
 
@@ -155,8 +171,10 @@ def pruned_by_depth(rows: list[dict], out: Path) -> None:
         for deeper in (False, True):
             n = counts.get((deeper, False), 0) + counts.get((deeper, True), 0)
             if n:
-                print(f"  {budget:,}: Hyperband stopped {counts.get((deeper, True), 0) / n:.0%} of the {n} trials of "
-                      f"genomes {'deeper than' if deeper else 'as deep as'} the hand design ({hand_blocks} blocks)")
+                print(
+                    f"  {budget:,}: Hyperband stopped {counts.get((deeper, True), 0) / n:.0%} of the {n} trials of "
+                    f"genomes {'deeper than' if deeper else 'as deep as'} the hand design ({hand_blocks} blocks)"
+                )
 
 
 def final_tester(cifar: CifarSource, final_recipe: Recipe) -> Callable[[Genome, int], float]:
@@ -200,11 +218,15 @@ def main() -> None:
     search_recipe = space_recipe(space, epochs=d.epochs)  # the space's measured lr, as nas search uses
     final_recipe = replace(search_recipe, epochs=args.final_epochs)
     # Rows of another setup in the same file are never mixed with this one's (nor skipped for it).
-    setup = (f"{space.name}, {d.subset} images x {d.epochs} epochs, {args.minutes:g} min, "
-             f"final {args.final_epochs} epochs")
+    setup = (
+        f"{space.name}, {d.subset} images x {d.epochs} epochs, {args.minutes:g} min, final {args.final_epochs} epochs"
+    )
     cifar = CifarSource(args.data_dir, "cpu")
-    print(f"space {space.name}, search fidelity {d.subset:,} images x {d.epochs} epochs, {args.minutes:g} min per "
-          f"search, final {args.final_epochs} epochs on every training image, seeds {seeds}", flush=True)
+    print(
+        f"space {space.name}, search fidelity {d.subset:,} images x {d.epochs} epochs, {args.minutes:g} min per "
+        f"search, final {args.final_epochs} epochs on every training image, seeds {seeds}",
+        flush=True,
+    )
     final_test = final_tester(cifar, final_recipe)
 
     def record(line: dict) -> None:
@@ -216,8 +238,9 @@ def main() -> None:
     budgets = parse_budgets(args.budgets)
     for budget in budgets:
         # a rerun resumes: an arm and seed already in the results file is not run again
-        done = {(arm_of(r), r["seed"]) for r in read_results(results)
-                if r["budget"] == budget and r.get("setup") == setup}
+        done = {
+            (arm_of(r), r["seed"]) for r in read_results(results) if r["budget"] == budget and r.get("setup") == setup
+        }
         # Searches first, the arms interleaved by seed (tpe 0, random 0, tpe 1, ...), so that a
         # change in what else runs on the machine falls on both searchers alike; then the hand
         # design's fixed-length trainings.
@@ -226,28 +249,65 @@ def main() -> None:
                 if (arm, seed) in done:
                     continue
                 searcher, pick, pruner, stem = SEARCH_ARMS[arm]
-                config = SearchConfig(searcher, trials=None, time_limit=60 * args.minutes, seed=seed,
-                                      subset=d.subset, noise_seeds=False, finalists=d.finalists if pick else 0,
-                                      finalist_pick=pick or "best", pruner=pruner)
+                config = SearchConfig(
+                    searcher,
+                    trials=None,
+                    time_limit=60 * args.minutes,
+                    seed=seed,
+                    subset=d.subset,
+                    noise_seeds=False,
+                    finalists=d.finalists if pick else 0,
+                    finalist_pick=pick or "best",
+                    pruner=pruner,
+                )
                 study_file = f"b{budget}-{stem}-s{seed}.log"  # one arm's studies are never another's
                 cpu = time.process_time()
-                r = search(space, budget, config, storage=str(out / study_file), data=cifar, recipe=search_recipe,
-                           progress=False)
+                r = search(
+                    space,
+                    budget,
+                    config,
+                    storage=str(out / study_file),
+                    data=cifar,
+                    recipe=search_recipe,
+                    progress=False,
+                )
                 if r.best is None:
-                    raise SystemExit(f"the {arm} search at {budget:,} finished no trial in {args.minutes:g} min; "
-                                     f"give it more --minutes")
+                    raise SystemExit(
+                        f"the {arm} search at {budget:,} finished no trial in {args.minutes:g} min; "
+                        f"give it more --minutes"
+                    )
                 winner = trial_genome(r.best)
-                record({"budget": budget, "arm": arm, "seed": seed, "genome": str(winner), "study_file": study_file,
-                        "finalist_pick": pick, "pruner": pruner, "search_score": r.best.value, "trials": r.trials,
-                        "finalists": [{"genome": f.genome_str, "search_score": f.search_score, "score": f.score}
-                                      for f in r.finalists],
+                record(
+                    {
+                        "budget": budget,
+                        "arm": arm,
+                        "seed": seed,
+                        "genome": str(winner),
+                        "study_file": study_file,
+                        "finalist_pick": pick,
+                        "pruner": pruner,
+                        "search_score": r.best.value,
+                        "trials": r.trials,
+                        "finalists": [
+                            {"genome": f.genome_str, "search_score": f.search_score, "score": f.score}
+                            for f in r.finalists
+                        ],
                         "search_cpu_minutes": round((time.process_time() - cpu) / 60, 2),
-                        "test_acc": final_test(winner, 0)})  # the final recipe's own seed: only the genome differs
+                        "test_acc": final_test(winner, 0),
+                    }
+                )  # the final recipe's own seed: only the genome differs
         hand = project(default_start(space), space, budget)
         for seed in seeds if "hand" in arms else ():
             if ("hand", seed) not in done:
-                record({"budget": budget, "arm": "hand", "seed": seed, "genome": str(hand),
-                        "test_acc": final_test(hand, seed)})
+                record(
+                    {
+                        "budget": budget,
+                        "arm": "hand",
+                        "seed": seed,
+                        "genome": str(hand),
+                        "test_acc": final_test(hand, seed),
+                    }
+                )
     summarize([r for r in read_results(results) if r["budget"] in budgets and r.get("setup") == setup])
 
 

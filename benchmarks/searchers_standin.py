@@ -24,12 +24,11 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.budget import project  # noqa: E402
-from nas.searchers import SearchConfig, search  # noqa: E402
+from nas.search import SearchConfig, search  # noqa: E402
 from nas.spaces import Genome, load_space  # noqa: E402
 
 WEIGHTS = {"stem": 0.05, "width": 0.05, "depth": 0.03, "expand": 0.02, "kernel": 0.01}
-TARGET = {"stem": 24, "depth": [1, 2, 2, 1], "width": [24, 40, 64, 96], "expand": [3, 4, 4, 6],
-          "kernel": [3, 3, 5, 5]}
+TARGET = {"stem": 24, "depth": [1, 2, 2, 1], "width": [24, 40, 64, 96], "expand": [3, 4, 4, 6], "kernel": [3, 3, 5, 5]}
 
 
 class StandIn:
@@ -61,8 +60,10 @@ def main() -> None:
     space = load_space(args.space)
     searchers = args.searchers.split(",")
     probe = StandIn(space, args.budget, args.noise, 0)
-    print(f"space {space.name}, budget {args.budget:,}, {args.trials} trials, noise sd {args.noise}, "
-          f"{args.seeds} seeds; optimum {probe.exact(probe.target_genome):.4f} at {probe.target_genome}")
+    print(
+        f"space {space.name}, budget {args.budget:,}, {args.trials} trials, noise sd {args.noise}, "
+        f"{args.seeds} seeds; optimum {probe.exact(probe.target_genome):.4f} at {probe.target_genome}"
+    )
     results: dict[str, list[float]] = {s: [] for s in searchers}
     times: dict[str, float] = {s: 0.0 for s in searchers}
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,18 +71,32 @@ def main() -> None:
             for name in searchers:
                 objective = StandIn(space, args.budget, args.noise, seed)
                 t0 = time.perf_counter()
-                r = search(space, args.budget, SearchConfig(name, trials=args.trials, seed=seed, pruner="none"),
-                           storage=f"sqlite:///{tmp}/{name}-{seed}.db", objective=objective, progress=False)
+                r = search(
+                    space,
+                    args.budget,
+                    SearchConfig(name, trials=args.trials, seed=seed, pruner="none"),
+                    storage=f"sqlite:///{tmp}/{name}-{seed}.db",
+                    objective=objective,
+                    progress=False,
+                )
                 times[name] += time.perf_counter() - t0
                 best = Genome.from_json(r.best.user_attrs["genome"])
                 results[name].append(objective.exact(best))
-                print(f"  seed {seed} {name:<6} best {results[name][-1]:.4f}  {best}  ({r.trials} trials, {r.stopped})",
-                      flush=True)
-    print(f"\n{'searcher':<8} {'mean best':>9} {'min':>7} {'max':>7}  per-seed (noise-free score of the best-ranked genome)")
+                print(
+                    f"  seed {seed} {name:<6} best {results[name][-1]:.4f}  {best}  ({r.trials} trials, {r.stopped})",
+                    flush=True,
+                )
+    print(
+        f"\n{'searcher':<8} {'mean best':>9} {'min':>7} {'max':>7}  "
+        "per-seed (noise-free score of the best-ranked genome)"
+    )
     for name in searchers:
         v = np.array(results[name])
-        print(f"{name:<8} {v.mean():>9.4f} {v.min():>7.4f} {v.max():>7.4f}  "
-              + " ".join(f"{x:.4f}" for x in v) + f"   ({times[name] / args.seeds:.0f} s per search)")
+        print(
+            f"{name:<8} {v.mean():>9.4f} {v.min():>7.4f} {v.max():>7.4f}  "
+            + " ".join(f"{x:.4f}" for x in v)
+            + f"   ({times[name] / args.seeds:.0f} s per search)"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ def minimal_loop_epoch(genome, data, recipe: Recipe, device: torch.device) -> fl
     model = build_model(genome).to(device, memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=recipe.lr, momentum=0.9, nesterov=True)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     amp = bf16_autocast(device, recipe.bf16)
     scale = (1.0 / (255.0 * data.std)).view(1, -1, 1, 1)
@@ -52,7 +56,7 @@ def minimal_loop_epoch(genome, data, recipe: Recipe, device: torch.device) -> fl
     start = time.perf_counter()
     order = torch.randperm(n, device=device)
     for step in range(steps):
-        idx = order[step * bs:(step + 1) * bs]
+        idx = order[step * bs : (step + 1) * bs]
         x = torch.nn.functional.pad(data.train_x[idx], (PAD,) * 4)
         b = len(idx)
         dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1, 1), device=device)
@@ -80,11 +84,14 @@ def measure(budget: int, args: argparse.Namespace, device: torch.device) -> floa
     data = load_cifar100(args.data_dir, device=device, subset=args.images)
     data = dataclasses.replace(data, val_x=data.val_x[:0], val_y=data.val_y[:0])  # nothing to evaluate
     params = sum(p.numel() for p in build_model(genome).parameters())
-    print(f"\n{genome} ({params:,} parameters), recipe {recipe.tag}: ema {recipe.ema}, alt_flip {recipe.alt_flip}, "
-          f"bn_lr {recipe.bn_lr}, whiten {recipe.whiten}, tta {recipe.tta}; {len(data.train_y)} images per round",
-          flush=True)
-    warm = dataclasses.replace(data, train_x=data.train_x[:4 * recipe.batch_size],
-                               train_y=data.train_y[:4 * recipe.batch_size])
+    print(
+        f"\n{genome} ({params:,} parameters), recipe {recipe.tag}: ema {recipe.ema}, alt_flip {recipe.alt_flip}, "
+        f"bn_lr {recipe.bn_lr}, whiten {recipe.whiten}, tta {recipe.tta}; {len(data.train_y)} images per round",
+        flush=True,
+    )
+    warm = dataclasses.replace(
+        data, train_x=data.train_x[: 4 * recipe.batch_size], train_y=data.train_y[: 4 * recipe.batch_size]
+    )
     train(genome, warm, recipe, device)  # first-call allocations and kernel choice are not throughput
     minimal_loop_epoch(genome, warm, recipe, device)
     ours, minimal = [], []
@@ -94,8 +101,11 @@ def measure(budget: int, args: argparse.Namespace, device: torch.device) -> floa
         minimal.append(minimal_loop_epoch(genome, data, recipe, device))
         print(f"  round {r + 1}: train() {ours[-1]:7.0f} img/s | minimal loop {minimal[-1]:7.0f} img/s", flush=True)
     ratio = statistics.median(ours) / statistics.median(minimal)
-    print(f"  median: train() {statistics.median(ours):.0f} img/s, minimal loop {statistics.median(minimal):.0f} "
-          f"img/s; ratio {ratio:.2f}x", flush=True)
+    print(
+        f"  median: train() {statistics.median(ours):.0f} img/s, minimal loop {statistics.median(minimal):.0f} "
+        f"img/s; ratio {ratio:.2f}x",
+        flush=True,
+    )
     return ratio
 
 
@@ -113,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device) if args.device else default_device()
     print(f"device {describe_device(device)}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     ratios = {b: measure(b, args, device) for b in parse_budgets(args.budgets)}
-    print("\nratio train() / minimal loop: " + ", ".join(f"{b:,}: {r:.2f}x" for b, r in ratios.items())
-          + f" (load average now {os.getloadavg()[0]:.1f})")
+    print(
+        "\nratio train() / minimal loop: "
+        + ", ".join(f"{b:,}: {r:.2f}x" for b, r in ratios.items())
+        + f" (load average now {os.getloadavg()[0]:.1f})"
+    )
     return 0
 
 

@@ -20,8 +20,7 @@ class BlockSpec(Protocol):
         """Exactly the parameter count of the module `build()` returns."""
         ...
 
-    def build(self) -> nn.Module:
-        ...
+    def build(self) -> nn.Module: ...
 
 
 def conv_params(c_in: int, c_out: int, kernel: int, bias: bool, groups: int = 1) -> int:

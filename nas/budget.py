@@ -25,7 +25,7 @@ DEFAULT_TOL = 0.1
 # suffix k (thousand), M (million) or G (billion), case-insensitive: 50000, 50_000, 50k, 1.5k, 1e5, 1M.
 _BUDGET_RE = re.compile(r"[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)([eE][+-]?\d+)?[kKmMgG]?")
 _SUFFIX = {"k": 3, "m": 6, "g": 9}
-MAX_BUDGET = 10 ** 12  # far above any space's largest model; bounds the arithmetic
+MAX_BUDGET = 10**12  # far above any space's largest model; bounds the arithmetic
 BUDGET_FORMS = "like 50000, 50_000, 50k, 1.5k, 1e5 or 1M"
 
 
@@ -56,9 +56,9 @@ def check_budget(budget: object) -> int:
         raise NasError(f"budget must be a positive number of parameters, got {shown}")
     if exponent < 0:  # a non-zero digit after the decimal point
         raise NasError(f"budget must be a whole number of parameters, got {shown}")
-    if len(digits) + exponent > len(str(MAX_BUDGET)) or int("".join(map(str, digits))) * 10 ** exponent > MAX_BUDGET:
+    if len(digits) + exponent > len(str(MAX_BUDGET)) or int("".join(map(str, digits))) * 10**exponent > MAX_BUDGET:
         raise NasError(f"budget must be at most {MAX_BUDGET:,} parameters, got {shown}")
-    return int("".join(map(str, digits))) * 10 ** exponent
+    return int("".join(map(str, digits))) * 10**exponent
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -119,8 +119,10 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
     if not 0 <= tol < 1:
         raise NasError(f"tolerance must be in [0, 1), got {tol}")
     if genome.family != space.family.name:
-        raise NasError(f"genome of family '{genome.family}' cannot be projected in space '{space.name}' "
-                       f"(family '{space.family.name}')")
+        raise NasError(
+            f"genome of family '{genome.family}' cannot be projected in space '{space.name}' "
+            f"(family '{space.family.name}')"
+        )
     options = genome.options
     count = _Counter(space, options)
     lo, hi = band(budget, tol)
@@ -141,12 +143,16 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
 
     smallest = min_params(space, options)
     if smallest > hi:
-        raise NasError(f"budget {budget:,} is below what space '{space.name}' can meet: its smallest "
-                       f"model has {smallest:,} parameters")
+        raise NasError(
+            f"budget {budget:,} is below what space '{space.name}' can meet: its smallest "
+            f"model has {smallest:,} parameters"
+        )
     largest = max_params(space, options)
     if largest < lo:
-        raise NasError(f"budget {budget:,} is above what space '{space.name}' can meet with tolerance "
-                       f"{tol}: its largest model has {largest:,} parameters")
+        raise NasError(
+            f"budget {budget:,} is above what space '{space.name}' can meet with tolerance "
+            f"{tol}: its largest model has {largest:,} parameters"
+        )
 
     # Structure first, only as far as needed: shrink depth (deepest stage first, later stages on
     # ties), then the other genes, while even the narrowest widths overshoot; grow symmetrically.
@@ -267,13 +273,15 @@ def param_gradient(space: Space, genome: Genome) -> list[float]:
         gene = space.genes[name]
         nxt = gene.shift(v[i], +1)
         if nxt is not None:
-            w = list(v); w[i] = nxt
+            w = list(v)
+            w[i] = nxt
             grad.append((count(w) - n0) / (nxt - v[i]))
             continue
         prv = gene.shift(v[i], -1)
         if prv is None:
             grad.append(0.0)
             continue
-        w = list(v); w[i] = prv
+        w = list(v)
+        w[i] = prv
         grad.append((n0 - count(w)) / (v[i] - prv))
     return grad

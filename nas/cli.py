@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from nas.errors import NasError
 from nas.finalists import FINALIST_PICKS
@@ -20,7 +21,7 @@ from nas.plan import CPU_DEFAULTS, CUDA_DEFAULTS, SWEEP_SEARCH_SHARE
 from nas.text import plural
 
 if TYPE_CHECKING:
-    from nas.searchers import SearchConfig
+    from nas.search import SearchConfig
     from nas.spaces import Genome
 
 
@@ -29,8 +30,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"nas: error: {message} (see '{self.prog} --help')\n")
 
 
-GENOME_HELP = ("a preset (seed-m4, mbconv:seed-m4), a short form as nas prints it (conv:16x1|32x2|64x1|128x1), "
-               "STUDY#N (trial N of a study in --storage), a .json file, or inline JSON")
+GENOME_HELP = (
+    "a preset (seed-m4, mbconv:seed-m4), a short form as nas prints it (conv:16x1|32x2|64x1|128x1), "
+    "STUDY#N (trial N of a study in --storage), a .json file, or inline JSON"
+)
 STORAGE_HELP = "Optuna storage URL or journal file (default sqlite:///studies/nas.db)"
 
 
@@ -120,17 +123,25 @@ def genome_summary(genome) -> dict[str, Any]:
     """The JSON object `nas count --json` and `nas project --json` print."""
     from nas.counting import count_flops, count_params
 
-    return {"params": count_params(genome), "flops": count_flops(genome), "genome": genome.to_dict(),
-            "genome_str": str(genome)}
+    return {
+        "params": count_params(genome),
+        "flops": count_flops(genome),
+        "genome": genome.to_dict(),
+        "genome_str": str(genome),
+    }
 
 
 # ---------------------------------------------------------------- nas count
 
+
 def add_count(sub) -> None:
-    p = sub.add_parser("count", help=COMMAND_HELP["count"],
-                       description="Print the exact parameter count (analytic, equal to the built model's), "
-                                   "the FLOPs of one 32x32 image (fvcore; one multiply-add = one FLOP), and "
-                                   "fvcore's per-layer table.")
+    p = sub.add_parser(
+        "count",
+        help=COMMAND_HELP["count"],
+        description="Print the exact parameter count (analytic, equal to the built model's), "
+        "the FLOPs of one 32x32 image (fvcore; one multiply-add = one FLOP), and "
+        "fvcore's per-layer table.",
+    )
     add_genome_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (params, flops, genome)")
 
@@ -155,10 +166,14 @@ def cmd_count(args) -> int:
 
 # ---------------------------------------------------------------- nas project
 
+
 def add_project(sub) -> None:
-    p = sub.add_parser("project", help=COMMAND_HELP["project"],
-                       description="Rescale a genome's widths (then depth, then other genes, only if needed) "
-                                   "so that its parameter count lands in [(1 - tol) * B, B]. Never exceeds B.")
+    p = sub.add_parser(
+        "project",
+        help=COMMAND_HELP["project"],
+        description="Rescale a genome's widths (then depth, then other genes, only if needed) "
+        "so that its parameter count lands in [(1 - tol) * B, B]. Never exceeds B.",
+    )
     add_genome_argument(p)
     p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help=BUDGET_HELP)
     p.add_argument("--tol", type=_tol, default=0.1, help="relative band under the budget (default 0.1)")
@@ -188,10 +203,14 @@ def cmd_project(args) -> int:
 
 # ---------------------------------------------------------------- nas space
 
+
 def add_space(sub) -> None:
-    p = sub.add_parser("space", help=COMMAND_HELP["space"],
-                       description="Search spaces are TOML files in ./search_spaces, the folders on "
-                                   "NAS_SPACES_PATH, or nas's own search_spaces/. Copy one to make a variant.")
+    p = sub.add_parser(
+        "space",
+        help=COMMAND_HELP["space"],
+        description="Search spaces are TOML files in ./search_spaces, the folders on "
+        "NAS_SPACES_PATH, or nas's own search_spaces/. Copy one to make a variant.",
+    )
     ssub = p.add_subparsers(dest="space_cmd", required=True, metavar="{list,show}")
     ssub.add_parser("list", help="list the spaces found")
     show = ssub.add_parser("show", help="show a space's options, gene ranges and presets")
@@ -205,8 +224,10 @@ def cmd_space(args) -> int:
     if args.space_cmd == "list":
         for name, path in list_spaces().items():
             sp = load_space(path)
-            print(f"{name:<16} {sp.family.name:<7} {min_params(sp):>10,} .. {max_params(sp):>12,} params  "
-                  f"{sp.description}")
+            print(
+                f"{name:<16} {sp.family.name:<7} {min_params(sp):>10,} .. {max_params(sp):>12,} params  "
+                f"{sp.description}"
+            )
         return 0
     sp = load_space(args.name)
     print(f"space:   {sp.name}  ({sp.path})")
@@ -220,9 +241,13 @@ def cmd_space(args) -> int:
     print("genes:")
     for name, gene in sp.genes.items():
         per = f" x {sp.stages} stages" if name in sp.family.per_stage else ""
-        rng = (f"choices {list(gene.choices)}" if gene.choices is not None
-               else f"{gene.low}..{gene.high}" + (f" step {gene.step}" if gene.step > 1 else "")
-               + (" (log)" if gene.log else ""))
+        rng = (
+            f"choices {list(gene.choices)}"
+            if gene.choices is not None
+            else f"{gene.low}..{gene.high}"
+            + (f" step {gene.step}" if gene.step > 1 else "")
+            + (" (log)" if gene.log else "")
+        )
         print(f"  {name:<12} {rng}{per}  [{gene.role}]")
     if sp.presets:
         from nas.counting import count_params
@@ -250,9 +275,15 @@ def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int | None) -
 
     g = p.add_argument_group("training recipe")
     # First, and by hand: the one option whose default depends on the command.
-    g.add_argument("--epochs", "-e", type=_positive, default=epochs_default,
-                   help=f"epochs per training (default {epochs_default})" if epochs_default else
-                   f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)")
+    g.add_argument(
+        "--epochs",
+        "-e",
+        type=_positive,
+        default=epochs_default,
+        help=f"epochs per training (default {epochs_default})"
+        if epochs_default
+        else f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)",
+    )
     for f, flag in recipe_options():
         if f.name == "epochs":
             continue
@@ -288,23 +319,30 @@ def recipe_from_args(args, epochs: int | None = None, space=None):
 
 # ---------------------------------------------------------------- nas train
 
+
 def add_train(sub) -> None:
-    p = sub.add_parser("train", help=COMMAND_HELP["train"],
-                       description="Train one genome on CIFAR-100 (validation split carved from the training "
-                                   "set), print val and test accuracy, and save model.pt + genome.json + "
-                                   "result.json so the model can be rebuilt (nas.training.load_trained). "
-                                   "On a CPU a 50k-parameter model takes minutes per epoch; a GPU, seconds.")
+    p = sub.add_parser(
+        "train",
+        help=COMMAND_HELP["train"],
+        description="Train one genome on CIFAR-100 (validation split carved from the training "
+        "set), print val and test accuracy, and save model.pt + genome.json + "
+        "result.json so the model can be rebuilt (nas.training.load_trained). "
+        "On a CPU a 50k-parameter model takes minutes per epoch; a GPU, seconds.",
+    )
     add_genome_argument(p)
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="output folder (default runs/<genome>-<time>/)")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
     p.add_argument("--subset", type=_positive, help=SUBSET_HELP)
-    p.add_argument("--teacher", metavar="RUN",
-                   help="distil from a trained model: a run folder (nas train, a sweep's final training) or "
-                        "STUDY#N with weights; its classes and inputs must match. The loss mixes cross-entropy "
-                        "with the teacher's softened outputs (--kd-alpha, default 0.5 with a teacher; "
-                        "--kd-temperature); the budget counts the student only")
+    p.add_argument(
+        "--teacher",
+        metavar="RUN",
+        help="distil from a trained model: a run folder (nas train, a sweep's final training) or "
+        "STUDY#N with weights; its classes and inputs must match. The loss mixes cross-entropy "
+        "with the teacher's softened outputs (--kd-alpha, default 0.5 with a teacher; "
+        "--kd-temperature); the budget counts the student only",
+    )
     add_recipe_options(p, epochs_default=15)
 
 
@@ -316,96 +354,158 @@ def cmd_train(args) -> int:
     if args.teacher and args.kd_alpha is None:
         args.kd_alpha = 0.5
     recipe = recipe_from_args(args, space=space_of(genome))
-    s = train_genome_command(genome, recipe, args.data_dir, args.out, device=args.device,
-                             val_size=args.val_size, subset=args.subset, teacher=args.teacher,
-                             storage=args.storage)
+    s = train_genome_command(
+        genome,
+        recipe,
+        args.data_dir,
+        args.out,
+        device=args.device,
+        val_size=args.val_size,
+        subset=args.subset,
+        teacher=args.teacher,
+        storage=args.storage,
+    )
     print(f"genome:   {s['genome_str']}  ({s['params']:,} params)")
     val = "-" if s["val_acc"] is None else f"{s['val_acc']:.2%}"
-    print(f"val acc:  {val}   test acc: {s['test_acc']:.2%}   "
-          f"({plural(s['epochs'], 'epoch')}, {s['wall_time_s']:.0f} s on {s['device']}, "
-          f"{plural(s['train_size'], 'training image')})")
+    print(
+        f"val acc:  {val}   test acc: {s['test_acc']:.2%}   "
+        f"({plural(s['epochs'], 'epoch')}, {s['wall_time_s']:.0f} s on {s['device']}, "
+        f"{plural(s['train_size'], 'training image')})"
+    )
     print(f"saved:    {s['run_dir']}/ (model.pt, genome.json, result.json)")
     return 0
 
 
 # ---------------------------------------------------------------- nas search
 
+
 def add_search(sub) -> None:
     p = sub.add_parser(
-        "search", help=COMMAND_HELP["search"],
+        "search",
+        help=COMMAND_HELP["search"],
         description="Search a space for the genome with the best validation accuracy under a parameter "
-                    "budget. Every candidate is projected into the budget band before training and is a "
-                    "trial of the Optuna study '{space}-b{budget}-{recipe tag}' in --storage; rerunning "
-                    "the same command resumes it (completed trials count toward --trials, trials of a "
-                    "crashed run are retried). Ctrl-C stops cleanly. "
-                    "Time: the defaults fit the device. On a CPU the search runs for "
-                    f"{CPU_DEFAULTS.time_limit_s / 60:.0f} minutes ({CPU_DEFAULTS.describe()}; a 50k-parameter "
-                    "plain conv trains ~5,000 images/s on 2 cores with bf16); on CUDA it runs "
-                    f"{CUDA_DEFAULTS.trials} trials of {CUDA_DEFAULTS.epochs} epochs on all training images in "
-                    f"{CUDA_DEFAULTS.space}. --time, --trials, --epochs and --subset override them; --plan "
-                    "prints the plan with its ETA without training.",
+        "budget. Every candidate is projected into the budget band before training and is a "
+        "trial of the Optuna study '{space}-b{budget}-{recipe tag}' in --storage; rerunning "
+        "the same command resumes it (completed trials count toward --trials, trials of a "
+        "crashed run are retried). Ctrl-C stops cleanly. "
+        "Time: the defaults fit the device. On a CPU the search runs for "
+        f"{CPU_DEFAULTS.time_limit_s / 60:.0f} minutes ({CPU_DEFAULTS.describe()}; a 50k-parameter "
+        "plain conv trains ~5,000 images/s on 2 cores with bf16); on CUDA it runs "
+        f"{CUDA_DEFAULTS.trials} trials of {CUDA_DEFAULTS.epochs} epochs on all training images in "
+        f"{CUDA_DEFAULTS.space}. --time, --trials, --epochs and --subset override them; --plan "
+        "prints the plan with its ETA without training.",
         epilog="fdpg: finite-difference projected gradient (probes every gene around a centre, steps along "
-               "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
-               "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.")
+        "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
+        "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.",
+    )
     p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help=BUDGET_HELP)
-    p.add_argument("--start", metavar="GENOME", help="the first genome evaluated, and fdpg's start; any GENOME form "
-                                                    "of 'nas count' (default: the space's hand design: one block "
-                                                    "per stage, widths doubling per stage, expansion 4), projected "
-                                                    "to the budget")
+    p.add_argument(
+        "--start",
+        metavar="GENOME",
+        help="the first genome evaluated, and fdpg's start; any GENOME form "
+        "of 'nas count' (default: the space's hand design: one block "
+        "per stage, widths doubling per stage, expansion 4), projected "
+        "to the budget",
+    )
     p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
-    p.add_argument("--time", type=_duration, metavar="DURATION",
-                   help="stop the search after this long (90s, 30m, 2h): no trial starts after it and the "
-                        "running one stops at its next epoch boundary (it is retried on a rerun)")
-    p.add_argument("--export", metavar="PATH.onnx",
-                   help="at the end, export the best trial to ONNX (see nas export) if it has trained weights, "
-                        "i.e. a sweep's final training of this study's winner; search trials keep no weights, "
-                        "otherwise the error gives the 'nas train' command to run first")
+    p.add_argument(
+        "--time",
+        type=_duration,
+        metavar="DURATION",
+        help="stop the search after this long (90s, 30m, 2h): no trial starts after it and the "
+        "running one stops at its next epoch boundary (it is retried on a rerun)",
+    )
+    p.add_argument(
+        "--export",
+        metavar="PATH.onnx",
+        help="at the end, export the best trial to ONNX (see nas export) if it has trained weights, "
+        "i.e. a sweep's final training of this study's winner; search trials keep no weights, "
+        "otherwise the error gives the 'nas train' command to run first",
+    )
     add_search_options(p)
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """Options of `nas search` that `nas sweep` passes on to every budget's search."""
-    from nas.searchers import PRUNERS, SEARCHERS
+    from nas.samplers import PRUNERS, SEARCHERS
 
-    p.add_argument("--space", help=f"search space name or .toml file (default: {CPU_DEFAULTS.space} on a CPU, "
-                                   f"{CUDA_DEFAULTS.space} on CUDA)")
+    p.add_argument(
+        "--space",
+        help=f"search space name or .toml file (default: {CPU_DEFAULTS.space} on a CPU, {CUDA_DEFAULTS.space} on CUDA)",
+    )
     p.add_argument("--searcher", choices=SEARCHERS, default="tpe", help="default tpe")
-    p.add_argument("--trials", type=_positive,
-                   help="evaluations of this searcher in the study, including earlier runs' (default: as many as "
-                        f"--time allows on a CPU, {CUDA_DEFAULTS.trials} on CUDA)")
-    p.add_argument("--plan", action="store_true",
-                   help="print what the run would do (device, space, fidelity, trials, seconds per trial from a "
-                        "short calibration on this machine, ETA) and exit without training or creating trials")
-    p.add_argument("--jobs", "-j", type=_positive,
-                   help=f"trials trained at once, the CPU threads split between them (fdpg: a step's probes) "
-                        f"(default: {CPU_DEFAULTS.jobs} on a CPU with at least {CPU_DEFAULTS.jobs} threads, measured "
-                        f"faster than one trial on all threads; 1 on CUDA)")
-    p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
-                                     "path ending in .log (default sqlite:///studies/nas.db)")
+    p.add_argument(
+        "--trials",
+        type=_positive,
+        help="evaluations of this searcher in the study, including earlier runs' (default: as many as "
+        f"--time allows on a CPU, {CUDA_DEFAULTS.trials} on CUDA)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the run would do (device, space, fidelity, trials, seconds per trial from a "
+        "short calibration on this machine, ETA) and exit without training or creating trials",
+    )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        help=f"trials trained at once, the CPU threads split between them (fdpg: a step's probes) "
+        f"(default: {CPU_DEFAULTS.jobs} on a CPU with at least {CPU_DEFAULTS.jobs} threads, measured "
+        f"faster than one trial on all threads; 1 on CUDA)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
+        "path ending in .log (default sqlite:///studies/nas.db)",
+    )
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--score", choices=["val", "asymptote"], default="val",
-                   help="trial value: last-epoch val accuracy, or the fitted learning-curve asymptote")
-    p.add_argument("--pruner", choices=PRUNERS,
-                   help=f"stop trials that are behind after some epochs (samplers only; default: "
-                        f"{CPU_DEFAULTS.pruner} on a CPU, where pruning 4-epoch trials steers the search away "
-                        f"from deeper genomes, {CUDA_DEFAULTS.pruner} on CUDA)")
+    p.add_argument(
+        "--score",
+        choices=["val", "asymptote"],
+        default="val",
+        help="trial value: last-epoch val accuracy, or the fitted learning-curve asymptote",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        help=f"stop trials that are behind after some epochs (samplers only; default: "
+        f"{CPU_DEFAULTS.pruner} on a CPU, where pruning 4-epoch trials steers the search away "
+        f"from deeper genomes, {CUDA_DEFAULTS.pruner} on CUDA)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--finalists", type=_count, metavar="K",
-                   help=f"at the end, retrain the K best genomes on every training image of the split (the "
-                        f"validation images held out as before) with a seed no trial used, and make the best of "
-                        f"them the winner: a short trial's score ranks genomes only roughly, and the best of many "
-                        f"noisy scores is lucky. Their time comes out of --time. 0: the best trial wins "
-                        f"(default {CPU_DEFAULTS.finalists})")
-    p.add_argument("--finalist-epochs", type=_positive, metavar="E",
-                   help="epochs of the finalists' training (default: the trials' --epochs)")
-    p.add_argument("--finalist-pick", choices=FINALIST_PICKS, default=FINALIST_PICKS[0],
-                   help="which genomes are the finalists: 'diverse', the best trial of each topology (the genome "
-                        "without its widths) in turn, then the next best; 'best', the K best trials "
-                        f"(default {FINALIST_PICKS[0]})")
+    p.add_argument(
+        "--finalists",
+        type=_count,
+        metavar="K",
+        help=f"at the end, retrain the K best genomes on every training image of the split (the "
+        f"validation images held out as before) with a seed no trial used, and make the best of "
+        f"them the winner: a short trial's score ranks genomes only roughly, and the best of many "
+        f"noisy scores is lucky. Their time comes out of --time. 0: the best trial wins "
+        f"(default {CPU_DEFAULTS.finalists})",
+    )
+    p.add_argument(
+        "--finalist-epochs",
+        type=_positive,
+        metavar="E",
+        help="epochs of the finalists' training (default: the trials' --epochs)",
+    )
+    p.add_argument(
+        "--finalist-pick",
+        choices=FINALIST_PICKS,
+        default=FINALIST_PICKS[0],
+        help="which genomes are the finalists: 'diverse', the best trial of each topology (the genome "
+        "without its widths) in turn, then the next best; 'best', the K best trials "
+        f"(default {FINALIST_PICKS[0]})",
+    )
     p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
-    p.add_argument("--subset", type=_subset, metavar="N|all",
-                   help=f"train each trial on N of the training images (at least 5 per class), or 'all' "
-                        f"(default: {CPU_DEFAULTS.subset:,} on a CPU, all on CUDA)")
+    p.add_argument(
+        "--subset",
+        type=_subset,
+        metavar="N|all",
+        help=f"train each trial on N of the training images (at least 5 per class), or 'all' "
+        f"(default: {CPU_DEFAULTS.subset:,} on a CPU, all on CUDA)",
+    )
     p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output, only the final table")
@@ -437,28 +537,46 @@ def search_settings(args) -> dict[str, Any]:
     if trials is None and limit is None:
         trials, limit = (None, d.time_limit_s) if d.time_limit_s is not None else (d.trials, None)
     subset = d.subset if args.subset is None else (args.subset or None)
-    return {"space": args.space or d.space, "trials": trials, "time_limit": limit, "subset": subset,
-            "epochs": args.epochs or d.epochs, "jobs": args.jobs or d.jobs,
-            "finalists": d.finalists if args.finalists is None else args.finalists,
-            "pruner": args.pruner or d.pruner}
+    return {
+        "space": args.space or d.space,
+        "trials": trials,
+        "time_limit": limit,
+        "subset": subset,
+        "epochs": args.epochs or d.epochs,
+        "jobs": args.jobs or d.jobs,
+        "finalists": d.finalists if args.finalists is None else args.finalists,
+        "pruner": args.pruner or d.pruner,
+    }
 
 
 def search_config(args, settings: dict[str, Any], start: Genome | None = None) -> SearchConfig:
     """The SearchConfig of `nas search` and `nas sweep` options (`settings`: see search_settings)."""
-    from nas.searchers import SearchConfig
+    from nas.search import SearchConfig
 
-    return SearchConfig(searcher=args.searcher, trials=settings["trials"], jobs=settings["jobs"], score=args.score,
-                        pruner=settings["pruner"], seed=args.seed, tol=args.tol, subset=settings["subset"],
-                        val_size=args.val_size, start=start, device=args.device, time_limit=settings["time_limit"],
-                        finalists=settings["finalists"], finalist_epochs=args.finalist_epochs,
-                        finalist_pick=args.finalist_pick)
+    return SearchConfig(
+        searcher=args.searcher,
+        trials=settings["trials"],
+        jobs=settings["jobs"],
+        score=args.score,
+        pruner=settings["pruner"],
+        seed=args.seed,
+        tol=args.tol,
+        subset=settings["subset"],
+        val_size=args.val_size,
+        start=start,
+        device=args.device,
+        time_limit=settings["time_limit"],
+        finalists=settings["finalists"],
+        finalist_epochs=args.finalist_epochs,
+        finalist_pick=args.finalist_pick,
+    )
 
 
 def cmd_search(args) -> int:
     import optuna
 
-    from nas.searchers import make_plan, search
     from nas.genome_args import parse_genome
+    from nas.search import make_plan, search
     from nas.spaces import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say what happens
@@ -469,34 +587,58 @@ def cmd_search(args) -> int:
     config = search_config(args, settings, start)
     if args.plan:
         from nas.budget import project
-        from nas.searchers import default_start
+        from nas.search import default_start
 
         project(start or default_start(space), space, args.budget, args.tol)  # an unreachable budget: one line
         print("\n".join(make_plan(space, args.budget, config, recipe).lines()))
         return 0
     try:
-        result = search(space, args.budget, config, storage=args.storage, data_dir=args.data_dir, recipe=recipe,
-                        progress=not args.quiet)
+        result = search(
+            space,
+            args.budget,
+            config,
+            storage=args.storage,
+            data_dir=args.data_dir,
+            recipe=recipe,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
-        print(f"nas: interrupted: finished trials are kept in {args.storage or 'sqlite:///studies/nas.db'}; "
-              f"rerun the same command to continue", file=sys.stderr)
+        print(
+            f"nas: interrupted: finished trials are kept in {args.storage or 'sqlite:///studies/nas.db'}; "
+            f"rerun the same command to continue",
+            file=sys.stderr,
+        )
         return 130
     score = "asymptote" if result.score == "asymptote" else "val acc"
-    print(f"\nstudy {result.study_name}: {plural(result.trials, result.searcher + ' trial')} "
-          f"(stopped: {result.stopped}), {result.wall_time_s:.0f} s")
+    print(
+        f"\nstudy {result.study_name}: {plural(result.trials, result.searcher + ' trial')} "
+        f"(stopped: {result.stopped}), {result.wall_time_s:.0f} s"
+    )
     if result.top:
-        rows = [(str(i), f"#{t.number}", t.user_attrs.get("genome_str", "?"), f"{t.user_attrs['params']:,}",
-                 f"{t.user_attrs['flops']:,}",
-                 f"{t.value:.2%}") for i, t in enumerate(result.top[:args.top], 1)]
+        rows = [
+            (
+                str(i),
+                f"#{t.number}",
+                t.user_attrs.get("genome_str", "?"),
+                f"{t.user_attrs['params']:,}",
+                f"{t.user_attrs['flops']:,}",
+                f"{t.value:.2%}",
+            )
+            for i, t in enumerate(result.top[: args.top], 1)
+        ]
         _print_table(("rank", "trial", "genome", "params", "FLOPs", score), rows)
     else:
         print("no completed trial within the budget yet")
     if result.finalists:
         f0 = result.finalists[0]
-        print(f"\nfinalists, retrained on {f0.train_images:,} images x {plural(f0.fidelity['epochs'], 'epoch')} "
-              f"(seed {f0.fidelity['seed']}):")
-        rows = [(str(i), f"#{f.trial}", f.genome_str, f"{f.search_score:.2%}", f"{f.score:.2%}")
-                for i, f in enumerate(result.finalists, 1)]
+        print(
+            f"\nfinalists, retrained on {f0.train_images:,} images x {plural(f0.fidelity['epochs'], 'epoch')} "
+            f"(seed {f0.fidelity['seed']}):"
+        )
+        rows = [
+            (str(i), f"#{f.trial}", f.genome_str, f"{f.search_score:.2%}", f"{f.score:.2%}")
+            for i, f in enumerate(result.finalists, 1)
+        ]
         _print_table(("rank", "trial", "genome", score, "finalist val acc"), rows)
     if result.best is not None:
         print(f"winner: #{result.best.number} {result.best.user_attrs.get('genome_str', '?')}")
@@ -510,37 +652,55 @@ def cmd_search(args) -> int:
 
 # ---------------------------------------------------------------- nas sweep
 
+
 def add_sweep(sub) -> None:
     from nas.sweep import DEFAULT_BUDGETS, DEFAULT_FINAL_EPOCHS, MAX_FINAL_EPOCHS
 
     p = sub.add_parser(
-        "sweep", help=COMMAND_HELP["sweep"],
+        "sweep",
+        help=COMMAND_HELP["sweep"],
         description="Run one search per budget (each its own study in --storage), then retrain each budget's "
-                    "winner (the best of its finalists, see nas search --finalists) on all 50,000 training images "
-                    "and record its test accuracy in the study, beside "
-                    "two baselines trained with the same recipe and epochs: the space's hand design projected "
-                    "to the budget and the reference study's model for that budget (where there is one). "
-                    "Winners of the budgets searched first are tried at the next budget (budget transfer). "
-                    "Rerunning resumes: finished searches add no trials and final trainings already recorded "
-                    "are not redone (with --time, a winner keeps the epochs it was first trained for). "
-                    "Ends by writing the HTML report and its JSON summary.")
-    p.add_argument("--budgets", default=",".join(str(b) for b in DEFAULT_BUDGETS),
-                   help="comma-separated budgets, searched in this order; 5k and 1M work too "
-                        f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})")
-    p.add_argument("--time", type=_duration, metavar="DURATION",
-                   help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE * 100:.0f}%% goes to the searches, equally per "
-                        "budget (a rerun counts the time its studies already used), the rest to the final "
-                        "trainings, equally per budget, each budget's winner and baselines getting the most "
-                        f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "
-                        "budgets, whose epochs are cheap, get more")
-    p.add_argument("--final-epochs", type=_positive,
-                   help=f"epochs of each final training (default: from --time, else {DEFAULT_FINAL_EPOCHS})")
-    p.add_argument("--no-baselines", action="store_true",
-                   help="train only the winners, not the hand design and the reference model beside them")
-    p.add_argument("--out", help="report file (default reports/<storage name>.html; the JSON summary goes "
-                                 "beside it)")
-    p.add_argument("--no-export", action="store_true",
-                   help="do not export each winner to ONNX (default: model.onnx + model.card.json in its run folder)")
+        "winner (the best of its finalists, see nas search --finalists) on all 50,000 training images "
+        "and record its test accuracy in the study, beside "
+        "two baselines trained with the same recipe and epochs: the space's hand design projected "
+        "to the budget and the reference study's model for that budget (where there is one). "
+        "Winners of the budgets searched first are tried at the next budget (budget transfer). "
+        "Rerunning resumes: finished searches add no trials and final trainings already recorded "
+        "are not redone (with --time, a winner keeps the epochs it was first trained for). "
+        "Ends by writing the HTML report and its JSON summary.",
+    )
+    p.add_argument(
+        "--budgets",
+        default=",".join(str(b) for b in DEFAULT_BUDGETS),
+        help="comma-separated budgets, searched in this order; 5k and 1M work too "
+        f"(default {','.join(str(b) for b in DEFAULT_BUDGETS)})",
+    )
+    p.add_argument(
+        "--time",
+        type=_duration,
+        metavar="DURATION",
+        help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE * 100:.0f}%% goes to the searches, equally per "
+        "budget (a rerun counts the time its studies already used), the rest to the final "
+        "trainings, equally per budget, each budget's winner and baselines getting the most "
+        f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "
+        "budgets, whose epochs are cheap, get more",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=_positive,
+        help=f"epochs of each final training (default: from --time, else {DEFAULT_FINAL_EPOCHS})",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="train only the winners, not the hand design and the reference model beside them",
+    )
+    p.add_argument("--out", help="report file (default reports/<storage name>.html; the JSON summary goes beside it)")
+    p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="do not export each winner to ONNX (default: model.onnx + model.card.json in its run folder)",
+    )
     add_search_options(p)
 
 
@@ -565,21 +725,43 @@ def cmd_sweep(args) -> int:
     if args.plan:
         raise NasError("--plan is for nas search (run it per budget); nas sweep prints each search's plan")
     try:
-        outcomes = sweep(settings["space"], budgets, search_config(args, settings),
-                         final_epochs=args.final_epochs, time_limit=settings["time_limit"], storage=storage,
-                         data_dir=args.data_dir, recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
-                         progress=not args.quiet, baselines=not args.no_baselines, export=not args.no_export)
+        outcomes = sweep(
+            settings["space"],
+            budgets,
+            search_config(args, settings),
+            final_epochs=args.final_epochs,
+            time_limit=settings["time_limit"],
+            storage=storage,
+            data_dir=args.data_dir,
+            recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
+            progress=not args.quiet,
+            baselines=not args.no_baselines,
+            export=not args.no_export,
+        )
     except KeyboardInterrupt:
-        print(f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
-              f"rerun the same command to continue", file=sys.stderr)
+        print(
+            f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
+            f"rerun the same command to continue",
+            file=sys.stderr,
+        )
         return 130
 
     def acc(record: dict | None) -> str:
         return "-" if not record or record.get("test_acc") is None else f"{record['test_acc']:.2%}"
 
-    rows = [(f"{o.budget:,}", "-", "-", "-", "-", "no completed trial") if o.final is None else
-            (f"{o.budget:,}", f"{o.final['params']:,}", acc(o.final), acc(o.baselines.get("hand")),
-             acc(o.baselines.get("seed")), o.final["genome_str"]) for o in outcomes]
+    rows = [
+        (f"{o.budget:,}", "-", "-", "-", "-", "no completed trial")
+        if o.final is None
+        else (
+            f"{o.budget:,}",
+            f"{o.final['params']:,}",
+            acc(o.final),
+            acc(o.baselines.get("hand")),
+            acc(o.baselines.get("seed")),
+            o.final["genome_str"],
+        )
+        for o in outcomes
+    ]
     print()
     _print_table(("budget", "params", "test acc", "hand design", "reference", "genome"), rows)
     for o in outcomes:
@@ -594,28 +776,34 @@ def cmd_sweep(args) -> int:
 
 # ---------------------------------------------------------------- nas export
 
+
 def add_export(sub) -> None:
     p = sub.add_parser(
-        "export", help=COMMAND_HELP["export"],
+        "export",
+        help=COMMAND_HELP["export"],
         description="Export a training run (a runs/... folder written by 'nas train' or by a sweep's final "
-                    "training) to one ONNX file with a dynamic batch size, in eval mode, float32, and write "
-                    "<name>.card.json next to it (genome, params, FLOPs, recipe, test accuracy, the input's "
-                    "normalisation mean/std, input shape, classes). The file is checked before it is written: "
-                    "ONNX Runtime's logits on 100 images must match PyTorch's within 1e-4 (the CIFAR-100 test "
-                    "images when found, else random images; the card says which).",
+        "training) to one ONNX file with a dynamic batch size, in eval mode, float32, and write "
+        "<name>.card.json next to it (genome, params, FLOPs, recipe, test accuracy, the input's "
+        "normalisation mean/std, input shape, classes). The file is checked before it is written: "
+        "ONNX Runtime's logits on 100 images must match PyTorch's within 1e-4 (the CIFAR-100 test "
+        "images when found, else random images; the card says which).",
         epilog="RUN may also be STUDY#N (with --storage): trial N of a study, which has weights when a sweep "
-               "final-trained it as the study's winner. Other trials: nas train GENOME --out DIR, then nas export DIR.")
+        "final-trained it as the study's winner. Other trials: nas train GENOME --out DIR, then nas export DIR.",
+    )
     p.add_argument("run", metavar="RUN", help="training run folder, or STUDY#N")
     p.add_argument("--output", "-o", metavar="PATH.onnx", help="ONNX file to write (default RUN/model.onnx)")
     p.add_argument("--storage", help="Optuna storage of STUDY#N (default sqlite:///studies/nas.db)")
-    p.add_argument("--data-dir", help="folder holding cifar-100-python/, for the check's test images "
-                                      "(default: $NAS_DATA_DIR, else a per-user cache)")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding cifar-100-python/, for the check's test images "
+        "(default: $NAS_DATA_DIR, else a per-user cache)",
+    )
     p.add_argument("--no-check", action="store_true", help="do not compare ONNX Runtime with PyTorch")
 
 
-def _export_and_print(run: str, output: str | None, *, storage: str | None = None, check: bool = True,
-                      data_dir: str | None = None) -> None:
-    from pathlib import Path
+def _export_and_print(
+    run: str, output: str | None, *, storage: str | None = None, check: bool = True, data_dir: str | None = None
+) -> None:
 
     from nas.export import export_run
     from nas.runs import resolve_run
@@ -630,8 +818,10 @@ def _export_and_print(run: str, output: str | None, *, storage: str | None = Non
         print("check:    skipped (--no-check)")
     else:
         k = c["check"]
-        print(f"check:    ONNX Runtime = PyTorch on {k['inputs']}: max |diff| {k['max_abs_diff']:.1e} "
-              f"(tolerance {k['tolerance']:g}), same top-1 on {k['top1_agree']}/{k['images']}")
+        print(
+            f"check:    ONNX Runtime = PyTorch on {k['inputs']}: max |diff| {k['max_abs_diff']:.1e} "
+            f"(tolerance {k['tolerance']:g}), same top-1 on {k['top1_agree']}/{k['images']}"
+        )
 
 
 def cmd_export(args) -> int:
@@ -641,13 +831,16 @@ def cmd_export(args) -> int:
 
 # ---------------------------------------------------------------- nas report
 
+
 def add_report(sub) -> None:
     p = sub.add_parser(
-        "report", help=COMMAND_HELP["report"],
+        "report",
+        help=COMMAND_HELP["report"],
         description="Write one self-contained HTML file (plotly inlined, opens offline): accuracy vs "
-                    "parameters with the reference curves, per-budget search progress and learning curves, "
-                    "the fdpg path, and a table of winners; and beside it <name>.json, the per-budget summary "
-                    "of the final trainings (winner, baselines, epochs, minutes, scaling fit).")
+        "parameters with the reference curves, per-budget search progress and learning curves, "
+        "the fdpg path, and a table of winners; and beside it <name>.json, the per-budget summary "
+        "of the final trainings (winner, baselines, epochs, minutes, scaling fit).",
+    )
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="output file (default reports/<storage name>.html)")
     p.add_argument("--title", help="page title")
@@ -684,8 +877,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or with `only` set, of that command alone (the others are
     listed with their help line but have no options): building the options of train, search and
     sweep imports torch, which a `nas count` or a mistyped command need not wait for."""
-    parser = _Parser(prog="nas", description="Parameter-budget neural architecture search for CIFAR-100. "
-                                             "Run 'nas COMMAND --help' for each command.")
+    parser = _Parser(
+        prog="nas",
+        description="Parameter-budget neural architecture search for CIFAR-100. "
+        "Run 'nas COMMAND --help' for each command.",
+    )
     from nas import __version__
 
     parser.add_argument("--version", action="version", version=f"nas {__version__}")

@@ -10,15 +10,15 @@ a large uncertainty, so callers can always rank by `alpha`.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
-MIN_POINTS = 4          # three parameters, plus one degree of freedom for the uncertainty
-MAX_STD = 0.2           # a fitted alpha less certain than this is no better than the fallback
-FALLBACK_STD = 0.1      # the uncertainty claimed for the fallback (accuracies are in [0, 1])
+MIN_POINTS = 4  # three parameters, plus one degree of freedom for the uncertainty
+MAX_STD = 0.2  # a fitted alpha less certain than this is no better than the fallback
+FALLBACK_STD = 0.1  # the uncertainty claimed for the fallback (accuracies are in [0, 1])
 _BOUNDS = ([0.0, 1e-3, -50.0], [1.0, 20.0, 50.0])  # alpha, beta, c
 
 

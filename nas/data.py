@@ -61,17 +61,27 @@ class CifarData:
         return self.train_x.device
 
     def to(self, device: str | torch.device) -> CifarData:
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
 
 # ---------------------------------------------------------------- loading
 
+
 def _expected_files() -> list[tuple[str, str]]:
     # Read at call time, so tests can point torchvision's checksums at fixture files.
     from torchvision.datasets import CIFAR100
-    return [*(tuple(f) for f in CIFAR100.train_list + CIFAR100.test_list),
-            (CIFAR100.meta["filename"], CIFAR100.meta["md5"])]
+
+    return [
+        *(tuple(f) for f in CIFAR100.train_list + CIFAR100.test_list),
+        (CIFAR100.meta["filename"], CIFAR100.meta["md5"]),
+    ]
 
 
 def _check_files(root: Path, download: bool) -> None:
@@ -82,8 +92,10 @@ def _check_files(root: Path, download: bool) -> None:
     folder = root / FOLDER
     for p in (root, folder):
         if p.exists() and not p.is_dir():
-            raise NasError(f"CIFAR-100 data folder {p} is not a folder (pass --data-dir or set NAS_DATA_DIR "
-                           f"to the folder that holds, or will hold, '{FOLDER}/')")
+            raise NasError(
+                f"CIFAR-100 data folder {p} is not a folder (pass --data-dir or set NAS_DATA_DIR "
+                f"to the folder that holds, or will hold, '{FOLDER}/')"
+            )
     missing = []
     for name, md5 in _expected_files():
         path = folder / name
@@ -91,8 +103,10 @@ def _check_files(root: Path, download: bool) -> None:
             missing.append(name)
         elif not check_integrity(str(path), md5):
             # Reported rather than silently re-downloaded over: the user may have put it there.
-            raise NasError(f"CIFAR-100 file {path} is corrupt (md5 mismatch); delete it to re-download "
-                           f"or replace it with a good copy")
+            raise NasError(
+                f"CIFAR-100 file {path} is corrupt (md5 mismatch); delete it to re-download "
+                f"or replace it with a good copy"
+            )
     if not missing:
         return
     where = f"put the '{FOLDER}/' folder into {root.resolve()}/ (or pass --data-dir / set NAS_DATA_DIR)"
@@ -109,8 +123,17 @@ def _check_files(root: Path, download: bool) -> None:
                 raise
     except Exception as e:  # network, disk or archive errors all end the same way for the user
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NasError(f"CIFAR-100 not found in {root.resolve()} and the download failed ({reason}); "
-                       f"{where}") from None
+        raise NasError(f"CIFAR-100 not found in {root.resolve()} and the download failed ({reason}); {where}") from None
+
+
+def check_data(data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """Before a command writes anything: the data folder holds CIFAR-100's files, or they are
+    downloaded now; else a one-line NasError saying where to put them. The checksums are checked
+    when the files are read. Returns the folder."""
+    root = resolve_data_dir(data_dir)
+    if not all((root / FOLDER / name).is_file() for name, _ in _expected_files()):
+        _check_files(root, download)
+    return root
 
 
 def _read_split(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -170,12 +193,19 @@ CLASSES = 100
 def check_subset(subset: int | None, classes: int = CLASSES) -> None:
     """NasError unless `subset` (training images kept, None = all) holds a few images per class."""
     if subset is not None and subset < MIN_PER_CLASS * classes:
-        raise NasError(f"subset must be at least {MIN_PER_CLASS * classes:,} training images "
-                       f"({MIN_PER_CLASS} per class of {classes}), got {subset:,}")
+        raise NasError(
+            f"subset must be at least {MIN_PER_CLASS * classes:,} training images "
+            f"({MIN_PER_CLASS} per class of {classes}), got {subset:,}"
+        )
 
 
-def split_cifar100(arrays: CifarArrays, device: str | torch.device = "cpu", val_size: int = 5000, seed: int = 0,
-                   subset: int | None = None) -> CifarData:
+def split_cifar100(
+    arrays: CifarArrays,
+    device: str | torch.device = "cpu",
+    val_size: int = 5000,
+    seed: int = 0,
+    subset: int | None = None,
+) -> CifarData:
     """`arrays` as uint8 tensors on `device`, with `val_size` training images held out for
     validation (seeded, stratified by class; 0 holds none out). `subset` keeps only that many of
     the remaining training images (also stratified), for quick runs; validation and test are not
@@ -199,9 +229,18 @@ def split_cifar100(arrays: CifarArrays, device: str | torch.device = "cpu", val_
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-    return CifarData(train_x=t(train_x), train_y=t(y[train_idx]), val_x=t(x[val_idx]), val_y=t(y[val_idx]),
-                     test_x=t(arrays.test_x), test_y=t(arrays.test_y), num_classes=len(arrays.classes),
-                     mean=mean.to(device), std=std.to(device), classes=list(arrays.classes))
+    return CifarData(
+        train_x=t(train_x),
+        train_y=t(y[train_idx]),
+        val_x=t(x[val_idx]),
+        val_y=t(y[val_idx]),
+        test_x=t(arrays.test_x),
+        test_y=t(arrays.test_y),
+        num_classes=len(arrays.classes),
+        mean=mean.to(device),
+        std=std.to(device),
+        classes=list(arrays.classes),
+    )
 
 
 class CifarSource:
@@ -234,8 +273,14 @@ class CifarSource:
         return torch.from_numpy(np.ascontiguousarray(a.test_x[:n])), torch.from_numpy(a.test_y[:n])
 
 
-def load_cifar100(data_dir: str | Path | None = None, device: str | torch.device = "cpu", val_size: int = 5000,
-                  seed: int = 0, download: bool = True, subset: int | None = None) -> CifarData:
+def load_cifar100(
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    val_size: int = 5000,
+    seed: int = 0,
+    download: bool = True,
+    subset: int | None = None,
+) -> CifarData:
     """CIFAR-100 read from `data_dir` and split onto `device` (see `split_cifar100`)."""
     return CifarSource(data_dir, device, download).split(val_size, seed, subset)
 
@@ -251,6 +296,7 @@ def load_test_images(data_dir: str | Path | None = None, n: int | None = None) -
 
 # ---------------------------------------------------------------- batches and augmentation
 
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32, standardised per channel."""
     scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
@@ -258,8 +304,13 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return torch.addcmul(shift, x.float(), scale)  # one fused pass instead of three
 
 
-def crop_flip(x: torch.Tensor, crop: bool = True, flip: bool | torch.Tensor = True,
-              generator: torch.Generator | None = None, pad: int = PAD) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor,
+    crop: bool = True,
+    flip: bool | torch.Tensor = True,
+    generator: torch.Generator | None = None,
+    pad: int = PAD,
+) -> torch.Tensor:
     """Random 32x32 crops of the zero-padded batch (torchvision's RandomCrop(32, padding=4)) when
     `crop`, mirrored left-right where `flip` says: True flips a random half, a bool tensor (one
     per image) flips exactly those. One gather does both, on the uint8 images."""
@@ -304,9 +355,16 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
     return x.masked_fill(inside[:, None], 0.0)
 
 
-def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, crop: bool = True,
-            flip: bool | torch.Tensor = True, cutout_size: int = 0,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    crop: bool = True,
+    flip: bool | torch.Tensor = True,
+    cutout_size: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A training batch: uint8 (B, 3, 32, 32) -> augmented, normalised float32. `flip`: True for
     a random half, False for none, or a bool tensor saying which images to mirror."""
     if crop or flip is not False:
@@ -317,10 +375,14 @@ def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, crop: boo
     return x
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
-            device: str | torch.device = "cpu", shuffle: bool = True):
+def batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    shuffle: bool = True,
+):
     """Index tensors of consecutive batches over range(n), in a fresh random order if `shuffle`."""
-    order = (torch.randperm(n, device=device, generator=generator) if shuffle
-             else torch.arange(n, device=device))
+    order = torch.randperm(n, device=device, generator=generator) if shuffle else torch.arange(n, device=device)
     for i in range(0, n, batch_size):
-        yield order[i:i + batch_size]
+        yield order[i : i + batch_size]

@@ -56,14 +56,24 @@ def card_path_for(onnx_path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- the ONNX file
 
+
 def export_onnx(model: nn.Module, path: str | Path) -> None:
     """Write `model` (eval mode, float32, CPU) as one ONNX file whose batch dimension is dynamic."""
     model = model.float().cpu().eval()
     example = torch.zeros(2, 3, 32, 32)  # batch 2, not 1: a size-1 dimension would be specialised
     batch = torch.export.Dim("batch", min=1)
     try:
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     except Exception as e:  # the exporter's errors are long; the first line says what failed
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NasError(f"ONNX export failed: {reason}") from None
@@ -96,11 +106,15 @@ def compare(model: nn.Module, path: str | Path, x: torch.Tensor) -> dict[str, An
     got = onnx_logits(path, x)
     if got.shape != ref.shape:
         raise NasError(f"export check failed: ONNX output shape {got.shape}, PyTorch {ref.shape}")
-    return {"max_abs_diff": float(np.abs(got - ref).max()),
-            "top1_agree": int((got.argmax(1) == ref.argmax(1)).sum()), "images": len(x)}
+    return {
+        "max_abs_diff": float(np.abs(got - ref).max()),
+        "top1_agree": int((got.argmax(1) == ref.argmax(1)).sum()),
+        "images": len(x),
+    }
 
 
 # ---------------------------------------------------------------- check inputs and normalisation
+
 
 def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     from nas.data import normalize
@@ -108,8 +122,9 @@ def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Te
     return normalize(x, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
 
 
-def check_batch(spec: dict[str, Any], data_dir: str | Path | None, n: int = CHECK_IMAGES,
-                data: CifarSource | None = None) -> tuple[torch.Tensor, str]:
+def check_batch(
+    spec: dict[str, Any], data_dir: str | Path | None, n: int = CHECK_IMAGES, data: CifarSource | None = None
+) -> tuple[torch.Tensor, str]:
     """`n` normalised images to compare on, and what they are: the first `n` CIFAR-100 test
     images when the data set is found (in `data` when the caller has read it, else in
     `data_dir`), else `n` random images (uniform pixels, seed 0)."""
@@ -123,8 +138,9 @@ def check_batch(spec: dict[str, Any], data_dir: str | Path | None, n: int = CHEC
             raise  # a corrupt file is the user's to know about, not to work around
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        what = (f"{n} random images (uniform pixels, seed 0; CIFAR-100 not found in "
-                f"{resolve_data_dir(data_dir) / FOLDER})")
+        what = (
+            f"{n} random images (uniform pixels, seed 0; CIFAR-100 not found in {resolve_data_dir(data_dir) / FOLDER})"
+        )
     return _normalize(images, spec["mean"], spec["std"]), what
 
 
@@ -144,23 +160,34 @@ def input_spec_of(summary: dict[str, Any], data_dir: str | Path | None) -> dict[
     try:
         data = load_cifar100(data_dir, device="cpu", val_size=val_size, subset=subset, download=False)
     except NasError as e:
-        raise NasError(f"this run's result.json has no normalisation statistics (saved by an older nas) and "
-                       f"they cannot be recomputed: {e}") from None
+        raise NasError(
+            f"this run's result.json has no normalisation statistics (saved by an older nas) and "
+            f"they cannot be recomputed: {e}"
+        ) from None
     return input_spec(data)
 
 
 def _tta_note(tta: str) -> str:
     if tta == "flip":
-        return ("flip: the graph averages the logits of each image and its mirror image, "
-                "so a prediction costs two forward passes (2x the FLOPs given)")
+        return (
+            "flip: the graph averages the logits of each image and its mirror image, "
+            "so a prediction costs two forward passes (2x the FLOPs given)"
+        )
     return "none"
 
 
 # ---------------------------------------------------------------- runs and trials
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: bool = True,
-               data_dir: str | Path | None = None, source: dict[str, Any] | None = None,
-               data: CifarSource | None = None) -> ExportResult:
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    check: bool = True,
+    data_dir: str | Path | None = None,
+    source: dict[str, Any] | None = None,
+    data: CifarSource | None = None,
+) -> ExportResult:
     """Export the training run in `run_dir` to `out` (default `run_dir/model.onnx`) and write the
     model card next to it. With `check`, the file is compared with PyTorch on CHECK_IMAGES images
     and not written unless the logits agree within CHECK_TOLERANCE. `data`: CIFAR-100 as the
@@ -175,8 +202,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
 
     run = Path(run_dir)
     if not run.is_dir():
-        raise NasError(f"{run}: no such training run folder (RUN is a folder written by nas train, "
-                       f"or STUDY#N with --storage)")
+        raise NasError(
+            f"{run}: no such training run folder (RUN is a folder written by nas train, or STUDY#N with --storage)"
+        )
     genome, model = load_trained(run)
     summary = run_summary(run)
     spec = input_spec_of(summary, data_dir)
@@ -188,15 +216,24 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         export_onnx(model, tmp)
-        opset = _add_metadata(tmp, {"nas.genome": genome.to_json(), "nas.genome_str": str(genome),
-                                    "nas.input.mean": json.dumps(spec["mean"]), "nas.input.std": json.dumps(spec["std"]),
-                                    "nas.input.normalize": spec.get("normalize", "(pixel / 255 - mean) / std")})
+        opset = _add_metadata(
+            tmp,
+            {
+                "nas.genome": genome.to_json(),
+                "nas.genome_str": str(genome),
+                "nas.input.mean": json.dumps(spec["mean"]),
+                "nas.input.std": json.dumps(spec["std"]),
+                "nas.input.normalize": spec.get("normalize", "(pixel / 255 - mean) / std"),
+            },
+        )
         if check:
             batch, what = check_batch(spec, data_dir, data=data)
             got = compare(model, tmp, batch)
             if not got["max_abs_diff"] <= CHECK_TOLERANCE:
-                raise NasError(f"export check failed: ONNX Runtime's logits differ from PyTorch's by up to "
-                               f"{got['max_abs_diff']:.2e} (tolerance {CHECK_TOLERANCE:g}) on {what}; nothing written")
+                raise NasError(
+                    f"export check failed: ONNX Runtime's logits differ from PyTorch's by up to "
+                    f"{got['max_abs_diff']:.2e} (tolerance {CHECK_TOLERANCE:g}) on {what}; nothing written"
+                )
             checked = {"inputs": what, "tolerance": CHECK_TOLERANCE, **got, "passed": True}
         else:
             checked = {"skipped": True, "inputs": None}
@@ -204,22 +241,44 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, check: boo
     finally:
         tmp.unlink(missing_ok=True)
     card = {
-        "model": out_path.name, "format": "onnx", "opset": opset,
-        "genome": genome.to_dict(), "genome_str": str(genome),
-        "params": count_params(genome), "flops": count_flops(genome),
-        "recipe": summary.get("recipe"), "epochs": summary.get("epochs"),
+        "model": out_path.name,
+        "format": "onnx",
+        "opset": opset,
+        "genome": genome.to_dict(),
+        "genome_str": str(genome),
+        "params": count_params(genome),
+        "flops": count_flops(genome),
+        "recipe": summary.get("recipe"),
+        "epochs": summary.get("epochs"),
         "test_time_augmentation": _tta_note((summary.get("recipe") or {}).get("tta", "none")),
-        "val_acc": summary.get("val_acc"), "test_acc": summary.get("test_acc"),
-        "input": {"name": INPUT_NAME, "shape": ["batch", *spec.get("shape", [3, 32, 32])],
-                  "dtype": "float32", "layout": spec.get("layout", "NCHW"), "channels": spec.get("channels", "RGB"),
-                  "mean": spec["mean"], "std": spec["std"],
-                  "normalize": spec.get("normalize", "(pixel / 255 - mean) / std, per channel")},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", num_classes], "num_classes": num_classes,
-                   "what": "logits (softmax gives class probabilities)", "classes": spec.get("classes")},
+        "val_acc": summary.get("val_acc"),
+        "test_acc": summary.get("test_acc"),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", *spec.get("shape", [3, 32, 32])],
+            "dtype": "float32",
+            "layout": spec.get("layout", "NCHW"),
+            "channels": spec.get("channels", "RGB"),
+            "mean": spec["mean"],
+            "std": spec["std"],
+            "normalize": spec.get("normalize", "(pixel / 255 - mean) / std, per channel"),
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", num_classes],
+            "num_classes": num_classes,
+            "what": "logits (softmax gives class probabilities)",
+            "classes": spec.get("classes"),
+        },
         "check": checked,
         "source": {"run_dir": str(run), **(source or {})},
-        "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nas": __version__, "torch": torch.__version__,
-                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "exported": {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "nas": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
     }
     card_file = card_path_for(out_path)
     tmp_card = card_file.with_name(f".{card_file.name}.{os.getpid()}.tmp")

@@ -62,12 +62,27 @@ class MBConvFamily(Family):
 
     name = "mbconv"
     per_stage = frozenset({"depth", "width", "expand", "kernel"})
-    gene_roles = {"stem": "width", "width": "width", "width_base": "width", "width_slope": "width",
-                  "depth": "depth", "expand": "other", "kernel": "other"}
+    gene_roles = {
+        "stem": "width",
+        "width": "width",
+        "width_base": "width",
+        "width_slope": "width",
+        "depth": "depth",
+        "expand": "other",
+        "kernel": "other",
+    }
     zero_genes = frozenset({"width_slope"})  # a slope of 0: every stage as wide as the first
-    default_options = {"stages": 4, "activation": "relu", "se_ratio": 0.0, "bias": True, "skip": "project",
-                       "downsample": "maxpool", "stem_kernel": 1, "width_schedule": "per_stage",
-                       "num_classes": 100}
+    default_options = {
+        "stages": 4,
+        "activation": "relu",
+        "se_ratio": 0.0,
+        "bias": True,
+        "skip": "project",
+        "downsample": "maxpool",
+        "stem_kernel": 1,
+        "width_schedule": "per_stage",
+        "num_classes": 100,
+    }
     option_checks = {
         "stages": int_range(1, 6),
         "activation": choice(*ACTIVATIONS),
@@ -81,14 +96,21 @@ class MBConvFamily(Family):
     }
 
     def gene_names(self, options: dict[str, Any]) -> list[str]:
-        widths = ["width"] if options.get("width_schedule", "per_stage") == "per_stage" else ["width_base", "width_slope"]
+        widths = (
+            ["width"] if options.get("width_schedule", "per_stage") == "per_stage" else ["width_base", "width_slope"]
+        )
         return ["stem", "depth", *widths, "expand", "kernel"]
 
     def start_genes(self, options: dict[str, Any]) -> dict[str, Any]:
         # widths doubling stage by stage ("wider blocks deeper in"), expansion 4
         stages = options["stages"]
-        return {"stem": 16, "width": [16 * 2 ** s for s in range(stages)], "width_base": 16, "width_slope": 16,
-                "expand": [4] * stages}
+        return {
+            "stem": 16,
+            "width": [16 * 2**s for s in range(stages)],
+            "width_base": 16,
+            "width_slope": 16,
+            "expand": [4] * stages,
+        }
 
     def stage_widths(self, genes: dict[str, Any], options: dict[str, Any]) -> list[int]:
         """Per-stage output widths; the linear schedule gives c_s = base + slope * s."""
@@ -124,8 +146,11 @@ class MBConvFamily(Family):
     def short_body(self, genes: dict[str, Any], options: dict[str, Any]) -> str:
         linear = options["width_schedule"] == "linear"
         widths = self.stage_widths(genes, options)
-        parts = [f"s{genes['stem']}", *([f"w{genes['width_base']}+{genes['width_slope']}"] if linear else []),
-                 *(f"{w}x{d}e{e}k{k}" for w, d, e, k in zip(widths, genes["depth"], genes["expand"], genes["kernel"]))]
+        parts = [
+            f"s{genes['stem']}",
+            *([f"w{genes['width_base']}+{genes['width_slope']}"] if linear else []),
+            *(f"{w}x{d}e{e}k{k}" for w, d, e, k in zip(widths, genes["depth"], genes["expand"], genes["kernel"])),
+        ]
         return "|".join(parts)
 
     def parse_body(self, body: str, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -134,8 +159,9 @@ class MBConvFamily(Family):
         genes: dict[str, Any] = {"stem": stem}
         linear = bool(parts) and parts[0].startswith("w")
         if linear:
-            genes["width_base"], genes["width_slope"] = segment(r"w(\d+)\+(\d+)", parts.pop(0),
-                                                                "w<width_base>+<width_slope>, e.g. w24+8", where)
+            genes["width_base"], genes["width_slope"] = segment(
+                r"w(\d+)\+(\d+)", parts.pop(0), "w<width_base>+<width_slope>, e.g. w24+8", where
+            )
         if not parts:
             raise NasError(f"{where}: no stages in genome '{body}'")
         form = "<width>x<depth>e<expansion>k<kernel>, e.g. 32x2e4k3"
@@ -147,8 +173,10 @@ class MBConvFamily(Family):
         if linear:
             expected = self.stage_widths(genes, implied)
             if widths != expected:
-                raise NasError(f"{where}: stage widths {widths} do not follow "
-                               f"w{genes['width_base']}+{genes['width_slope']} (expected {expected})")
+                raise NasError(
+                    f"{where}: stage widths {widths} do not follow "
+                    f"w{genes['width_base']}+{genes['width_slope']} (expected {expected})"
+                )
         else:
             genes["width"] = widths
         return genes, implied

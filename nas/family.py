@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------- option checking
 
+
 def choice(*allowed: Any):
     def check(v: Any) -> bool:
         return v in allowed and type(v) is type(allowed[0])
+
     check.describe = " or ".join(repr(a) if isinstance(a, str) else str(a).lower() for a in allowed)  # type: ignore[attr-defined]
     check.choices = allowed  # type: ignore[attr-defined]  # what is allowed, for tests that try every value
     return check
@@ -31,6 +33,7 @@ def choice(*allowed: Any):
 def int_range(lo: int, hi: int):
     def check(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
     check.describe = f"an integer in {lo}..{hi}"  # type: ignore[attr-defined]
     check.int_range = (lo, hi)  # type: ignore[attr-defined]
     return check
@@ -39,6 +42,7 @@ def int_range(lo: int, hi: int):
 def float_range(lo: float, hi: float):
     def check(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v < hi
+
     check.describe = f"a number in [{lo}, {hi})"  # type: ignore[attr-defined]
     check.float_range = (lo, hi)  # type: ignore[attr-defined]
     return check
@@ -122,8 +126,9 @@ class Family:
         from nas.spaces import Genome  # nas.spaces imports the families
 
         names = self.gene_names(space.options)
-        genes = {n: [space.genes[n].minimum] * space.stages if n in self.per_stage else space.genes[n].minimum
-                 for n in names}
+        genes = {
+            n: [space.genes[n].minimum] * space.stages if n in self.per_stage else space.genes[n].minimum for n in names
+        }
         genes.update({n: v for n, v in self.start_genes(space.options).items() if n in names})
         return space.from_vector(space.vector(Genome(space.name, self.name, genes, dict(space.options))))
 
@@ -166,8 +171,11 @@ class Family:
 
     def short_string(self, genome: Genome, prefix: str, base_options: dict[str, Any]) -> str:
         """`prefix:body`, then `;key=value,...` for the options that differ from `base_options`."""
-        diff = [f"{k}={_format_option(v)}" for k, v in genome.options.items()
-                if k not in self.body_options and json.dumps(v) != json.dumps(base_options.get(k))]
+        diff = [
+            f"{k}={_format_option(v)}"
+            for k, v in genome.options.items()
+            if k not in self.body_options and json.dumps(v) != json.dumps(base_options.get(k))
+        ]
         return f"{prefix}:{self.short_body(genome.genes, genome.options)}" + (";" + ",".join(diff) if diff else "")
 
     def parse_short(self, text: str, base_options: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,8 +188,9 @@ class Family:
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not key:
-                raise NasError(f"{where}: option '{item}' after ';' must look like key=value "
-                               f"(e.g. activation=relu,bias=true)")
+                raise NasError(
+                    f"{where}: option '{item}' after ';' must look like key=value (e.g. activation=relu,bias=true)"
+                )
             if key in self.body_options:
                 raise NasError(f"{where}: option '{key}' is given by the genes before ';', not after it")
             if key in given:
@@ -196,8 +205,10 @@ class Family:
             raise NasError(f"{where}: field 'options' must be a table/object")
         for key, value in options.items():
             if key not in self.option_checks:
-                raise NasError(f"{where}: options.{key} is not an option of family '{self.name}' "
-                               f"(options: {', '.join(sorted(self.option_checks))})")
+                raise NasError(
+                    f"{where}: options.{key} is not an option of family '{self.name}' "
+                    f"(options: {', '.join(sorted(self.option_checks))})"
+                )
             check = self.option_checks[key]
             if not check(value):
                 raise NasError(f"{where}: options.{key} = {value!r} must be {check.describe}")
@@ -209,8 +220,10 @@ class Family:
         out: dict[str, Any] = {}
         for key in genes:
             if key not in names:
-                raise NasError(f"{where}: genes.{key} is not a gene of family '{self.name}' with these "
-                               f"options (genes: {', '.join(names)})")
+                raise NasError(
+                    f"{where}: genes.{key} is not a gene of family '{self.name}' with these "
+                    f"options (genes: {', '.join(names)})"
+                )
         for name in names:
             if name not in genes:
                 raise NasError(f"{where}: missing gene 'genes.{name}'")
@@ -240,7 +253,7 @@ class WidthDepthFamily(Family):
         return ["depth", "width"]
 
     def start_genes(self, options: dict[str, Any]) -> dict[str, Any]:
-        return {"width": [16 * 2 ** s for s in range(options["stages"])]}
+        return {"width": [16 * 2**s for s in range(options["stages"])]}
 
     def short_body(self, genes: dict[str, Any], options: dict[str, Any]) -> str:
         return "|".join(f"{w}x{d}" for d, w in zip(genes["depth"], genes["width"]))

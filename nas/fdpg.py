@@ -31,17 +31,18 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.budget import param_gradient, project
 from nas.errors import NasError
 from nas.spaces import Genome, Space
-from nas.study import PROPOSAL_ATTR, counts_as_done, trial_genome
+from nas.study import PROPOSAL_ATTR, NothingToPropose, SamplerNeeds, counts_as_done, trial_genome
 from nas.text import plural
 
 SEARCHER = "fdpg"
-ETA = 0.5          # step length in log-coordinates (0.5 ~ a 65% change of one gene)
-REL_STEP = 0.12    # width probes: this fraction of the width, at least one grid step
+ETA = 0.5  # step length in log-coordinates (0.5 ~ a 65% change of one gene)
+REL_STEP = 0.12  # width probes: this fraction of the width, at least one grid step
 PATIENCE = 3
 NOT_NEEDED = "not needed: other workers hold every evaluation the fdpg walk needs now"
 
 
 # ---------------------------------------------------------------- log coordinates and moves
+
 
 def log_offsets(space: Space) -> np.ndarray:
     """Per coordinate, what to add before taking the log (1 for genes that may be 0)."""
@@ -86,8 +87,7 @@ def estimate_gradient(displacements: np.ndarray, differences: np.ndarray) -> np.
     return g
 
 
-def probe_genomes(space: Space, centre: Genome, budget: int, tol: float,
-                  rel_step: float = REL_STEP) -> list[Genome]:
+def probe_genomes(space: Space, centre: Genome, budget: int, tol: float, rel_step: float = REL_STEP) -> list[Genome]:
     """One projected probe per coordinate, distinct from the centre and from each other. Widths
     step up by `rel_step`; depth, expansion and kernel step one grid point down where they can
     (the projection then widens the model: that is the trade-off the budget forces), else up."""
@@ -116,8 +116,15 @@ def probe_genomes(space: Space, centre: Genome, budget: int, tol: float,
     return out
 
 
-def gradient_step(space: Space, centre: Genome, direction: np.ndarray, eta: float, budget: int, tol: float,
-                  seen: set[Genome] | frozenset[Genome] = frozenset()) -> tuple[Genome, float] | None:
+def gradient_step(
+    space: Space,
+    centre: Genome,
+    direction: np.ndarray,
+    eta: float,
+    budget: int,
+    tol: float,
+    seen: set[Genome] | frozenset[Genome] = frozenset(),
+) -> tuple[Genome, float] | None:
     """The point centre + eta * direction (in u), rounded and projected, and the eta used.
     While rounding lands on the centre, eta doubles (at most 3 times); when it lands on a genome
     already evaluated (`seen`), shorter steps are tried. None when no new point is found."""
@@ -145,12 +152,13 @@ def gradient_step(space: Space, centre: Genome, direction: np.ndarray, eta: floa
 
 # ---------------------------------------------------------------- the walk
 
+
 @dataclass(frozen=True)
 class Item:
     """One evaluation the walk needs: a genome as the centre of `step` or a neighbour probed there."""
 
     genome: Genome
-    role: str   # "centre" or "neighbour"
+    role: str  # "centre" or "neighbour"
     step: int
 
     @property
@@ -175,18 +183,15 @@ def _ok(t: FrozenTrial) -> bool:
 class WalkState:
     """Where the walk stands in a study."""
 
-    todo: list[Item]     # evaluations it needs next that no running or queued trial holds
+    todo: list[Item]  # evaluations it needs next that no running or queued trial holds
     stopped: str | None  # why the walk ended, once it has
-    queued: bool         # the study has a waiting trial (e.g. a retry of a trial whose process died)
-
-
-class NothingToPropose(Exception):
-    """Raised when a trial asks for genes but every evaluation the walk needs is held by another
-    trial (workers in other processes claimed them at the same moment): give the trial back."""
+    queued: bool  # the study has a waiting trial (e.g. a retry of a trial whose process died)
 
 
 class FdpgSampler(optuna.samplers.BaseSampler):
-    """fdpg as an Optuna sampler (module docstring), starting its walk at `start`.
+    """fdpg as an Optuna sampler (module docstring), starting its walk at the best of `start` and
+    the genomes `also` (a sweep's transfer genomes: winners of other budgets projected here),
+    which it evaluates itself as step 0.
 
     Like Optuna's GridSampler, `before_trial` picks what the trial evaluates and records it in the
     trial's system attr PROPOSAL_ATTR (genome, role, step); `sample_independent` then returns that
@@ -194,11 +199,28 @@ class FdpgSampler(optuna.samplers.BaseSampler):
     say what they evaluate (a retry of a failed trial, a queued one) are left as they are.
     `state` tells the search loop whether the walk has more to propose, must wait for running
     trials, or has ended (and why). The walk's evaluations may revisit genomes the study holds
-    (e.g. a probe that is an earlier centre): such a trial reuses the result and counts."""
+    (e.g. a probe that is an earlier centre): such a trial reuses the result and counts.
+    `storage`: the study's storage, where a trial's proposal is recorded for every worker."""
 
-    def __init__(self, space: Space, start: Genome, budget: int, tol: float, *, eta: float = ETA,
-                 rel_step: float = REL_STEP, patience: int = PATIENCE):
+    # complete trainings for the differences; start and transfer are its own step 0; revisits count
+    needs = SamplerNeeds(prunable=False, proposes_start=True, distinct=False, paced=True)
+
+    def __init__(
+        self,
+        space: Space,
+        start: Genome,
+        budget: int,
+        tol: float,
+        *,
+        also: list[Genome] | tuple[Genome, ...] = (),
+        storage: optuna.storages.BaseStorage | None = None,
+        eta: float = ETA,
+        rel_step: float = REL_STEP,
+        patience: int = PATIENCE,
+    ):
         self.space, self.start, self.budget, self.tol = space, start, budget, tol
+        self.also = [g for g in dict.fromkeys(also) if g.key() != start.key()]
+        self.storage = storage
         self.eta, self.rel_step, self.patience = eta, rel_step, patience
         self._lock = threading.Lock()
         self._memo: tuple[tuple[int, ...], tuple[list[Item], str | None]] | None = None
@@ -248,13 +270,19 @@ class FdpgSampler(optuna.samplers.BaseSampler):
         """The walk as a coroutine: yields the evaluations it needs, receives their trials (in
         the same order), returns why it ended."""
         space, budget, tol = self.space, self.budget, self.tol
-        centre, eta, step = self.start, self.eta, 0
-        seen = {centre}
-        (first,) = yield [Item(centre, "centre", step)]
-        if not _ok(first):
-            raise NasError(f"fdpg: the start genome {centre} could not be evaluated (trial #{first.number}: "
-                           f"{first.state.name.lower()}); pick another with --start")
-        value = best = first.value
+        eta, step = self.eta, 0
+        starts = [Item(self.start, "centre", step), *(Item(g, "transfer", step) for g in self.also)]
+        seen = {i.genome for i in starts}
+        results = yield starts
+        scored = [(i.genome, t.value) for i, t in zip(starts, results) if _ok(t)]
+        if not scored:
+            first = results[0]
+            raise NasError(
+                f"fdpg: the start genome {self.start} could not be evaluated (trial #{first.number}: "
+                f"{first.state.name.lower()}); pick another with --start"
+            )
+        centre, value = max(scored, key=lambda c: c[1])  # the start wins ties
+        best = value
         since_best = 0
         direction: np.ndarray | None = None
         probed: list[tuple[Genome, float]] = []
@@ -302,7 +330,11 @@ class FdpgSampler(optuna.samplers.BaseSampler):
             return  # a retry or a queued trial: it says what it evaluates
         todo = self.state(study).todo
         if todo:
-            study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, todo[0].record())
+            st = self.storage or optuna.storages.get_storage(None)
+            trial_id = st.get_trial_id_from_study_id_trial_number(
+                st.get_study_id_from_name(study.study_name), trial.number
+            )
+            st.set_trial_system_attr(trial_id, PROPOSAL_ATTR, todo[0].record())
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return {}
@@ -310,8 +342,9 @@ class FdpgSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
         return {}
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: Any) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
         proposal = trial.system_attrs.get(PROPOSAL_ATTR)
         if proposal is None:
             raise NothingToPropose(NOT_NEEDED)

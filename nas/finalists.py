@@ -37,19 +37,20 @@ class FinalistFidelity:
     seed: int
 
     def describe(self) -> str:
-        return (f"every training image but the {self.val_size:,} held out, {plural(self.epochs, 'epoch')}, "
-                f"seed {self.seed}")
+        return (
+            f"every training image but the {self.val_size:,} held out, {plural(self.epochs, 'epoch')}, seed {self.seed}"
+        )
 
 
 @dataclass(frozen=True)
 class Finalist:
     """One finalist's record (the attr's value is its dict)."""
 
-    trial: int              # the trial that put the genome among the best
-    genome: str             # genome JSON
+    trial: int  # the trial that put the genome among the best
+    genome: str  # genome JSON
     genome_str: str
-    search_score: float     # the trial's value, at the search's fidelity
-    score: float            # validation accuracy at the finalist fidelity
+    search_score: float  # the trial's value, at the search's fidelity
+    score: float  # validation accuracy at the finalist fidelity
     wall_time_s: float
     train_images: int
     fidelity: dict[str, int]
@@ -99,9 +100,15 @@ def pick(top: Sequence[FrozenTrial], k: int, diverse: bool = True) -> list[Froze
     return [t for t in top if t.number in chosen]
 
 
-def retrain_finalists(study: optuna.Study, candidates: Sequence[FrozenTrial], fidelity: FinalistFidelity,
-                      train_genome: Callable[[Genome], tuple[float, float, int] | str] | None, *, jobs: int = 1,
-                      note: Callable[[str], None] = lambda _: None) -> list[Finalist]:
+def retrain_finalists(
+    study: optuna.Study,
+    candidates: Sequence[FrozenTrial],
+    fidelity: FinalistFidelity,
+    train_genome: Callable[[Genome], tuple[float, float, int] | str] | None,
+    *,
+    jobs: int = 1,
+    note: Callable[[str], None] = lambda _: None,
+) -> list[Finalist]:
     """Retrain the genomes of `candidates` (best trials first) that the study holds no finalist
     record of at `fidelity`, `jobs` at a time, and record each. `train_genome` returns (validation
     accuracy, seconds, training images), or why the training did not finish (a time limit, a
@@ -117,11 +124,21 @@ def retrain_finalists(study: optuna.Study, candidates: Sequence[FrozenTrial], fi
             note(f"finalist {genome}: {out}; not ranked")
             return
         score, seconds, images = out
-        f = Finalist(trial=t.number, genome=t.user_attrs["genome"], genome_str=str(genome), search_score=t.value,
-                     score=score, wall_time_s=seconds, train_images=images, fidelity=asdict(fidelity))
+        f = Finalist(
+            trial=t.number,
+            genome=t.user_attrs["genome"],
+            genome_str=str(genome),
+            search_score=t.value,
+            score=score,
+            wall_time_s=seconds,
+            train_images=images,
+            fidelity=asdict(fidelity),
+        )
         study.set_user_attr(f"{ATTR_PREFIX}{t.number}", asdict(f))
-        note(f"finalist {genome}: {score:.2%} on {images:,} images x {plural(fidelity.epochs, 'epoch')} "
-             f"(its trial's score {t.value:.2%}) in {seconds:.0f} s")
+        note(
+            f"finalist {genome}: {score:.2%} on {images:,} images x {plural(fidelity.epochs, 'epoch')} "
+            f"(its trial's score {t.value:.2%}) in {seconds:.0f} s"
+        )
 
     if todo:
         note(f"retraining the {len(todo)} best genomes ({fidelity.describe()}) to choose the winner")

@@ -12,8 +12,9 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 
 
-def conv_bn_act(c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride: int = 1,
-                groups: int = 1) -> nn.Sequential:
+def conv_bn_act(
+    c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride: int = 1, groups: int = 1
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=bias),
         nn.BatchNorm2d(c_out),
@@ -22,8 +23,9 @@ def conv_bn_act(c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride
 
 
 class ConvLayer(nn.Module):
-    def __init__(self, c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride: int = 1,
-                 residual: bool = False):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, act: str, bias: bool, stride: int = 1, residual: bool = False
+    ):
         super().__init__()
         self.body = conv_bn_act(c_in, c_out, kernel, act, bias, stride)
         self.residual = residual
@@ -49,8 +51,9 @@ class MBConvBlock(nn.Module):
     """1x1 expand, depthwise kxk, optional squeeze-excitation, 1x1 project; `skip` is
     "identity", "project" (a 1x1 conv with the block's stride) or "none"."""
 
-    def __init__(self, c_in: int, c_out: int, c_inner: int, kernel: int, stride: int, bias: bool, act: str,
-                 se: int, skip: str):
+    def __init__(
+        self, c_in: int, c_out: int, c_inner: int, kernel: int, stride: int, bias: bool, act: str, se: int, skip: str
+    ):
         super().__init__()
         layers: list[nn.Module] = [
             conv_bn_act(c_in, c_inner, 1, act, bias),

@@ -49,14 +49,26 @@ class TrainingObjective:
             return None
 
         label = f"#{trial.number} " if trial is not None else ""
-        result = train(genome, self.data, self.recipe, self.device, callback=on_epoch, progress=self.progress,
-                       desc=f"{label}{genome}")
+        result = train(
+            genome,
+            self.data,
+            self.recipe,
+            self.device,
+            callback=on_epoch,
+            progress=self.progress,
+            desc=f"{label}{genome}",
+        )
         epochs = [c["epoch"] for c in result.curve]
         accs = [c["val_acc"] for c in result.curve]
         asym = fit_asymptote(epochs, accs) if result.curve else None
-        attrs = {"curve": result.curve, "val_acc": result.val_acc,
-                 "asymptote": asym.alpha if asym else None, "asymptote_std": asym.alpha_std if asym else None,
-                 "wall_time_s": result.wall_time_s, "device": result.device}
+        attrs = {
+            "curve": result.curve,
+            "val_acc": result.val_acc,
+            "asymptote": asym.alpha if asym else None,
+            "asymptote_std": asym.alpha_std if asym else None,
+            "wall_time_s": result.wall_time_s,
+            "device": result.device,
+        }
         if trial is not None:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
@@ -69,14 +81,28 @@ class TrainingObjective:
         return asym.alpha if self.score == "asymptote" and asym is not None else result.val_acc
 
 
-def training_objective(recipe: Recipe, *, data: CifarSource | None = None, data_dir: str | Path | None = None,
-                       score: str = "val", subset: int | None = None, val_size: int = DEFAULT_VAL_SIZE,
-                       device: str | None = None, progress: bool = False,
-                       deadline: float | None = None) -> TrainingObjective:
+def training_objective(
+    recipe: Recipe,
+    *,
+    data: CifarSource | None = None,
+    data_dir: str | Path | None = None,
+    score: str = "val",
+    subset: int | None = None,
+    val_size: int = DEFAULT_VAL_SIZE,
+    device: str | None = None,
+    progress: bool = False,
+    deadline: float | None = None,
+) -> TrainingObjective:
     """The objective that trains on the search's split (`val_size` held out, `subset` training
     images) of `data`, CIFAR-100 as the command read it once; without `data`, read from
     `data_dir` onto the training device."""
     dev = str(device or default_device())
     source = data if data is not None else CifarSource(data_dir, dev)
-    return TrainingObjective(source.split(val_size=val_size, subset=subset), recipe, score=score, device=dev,
-                             progress=progress, deadline=deadline)
+    return TrainingObjective(
+        source.split(val_size=val_size, subset=subset),
+        recipe,
+        score=score,
+        device=dev,
+        progress=progress,
+        deadline=deadline,
+    )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nas.errors import NasError
+from nas.text import duration  # noqa: F401  (nas.plan.duration, as before)
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------- defaults per device
+
 
 @dataclass(frozen=True)
 class DeviceDefaults:
@@ -42,17 +44,19 @@ class DeviceDefaults:
     subset: int | None
     trials: int
     time_limit_s: float | None
-    jobs: int = 1                   # trials trained at once, the CPU threads split between them
-    finalists: int = 3              # best genomes retrained on every image of the split (nas.finalists)
-    pruner: str = "hyperband"       # stops trials behind on epochs (nas.searchers.make_pruner)
+    jobs: int = 1  # trials trained at once, the CPU threads split between them
+    finalists: int = 3  # best genomes retrained on every image of the split (nas.finalists)
+    pruner: str = "hyperband"  # stops trials behind on epochs (nas.samplers.make_pruner)
 
     def describe(self) -> str:
         images = f"{self.subset:,} images" if self.subset else "all 45,000 training images"
         limit = f"a time limit of {duration(self.time_limit_s)}" if self.time_limit_s else f"{self.trials} trials"
         pruning = "no pruning" if self.pruner == "none" else f"{self.pruner} pruning"
-        return (f"space {self.space}, {images} x {self.epochs} epochs per trial, {pruning}, {limit}, "
-                f"{self.finalists} finalists (the best trial of each topology first) retrained on all training "
-                f"images to choose the winner")
+        return (
+            f"space {self.space}, {images} x {self.epochs} epochs per trial, {pruning}, {limit}, "
+            f"{self.finalists} finalists (the best trial of each topology first) retrained on all training "
+            f"images to choose the winner"
+        )
 
 
 # CPU: the plain conv family trains ~6x more images/s than MBConv at 50k parameters on 2 cores
@@ -63,17 +67,18 @@ class DeviceDefaults:
 # No pruning: at 4 epochs Hyperband stops most trials of deeper genomes (they learn more slowly
 # at first) and TPE learns from the stopped scores to stay shallow, while the deeper genomes test
 # best after the final training (README, "Does the search beat a hand design?").
-CPU_DEFAULTS = DeviceDefaults(space="conv-shape", epochs=4, subset=15_000, trials=10_000, time_limit_s=20 * 60,
-                              jobs=2, pruner="none")
+CPU_DEFAULTS = DeviceDefaults(
+    space="conv-shape", epochs=4, subset=15_000, trials=10_000, time_limit_s=20 * 60, jobs=2, pruner="none"
+)
 # Of a sweep's --time, the share that goes to the searches; the rest trains the winners.
 SWEEP_SEARCH_SHARE = 0.5
 CUDA_DEFAULTS = DeviceDefaults(space="mbconv-shape", epochs=15, subset=None, trials=40, time_limit_s=None)
 
 
 def device_defaults(device: str | torch.device | None = None) -> DeviceDefaults:
-    from nas.training import default_device
-
     import torch
+
+    from nas.training import default_device
 
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda":
@@ -97,19 +102,6 @@ def parse_duration(text: str) -> float:
     if total <= 0:
         raise NasError(f"time {text!r} must be longer than zero")
     return total
-
-
-def duration(seconds: float | None) -> str:
-    """A short human duration: '45 s', '24 min', '2 h 05 min'."""
-    if seconds is None or not math.isfinite(seconds):
-        return "unknown"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 90:
-        return f"{minutes:.0f} min"
-    h, m = divmod(round(minutes), 60)
-    return f"{h} h {m:02d} min"
 
 
 # ---------------------------------------------------------------- calibration
@@ -160,8 +152,14 @@ def machine_key(device: torch.device) -> str:
     return f"{what}, torch {torch.__version__}"
 
 
-def calibrate(genome: Genome, recipe: Recipe, device: str | torch.device | None = None, *,
-              use_cache: bool = True, images: int = 2048) -> Calibration:
+def calibrate(
+    genome: Genome,
+    recipe: Recipe,
+    device: str | torch.device | None = None,
+    *,
+    use_cache: bool = True,
+    images: int = 2048,
+) -> Calibration:
     """Images/s of training and evaluating `genome` with `recipe` on `device`: one short warm-up
     run, then one timed run of `images` synthetic images through nas's own training loop."""
     import torch
@@ -188,19 +186,39 @@ def calibrate(genome: Genome, recipe: Recipe, device: str | torch.device | None 
         val = max(recipe.batch_size, n // 2)
         vx = torch.randint(0, 256, (val, 3, 32, 32), dtype=torch.uint8, generator=gen)
         vy = torch.randint(0, 100, (val,), generator=gen)
-        return CifarData(x, y, vx, vy, vx[:1], vy[:1], genome.options.get("num_classes", 100),
-                         torch.full((3,), 0.5), torch.full((3,), 0.25), []).to(dev)
+        return CifarData(
+            x,
+            y,
+            vx,
+            vy,
+            vx[:1],
+            vy[:1],
+            genome.options.get("num_classes", 100),
+            torch.full((3,), 0.5),
+            torch.full((3,), 0.25),
+            [],
+        ).to(dev)
 
     quick = replace(recipe, epochs=1, compile=False)
     train(genome, synthetic(2 * recipe.batch_size), quick, dev)  # warm-up: kernel selection, allocator
     data = synthetic(max(images, 2 * recipe.batch_size))
     result = train(genome, data, quick, dev)
     eval_s = max(result.wall_time_s - result.train_time_s, 1e-6)
-    cal = Calibration(str(genome), result.params, len(data.train_y) / max(result.train_time_s, 1e-6),
-                      len(data.val_y) / eval_s, result.device)
+    cal = Calibration(
+        str(genome),
+        result.params,
+        len(data.train_y) / max(result.train_time_s, 1e-6),
+        len(data.val_y) / eval_s,
+        result.device,
+    )
     if use_cache:
-        cache[key] = {"params": cal.params, "train": cal.train_images_per_s, "eval": cal.eval_images_per_s,
-                      "device": cal.device, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        cache[key] = {
+            "params": cal.params,
+            "train": cal.train_images_per_s,
+            "eval": cal.eval_images_per_s,
+            "device": cal.device,
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -212,6 +230,7 @@ def calibrate(genome: Genome, recipe: Recipe, device: str | torch.device | None 
 
 
 # ---------------------------------------------------------------- the plan
+
 
 def hyperband_rungs(epochs: int, reduction: int = 3) -> list[int]:
     """The epochs at which Optuna's HyperbandPruner(min_resource=1, reduction_factor=3) compares
@@ -237,14 +256,14 @@ class Plan:
     val_images: int
     epochs: int
     pruner: str
-    trials: int | None              # None: as many as the time limit allows
+    trials: int | None  # None: as many as the time limit allows
     time_limit_s: float | None
-    calibration: Calibration        # of one trial, on the threads one job gets
-    done: int = 0                   # trials already in the study
-    jobs: int = 1                   # trials trained at once
-    finalists: int = 0              # best genomes retrained at the end (see nas.finalists)
-    finalist_images: int = 0        # ... on this many training images
-    finalist_epochs: int = 0        # ... for this many epochs
+    calibration: Calibration  # of one trial, on the threads one job gets
+    done: int = 0  # trials already in the study
+    jobs: int = 1  # trials trained at once
+    finalists: int = 0  # best genomes retrained at the end (see nas.finalists)
+    finalist_images: int = 0  # ... on this many training images
+    finalist_epochs: int = 0  # ... for this many epochs
 
     @property
     def seconds_per_finalist(self) -> float:
@@ -299,8 +318,11 @@ class Plan:
         return until_deadline if self.trials is None else min(full, until_deadline)  # no count: runs to the end
 
     def lines(self) -> list[str]:
-        rungs = (f", pruned at {', '.join(map(str, hyperband_rungs(self.epochs)[:-1]))} epoch(s) when behind"
-                 if self.pruner == "hyperband" and self.epochs > 1 and self.searcher != "fdpg" else "")
+        rungs = (
+            f", pruned at {', '.join(map(str, hyperband_rungs(self.epochs)[:-1]))} epoch(s) when behind"
+            if self.pruner == "hyperband" and self.epochs > 1
+            else ""
+        )
         if self.trials is None:
             count = f"as many as fit in {duration(self.time_limit_s)} (about {self.expected_trials})"
         else:
@@ -315,10 +337,16 @@ class Plan:
             f"  fidelity: {self.train_images:,} training images x {self.epochs} epoch{'s' * (self.epochs != 1)} "
             f"per trial{rungs}; {self.val_images:,} validation images",
             f"  trials:   {count}" + (f", {self.jobs} at a time" if self.jobs > 1 else ""),
-            *([f"  winner:   the best of the {self.finalists} best genomes retrained on {self.finalist_images:,} "
-               f"images x {self.finalist_epochs} epoch{'s' * (self.finalist_epochs != 1)} with a fresh seed "
-               f"(~{self.seconds_per_finalist:.0f} s each"
-               f"{f', {self.reserve_s:.0f} s kept for them' if self.reserve_s else ''})"] if self.finalists else []),
+            *(
+                [
+                    f"  winner:   the best of the {self.finalists} best genomes retrained on {self.finalist_images:,} "
+                    f"images x {self.finalist_epochs} epoch{'s' * (self.finalist_epochs != 1)} with a fresh seed "
+                    f"(~{self.seconds_per_finalist:.0f} s each"
+                    f"{f', {self.reserve_s:.0f} s kept for them' if self.reserve_s else ''})"
+                ]
+                if self.finalists
+                else []
+            ),
             f"  speed:    ~{self.seconds_per_trial:.0f} s per full trial ({cal.train_images_per_s:,.0f} train "
             f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''})",
             f"  ETA:      {duration(self.eta_s)}",

@@ -26,16 +26,19 @@ REFERENCE_STUDY_SOURCE = "reference study (brief.md), 200 ep Adam, no aug"
 # models 4-8 simplified MBConv; all 200 epochs, Adam defaults, no augmentation.
 REFERENCE_STUDY: tuple[RefPoint, ...] = tuple(
     RefPoint(f"model {i}", params, acc, "200 ep Adam, no aug", REFERENCE_STUDY_SOURCE)
-    for i, (params, acc) in enumerate([
-        (984, 0.1014),
-        (4_956, 0.1678),
-        (9_636, 0.2177),
-        (50_548, 0.297),
-        (99_844, 0.3553),
-        (352_388, 0.4078),
-        (491_524, 0.4334),
-        (1_068_740, 0.4906),
-    ], start=1)
+    for i, (params, acc) in enumerate(
+        [
+            (984, 0.1014),
+            (4_956, 0.1678),
+            (9_636, 0.2177),
+            (50_548, 0.297),
+            (99_844, 0.3553),
+            (352_388, 0.4078),
+            (491_524, 0.4334),
+            (1_068_740, 0.4906),
+        ],
+        start=1,
+    )
 )
 
 _DISK = "anilkagak2/DiSK_Distilling_Scaffolded_Knowledge"

@@ -44,6 +44,7 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 # ---------------------------------------------------------------- reading the storage
 
+
 @dataclass
 class StudyView:
     """One study's records, as the report needs them."""
@@ -94,7 +95,9 @@ class StudyView:
     def baselines(self) -> dict[str, dict[str, Any]]:
         """The sweep's baselines trained beside the winner: "hand" (the space's hand design) and
         "seed" (the reference study's model), from user attrs `baseline:<kind>`."""
-        return {k.split(":", 1)[1]: v for k, v in self.attrs.items() if k.startswith("baseline:") and isinstance(v, dict)}
+        return {
+            k.split(":", 1)[1]: v for k, v in self.attrs.items() if k.startswith("baseline:") and isinstance(v, dict)
+        }
 
     @property
     def sigma(self) -> float | None:
@@ -154,6 +157,7 @@ def default_report_path(storage: str) -> Path:
 
 # ---------------------------------------------------------------- formatting
 
+
 def pct(acc: float | None, digits: int = 2) -> str:
     return "—" if acc is None else f"{100 * acc:.{digits}f}%"
 
@@ -182,8 +186,7 @@ def duration_str(seconds: float | None) -> str:
 def trial_label(t: FrozenTrial) -> str:
     """Hover text for a trial; plotly renders hover text as HTML, so escape the genome."""
     genome = html.escape(str(t.user_attrs.get("genome_str", "?")))
-    return (f"#{t.number} {genome}<br>{count_str(t.user_attrs.get('params'))} params"
-            f"<br>score {pct(t.value)}")
+    return f"#{t.number} {genome}<br>{count_str(t.user_attrs.get('params'))} params<br>score {pct(t.value)}"
 
 
 def genome_coords(genome_json: str) -> dict[str, int]:
@@ -212,12 +215,18 @@ def _integer_axis(fig: go.Figure, last: int, **kwargs: Any) -> None:
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=title, height=height, template="plotly_white",
-                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, hoverlabel={"align": "left"})
+    fig.update_layout(
+        title=title,
+        height=height,
+        template="plotly_white",
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        hoverlabel={"align": "left"},
+    )
     return fig
 
 
 # ---------------------------------------------------------------- figures
+
 
 def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
     """All trials, the best per budget, the Pareto frontier, the final winners, the references."""
@@ -227,59 +236,108 @@ def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
         trials = [t for t in s.complete if t.user_attrs.get("params")]
         placed += [(t.user_attrs["params"], t.value) for t in trials]
         if trials:
-            fig.add_trace(go.Scatter(
-                x=[t.user_attrs["params"] for t in trials], y=[100 * t.value for t in trials],
-                mode="markers", name=f"{s.name}: trials", legendgroup=s.name,
-                marker={"color": s.color, "size": 6, "opacity": 0.45},
-                hovertext=[trial_label(t) for t in trials], hoverinfo="text"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.user_attrs["params"] for t in trials],
+                    y=[100 * t.value for t in trials],
+                    mode="markers",
+                    name=f"{s.name}: trials",
+                    legendgroup=s.name,
+                    marker={"color": s.color, "size": 6, "opacity": 0.45},
+                    hovertext=[trial_label(t) for t in trials],
+                    hoverinfo="text",
+                )
+            )
     front = pareto_front(placed)
     if front:
-        fig.add_trace(go.Scatter(x=[p for p, _ in front], y=[100 * a for _, a in front],
-                                 mode="lines", line_shape="hv", name="Pareto frontier (all trials)",
-                                 line={"color": "#444", "width": 1.5}))
+        fig.add_trace(
+            go.Scatter(
+                x=[p for p, _ in front],
+                y=[100 * a for _, a in front],
+                mode="lines",
+                line_shape="hv",
+                name="Pareto frontier (all trials)",
+                line={"color": "#444", "width": 1.5},
+            )
+        )
     for i, (series, members) in enumerate(_by_series(studies).items()):
         best = [(s, s.best) for s in members if s.best and s.best.user_attrs.get("params")]
         if best:
-            fig.add_trace(go.Scatter(
-                x=[b.user_attrs["params"] for _, b in best], y=[100 * b.value for _, b in best],
-                mode="lines+markers", name=f"{series}: best per budget (search score)",
-                marker={"size": 9, "color": [s.color for s, _ in best]},
-                line={"color": SERIES_COLORS[i % len(SERIES_COLORS)]},
-                hovertext=[f"{html.escape(s.name)}<br>{trial_label(b)}" for s, b in best], hoverinfo="text"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[b.user_attrs["params"] for _, b in best],
+                    y=[100 * b.value for _, b in best],
+                    mode="lines+markers",
+                    name=f"{series}: best per budget (search score)",
+                    marker={"size": 9, "color": [s.color for s, _ in best]},
+                    line={"color": SERIES_COLORS[i % len(SERIES_COLORS)]},
+                    hovertext=[f"{html.escape(s.name)}<br>{trial_label(b)}" for s, b in best],
+                    hoverinfo="text",
+                )
+            )
         finals = [(s, s.final) for s in members if s.final and s.final.get("test_acc") is not None]
         if finals:
-            fig.add_trace(go.Scatter(
-                x=[f["params"] for _, f in finals], y=[100 * f["test_acc"] for _, f in finals],
-                mode="lines+markers", name=f"{series}: winners, final test acc",
-                marker={"symbol": "star", "size": 14, "color": "#d62728"},
-                line={"color": "#d62728", "dash": "dot"},
-                hovertext=[f"{html.escape(s.name)}<br>{html.escape(str(f.get('genome_str', '?')))}"
-                           f"<br>{count_str(f['params'])} params<br>test {pct(f['test_acc'])}"
-                           for s, f in finals], hoverinfo="text"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[f["params"] for _, f in finals],
+                    y=[100 * f["test_acc"] for _, f in finals],
+                    mode="lines+markers",
+                    name=f"{series}: winners, final test acc",
+                    marker={"symbol": "star", "size": 14, "color": "#d62728"},
+                    line={"color": "#d62728", "dash": "dot"},
+                    hovertext=[
+                        f"{html.escape(s.name)}<br>{html.escape(str(f.get('genome_str', '?')))}"
+                        f"<br>{count_str(f['params'])} params<br>test {pct(f['test_acc'])}"
+                        for s, f in finals
+                    ],
+                    hoverinfo="text",
+                )
+            )
             fit = scaling_fit([(f["params"], f["test_acc"]) for _, f in finals])
             if fit is not None:
                 xs = [min(f["params"] for _, f in finals) * 10 ** (k / 20) for k in range(0, 201)]
                 xs = [x for x in xs if x <= max(f["params"] for _, f in finals) * 1.5]
-                fig.add_trace(go.Scatter(
-                    x=xs, y=[100 * fit.accuracy(x) for x in xs], mode="lines",
-                    name=f"{series}: fit error = {fit.a:.3g}·N^-{fit.alpha:.3f}",
-                    line={"color": "#d62728", "width": 1}, hoverinfo="skip"))
-        sig = [(s.best.user_attrs["params"], 100 * s.best.value, 100 * s.sigma) for s in members
-               if s.best and s.sigma is not None and s.best.user_attrs.get("params")]
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=[100 * fit.accuracy(x) for x in xs],
+                        mode="lines",
+                        name=f"{series}: fit error = {fit.a:.3g}·N^-{fit.alpha:.3f}",
+                        line={"color": "#d62728", "width": 1},
+                        hoverinfo="skip",
+                    )
+                )
+        sig = [
+            (s.best.user_attrs["params"], 100 * s.best.value, 100 * s.sigma)
+            for s in members
+            if s.best and s.sigma is not None and s.best.user_attrs.get("params")
+        ]
         if sig:  # the noise band: differences inside it may be seed luck
-            fig.add_trace(go.Scatter(
-                x=[p for p, _, _ in sig], y=[v for _, v, _ in sig], mode="markers",
-                error_y={"type": "data", "array": [2 * e for _, _, e in sig], "visible": True},
-                marker={"size": 1, "color": "#555"}, name=f"{series}: ±2σ seed-to-seed (search score)",
-                hoverinfo="skip"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[p for p, _, _ in sig],
+                    y=[v for _, v, _ in sig],
+                    mode="markers",
+                    error_y={"type": "data", "array": [2 * e for _, _, e in sig], "visible": True},
+                    marker={"size": 1, "color": "#555"},
+                    name=f"{series}: ±2σ seed-to-seed (search score)",
+                    hoverinfo="skip",
+                )
+            )
     _add_reference_traces(fig)
     top = 1.1 * max(y for t in fig.data for y in t.y if y is not None)
     budgets = sorted({s.budget for s in studies if s.budget})
     if budgets:  # the budgets as vertical guides: a point right of its line broke the budget
-        fig.add_trace(go.Scatter(x=[x for b in budgets for x in (b, b, None)],
-                                 y=[y for _ in budgets for y in (0, top, None)], mode="lines",
-                                 name="budgets", hoverinfo="skip",
-                                 line={"color": "#bbb", "dash": "dot", "width": 1}))
+        fig.add_trace(
+            go.Scatter(
+                x=[x for b in budgets for x in (b, b, None)],
+                y=[y for _ in budgets for y in (0, top, None)],
+                mode="lines",
+                name="budgets",
+                hoverinfo="skip",
+                line={"color": "#bbb", "dash": "dot", "width": 1},
+            )
+        )
     fig.update_xaxes(type="log", title="parameters (log scale)")
     fig.update_yaxes(**_percent_axis("CIFAR-100 accuracy"), range=[0, top])
     return _layout(fig, "Accuracy vs parameters", 620)
@@ -293,7 +351,7 @@ class ScalingFit:
     alpha: float
 
     def accuracy(self, params: float) -> float:
-        return 1 - self.a * params ** -self.alpha
+        return 1 - self.a * params**-self.alpha
 
 
 def scaling_fit(points: list[tuple[int, float]]) -> ScalingFit | None:
@@ -309,8 +367,9 @@ def scaling_fit(points: list[tuple[int, float]]) -> ScalingFit | None:
     try:
         # start from the log-log line, then fit the error itself (not its log) so each point counts
         slope, icept = np.polyfit(np.log(n), np.log(err), 1)
-        (a, alpha), _ = curve_fit(lambda x, a, alpha: a * x ** -alpha, n, err, p0=(math.exp(icept), -slope),
-                                  maxfev=10_000)
+        (a, alpha), _ = curve_fit(
+            lambda x, a, alpha: a * x**-alpha, n, err, p0=(math.exp(icept), -slope), maxfev=10_000
+        )
     except (RuntimeError, ValueError, TypeError):
         return None
     return ScalingFit(float(a), float(alpha)) if math.isfinite(a) and math.isfinite(alpha) else None
@@ -324,12 +383,21 @@ def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
         return None
     fig = go.Figure()
     labels = [budget_str(s.budget) for s in rows]
-    for key, name, color in (("final", "search winner", "#d62728"), ("hand", "hand design", "#1f77b4"),
-                             ("seed", "reference study's model", "#7f7f7f")):
+    for key, name, color in (
+        ("final", "search winner", "#d62728"),
+        ("hand", "hand design", "#1f77b4"),
+        ("seed", "reference study's model", "#7f7f7f"),
+    ):
         recs = [s.final if key == "final" else s.baselines.get(key) for s in rows]
-        fig.add_trace(go.Bar(x=labels, y=[100 * r["test_acc"] if r and r.get("test_acc") is not None else None
-                                          for r in recs], name=name, marker_color=color,
-                             hovertext=[html.escape(str(r.get("genome_str"))) if r else "" for r in recs]))
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=[100 * r["test_acc"] if r and r.get("test_acc") is not None else None for r in recs],
+                name=name,
+                marker_color=color,
+                hovertext=[html.escape(str(r.get("genome_str"))) if r else "" for r in recs],
+            )
+        )
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="budget")
     fig.update_yaxes(**_percent_axis("test accuracy (same final recipe and epochs)"))
@@ -345,23 +413,48 @@ def stage_shape(genome_json: str) -> tuple[list[int], list[int]]:
 def fig_winner_shapes(studies: list[StudyView]) -> go.Figure | None:
     """The winners' stage widths (line) and depths (text) across budgets, widths relative to the
     first stage, so a reader sees how the best shape changes with scale."""
-    rows = [(s, (s.final or {}).get("genome") or (s.winner.user_attrs.get("genome") if s.winner else None))
-            for s in studies]
+    rows = [
+        (s, (s.final or {}).get("genome") or (s.winner.user_attrs.get("genome") if s.winner else None)) for s in studies
+    ]
     rows = [(s, g) for s, g in rows if g]
     if not rows:
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("stage widths (channels, log scale)",
-                                                        "stage widths relative to stage 1"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("stage widths (channels, log scale)", "stage widths relative to stage 1")
+    )
     for i, (s, g) in enumerate(rows):
         widths, depths = stage_shape(g)
         stages = [f"stage {k + 1}" for k in range(len(widths))]
         color = SERIES_COLORS[i % len(SERIES_COLORS)]
         label = budget_str(s.budget)
         text = [f"×{d}" for d in depths]
-        fig.add_trace(go.Scatter(x=stages, y=widths, mode="lines+markers+text", text=text, textposition="top center",
-                                 name=label, legendgroup=label, line={"color": color}), row=1, col=1)
-        fig.add_trace(go.Scatter(x=stages, y=[w / widths[0] for w in widths], mode="lines+markers", name=label,
-                                 legendgroup=label, showlegend=False, line={"color": color}), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=stages,
+                y=widths,
+                mode="lines+markers+text",
+                text=text,
+                textposition="top center",
+                name=label,
+                legendgroup=label,
+                line={"color": color},
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=stages,
+                y=[w / widths[0] for w in widths],
+                mode="lines+markers",
+                name=label,
+                legendgroup=label,
+                showlegend=False,
+                line={"color": color},
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_yaxes(type="log", row=1, col=1)
     return _layout(fig, "Winners' shapes across budgets (×k: blocks in the stage)", 440)
 
@@ -373,24 +466,51 @@ def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
         if not s.final:
             continue
         f = s.final
-        out.append({
-            "study": s.name, "budget": s.budget, "space": s.attrs.get("space"),
-            "winner": {"genome": json.loads(f["genome"]), "genome_str": f.get("genome_str"),
-                       "params": f.get("params"), "flops": f.get("flops"), "trial": f.get("trial"),
-                       "search_score": f.get("search_val_acc"), "val_acc": f.get("search_val_acc"),
-                       "test_acc": f.get("test_acc")},
-            "final_epochs": f.get("epochs"), "final_train_images": f.get("train_size"),
-            "search_minutes": round(s.search_seconds / 60, 2),
-            "search_trials": len(s.trials),
-            "final_training_minutes": round((f.get("wall_time_s") or 0) / 60, 2),
-            "score_sigma": s.sigma,
-            "finalists": [{"trial": x.trial, "genome_str": x.genome_str, "search_score": x.search_score,
-                           "score": x.score, "train_images": x.train_images, **x.fidelity} for x in s.finalists],
-            "baselines": {k: {"genome_str": b.get("genome_str"), "params": b.get("params"),
-                              "test_acc": b.get("test_acc"), "preset": b.get("preset")}
-                          for k, b in s.baselines.items()},
-            "final_recipe": f.get("recipe"), "device": f.get("device"),
-        })
+        out.append(
+            {
+                "study": s.name,
+                "budget": s.budget,
+                "space": s.attrs.get("space"),
+                "winner": {
+                    "genome": json.loads(f["genome"]),
+                    "genome_str": f.get("genome_str"),
+                    "params": f.get("params"),
+                    "flops": f.get("flops"),
+                    "trial": f.get("trial"),
+                    "search_score": f.get("search_val_acc"),
+                    "val_acc": f.get("search_val_acc"),
+                    "test_acc": f.get("test_acc"),
+                },
+                "final_epochs": f.get("epochs"),
+                "final_train_images": f.get("train_size"),
+                "search_minutes": round(s.search_seconds / 60, 2),
+                "search_trials": len(s.trials),
+                "final_training_minutes": round((f.get("wall_time_s") or 0) / 60, 2),
+                "score_sigma": s.sigma,
+                "finalists": [
+                    {
+                        "trial": x.trial,
+                        "genome_str": x.genome_str,
+                        "search_score": x.search_score,
+                        "score": x.score,
+                        "train_images": x.train_images,
+                        **x.fidelity,
+                    }
+                    for x in s.finalists
+                ],
+                "baselines": {
+                    k: {
+                        "genome_str": b.get("genome_str"),
+                        "params": b.get("params"),
+                        "test_acc": b.get("test_acc"),
+                        "preset": b.get("preset"),
+                    }
+                    for k, b in s.baselines.items()
+                },
+                "final_recipe": f.get("recipe"),
+                "device": f.get("device"),
+            }
+        )
     return out
 
 
@@ -400,9 +520,13 @@ def write_summary_json(storage: str, out: str | Path) -> Path:
     studies = load_studies(storage)
     rows = sweep_summary(studies)
     fit = scaling_fit([(r["winner"]["params"], r["winner"]["test_acc"]) for r in rows])
-    doc = {"storage": storage, "budgets": rows,
-           "scaling_fit": None if fit is None else {"form": "test error = a * params^-alpha", "a": fit.a,
-                                                    "alpha": fit.alpha}}
+    doc = {
+        "storage": storage,
+        "budgets": rows,
+        "scaling_fit": None
+        if fit is None
+        else {"form": "test error = a * params^-alpha", "a": fit.a, "alpha": fit.alpha},
+    }
     write_text_atomic(Path(out).with_suffix(".md"), curve_markdown(doc), "summary table")
     return write_text_atomic(out, json.dumps(doc, indent=2) + "\n", "summary file")
 
@@ -422,6 +546,7 @@ def curve_markdown(doc: dict[str, Any]) -> str:
     """The summary (`write_summary_json`'s document) as a Markdown table: per budget the winner,
     its test accuracy beside the baselines trained with the same recipe, the reference study's
     published number and the best public point at or under the budget."""
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
@@ -431,10 +556,12 @@ def curve_markdown(doc: dict[str, Any]) -> str:
         acc = pct(b["test_acc"]) if b.get("test_acc") is not None else "failed"
         return f"{acc} (`{cell(b['genome_str'])}`)" if not b.get("preset") else f"{acc} ({b['preset']})"
 
-    lines = ["| budget | winner (short form) | params | test acc | hand design, same recipe | "
-             "reference model, same recipe | reference study (published, 200 ep Adam) | "
-             "best public point at or under the budget | final epochs | search min | final-training min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| budget | winner (short form) | params | test acc | hand design, same recipe | "
+        "reference model, same recipe | reference study (published, 200 ep Adam) | "
+        "best public point at or under the budget | final epochs | search min | final-training min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in doc["budgets"]:
         w, ref, pub = r["winner"], nearest_reference_model(r["budget"]), best_public_point(r["budget"])
         public = f"{pct(pub.test_acc)} ({pub.model}, ~{count_str(pub.params)})" if pub else "—"
@@ -442,7 +569,8 @@ def curve_markdown(doc: dict[str, Any]) -> str:
             f"| {count_str(r['budget'])} | `{cell(w['genome_str'])}` | {count_str(w['params'])} | "
             f"**{pct(w['test_acc'])}** | {baseline(r['baselines'].get('hand'))} | "
             f"{baseline(r['baselines'].get('seed'))} | {pct(ref.test_acc)} ({ref.model}, {count_str(ref.params)}) | "
-            f"{public} | {r['final_epochs']} | {r['search_minutes']:.1f} | {r['final_training_minutes']:.1f} |")
+            f"{public} | {r['final_epochs']} | {r['search_minutes']:.1f} | {r['final_training_minutes']:.1f} |"
+        )
     fit = doc.get("scaling_fit")
     if fit:
         lines += ["", f"Scaling fit of the winners: test error = {fit['a']:.3f} × params^−{fit['alpha']:.3f}."]
@@ -457,27 +585,46 @@ def _by_series(studies: list[StudyView]) -> dict[str, list[StudyView]]:
 
 
 def public_points_by_source() -> list[tuple[str, list[reference.RefPoint]]]:
-    return [(source, [p for p in reference.PUBLIC_POINTS if p.source == source]) for source in reference.public_sources()]
+    return [
+        (source, [p for p in reference.PUBLIC_POINTS if p.source == source]) for source in reference.public_sources()
+    ]
 
 
 def _add_reference_traces(fig: go.Figure) -> None:
     ref = reference.REFERENCE_STUDY
-    fig.add_trace(go.Scatter(
-        x=[p.params for p in ref], y=[100 * p.test_acc for p in ref], mode="lines+markers",
-        name=reference.REFERENCE_STUDY_SOURCE, line={"color": "#7f7f7f", "dash": "dash"},
-        marker={"symbol": "square", "size": 7, "color": "#7f7f7f"},
-        hovertext=[f"{p.model}: {count_str(p.params)} params, test {pct(p.test_acc)}<br>{p.source}"
-                   for p in ref], hoverinfo="text"))
+    fig.add_trace(
+        go.Scatter(
+            x=[p.params for p in ref],
+            y=[100 * p.test_acc for p in ref],
+            mode="lines+markers",
+            name=reference.REFERENCE_STUDY_SOURCE,
+            line={"color": "#7f7f7f", "dash": "dash"},
+            marker={"symbol": "square", "size": 7, "color": "#7f7f7f"},
+            hovertext=[f"{p.model}: {count_str(p.params)} params, test {pct(p.test_acc)}<br>{p.source}" for p in ref],
+            hoverinfo="text",
+        )
+    )
     symbols = ["diamond", "triangle-up", "cross", "x"]
     for i, (source, pts) in enumerate(public_points_by_source()):
-        fig.add_trace(go.Scatter(
-            x=[p.params for p in pts], y=[100 * p.test_acc for p in pts], mode="markers+text",
-            name=f"public: {source}", text=[p.model for p in pts], textposition="top center",
-            textfont={"size": 9, "color": "#666"},
-            marker={"symbol": symbols[i % len(symbols)], "size": 8, "color": "#9467bd"},
-            hovertext=[f"{p.model}: ~{count_str(p.params)} params, test {pct(p.test_acc)}"
-                       + (f", {p.recipe}" if p.recipe else "") + f"<br>{source}" for p in pts],
-            hoverinfo="text"))
+        fig.add_trace(
+            go.Scatter(
+                x=[p.params for p in pts],
+                y=[100 * p.test_acc for p in pts],
+                mode="markers+text",
+                name=f"public: {source}",
+                text=[p.model for p in pts],
+                textposition="top center",
+                textfont={"size": 9, "color": "#666"},
+                marker={"symbol": symbols[i % len(symbols)], "size": 8, "color": "#9467bd"},
+                hovertext=[
+                    f"{p.model}: ~{count_str(p.params)} params, test {pct(p.test_acc)}"
+                    + (f", {p.recipe}" if p.recipe else "")
+                    + f"<br>{source}"
+                    for p in pts
+                ],
+                hoverinfo="text",
+            )
+        )
 
 
 def fig_search_progress(s: StudyView) -> go.Figure:
@@ -487,22 +634,37 @@ def fig_search_progress(s: StudyView) -> go.Figure:
     for t in s.complete:
         by_role.setdefault(str(t.user_attrs.get("role", "trial")), []).append(t)
     for i, (role, trials) in enumerate(sorted(by_role.items())):
-        fig.add_trace(go.Scatter(x=[t.number for t in trials], y=[100 * t.value for t in trials],
-                                 mode="markers", name=role, marker={"color": COLORS[i % len(COLORS)]},
-                                 hovertext=[trial_label(t) for t in trials], hoverinfo="text"))
+        fig.add_trace(
+            go.Scatter(
+                x=[t.number for t in trials],
+                y=[100 * t.value for t in trials],
+                mode="markers",
+                name=role,
+                marker={"color": COLORS[i % len(COLORS)]},
+                hovertext=[trial_label(t) for t in trials],
+                hoverinfo="text",
+            )
+        )
     best_x, best_y, best = [], [], -math.inf
     for t in sorted(s.complete, key=lambda t: t.number):
         best = max(best, t.value)
         best_x.append(t.number)
         best_y.append(100 * best)
-    fig.add_trace(go.Scatter(x=best_x, y=best_y, mode="lines", line_shape="hv", name="best so far",
-                             line={"color": "#222"}))
+    fig.add_trace(
+        go.Scatter(x=best_x, y=best_y, mode="lines", line_shape="hv", name="best so far", line={"color": "#222"})
+    )
     if s.failed:
-        fig.add_trace(go.Scatter(
-            x=[t.number for t in s.failed], y=[0] * len(s.failed), mode="markers", name="failed",
-            marker={"symbol": "x", "color": "#d62728"}, hoverinfo="text",
-            hovertext=[f"#{t.number} failed: {html.escape(str(failure_reason(t) or '?'))}"
-                       for t in s.failed]))
+        fig.add_trace(
+            go.Scatter(
+                x=[t.number for t in s.failed],
+                y=[0] * len(s.failed),
+                mode="markers",
+                name="failed",
+                marker={"symbol": "x", "color": "#d62728"},
+                hoverinfo="text",
+                hovertext=[f"#{t.number} failed: {html.escape(str(failure_reason(t) or '?'))}" for t in s.failed],
+            )
+        )
     _integer_axis(fig, max(t.number for t in s.trials), title="trial number")
     fig.update_yaxes(**_percent_axis("score (val accuracy)"))
     return _layout(fig, f"Search progress — {s.name}", 380)
@@ -525,10 +687,17 @@ def fig_learning_curves(s: StudyView) -> go.Figure:
         epochs, accs = learning_curve(t)
         last_epoch = max([last_epoch, *epochs])
         genome = html.escape(str(t.user_attrs.get("genome_str", "?")))
-        fig.add_trace(go.Scatter(x=epochs, y=[100 * a for a in accs], mode="lines+markers",
-                                 name=f"#{t.number} ({pct(t.value, 1)})", marker={"size": 4},
-                                 line={"color": COLORS[i % len(COLORS)]},
-                                 hovertemplate=f"#{t.number} {genome}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=[100 * a for a in accs],
+                mode="lines+markers",
+                name=f"#{t.number} ({pct(t.value, 1)})",
+                marker={"size": 4},
+                line={"color": COLORS[i % len(COLORS)]},
+                hovertemplate=f"#{t.number} {genome}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>",
+            )
+        )
     _integer_axis(fig, last_epoch, title="epoch")
     fig.update_yaxes(**_percent_axis("val accuracy"))
     return _layout(fig, f"Learning curves of the top {len(top)} — {s.name}", 380)
@@ -536,27 +705,64 @@ def fig_learning_curves(s: StudyView) -> go.Figure:
 
 def fig_fdpg_path(s: StudyView) -> go.Figure:
     """The walk: centre score per step (neighbours faint) above the centre's coordinates per step."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("score by step", "centre genome coordinates by step"))
-    steps = [t for t in s.complete if t.user_attrs.get("searcher", "fdpg") == "fdpg"
-             and t.user_attrs.get("step") is not None]
-    centres = sorted((t for t in steps if t.user_attrs.get("role") == "centre"),
-                     key=lambda t: (t.user_attrs["step"], t.number))
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("score by step", "centre genome coordinates by step"),
+    )
+    steps = [
+        t for t in s.complete if t.user_attrs.get("searcher", "fdpg") == "fdpg" and t.user_attrs.get("step") is not None
+    ]
+    centres = sorted(
+        (t for t in steps if t.user_attrs.get("role") == "centre"), key=lambda t: (t.user_attrs["step"], t.number)
+    )
     others = [t for t in steps if t.user_attrs.get("role") != "centre"]
-    fig.add_trace(go.Scatter(x=[t.user_attrs["step"] for t in others], y=[100 * t.value for t in others],
-                             mode="markers", name="neighbours", marker={"color": "#aaa", "size": 5},
-                             hovertext=[trial_label(t) for t in others], hoverinfo="text"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=[t.user_attrs["step"] for t in centres], y=[100 * t.value for t in centres],
-                             mode="lines+markers", name="centre", line={"color": "#1f3b73"},
-                             hovertext=[trial_label(t) for t in centres], hoverinfo="text"), row=1, col=1)
-    coords = [(t.user_attrs["step"], genome_coords(t.user_attrs["genome"]))
-              for t in centres if t.user_attrs.get("genome")]
+    fig.add_trace(
+        go.Scatter(
+            x=[t.user_attrs["step"] for t in others],
+            y=[100 * t.value for t in others],
+            mode="markers",
+            name="neighbours",
+            marker={"color": "#aaa", "size": 5},
+            hovertext=[trial_label(t) for t in others],
+            hoverinfo="text",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[t.user_attrs["step"] for t in centres],
+            y=[100 * t.value for t in centres],
+            mode="lines+markers",
+            name="centre",
+            line={"color": "#1f3b73"},
+            hovertext=[trial_label(t) for t in centres],
+            hoverinfo="text",
+        ),
+        row=1,
+        col=1,
+    )
+    coords = [
+        (t.user_attrs["step"], genome_coords(t.user_attrs["genome"])) for t in centres if t.user_attrs.get("genome")
+    ]
     names = list(dict.fromkeys(n for _, c in coords for n in c))
     for i, name in enumerate(names):
-        fig.add_trace(go.Scatter(x=[step for step, _ in coords], y=[c.get(name) for _, c in coords],
-                                 mode="lines+markers", name=name, legendgroup="coords",
-                                 line={"color": COLORS[i % len(COLORS)]}, marker={"size": 4}),
-                      row=2, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[step for step, _ in coords],
+                y=[c.get(name) for _, c in coords],
+                mode="lines+markers",
+                name=name,
+                legendgroup="coords",
+                line={"color": COLORS[i % len(COLORS)]},
+                marker={"size": 4},
+            ),
+            row=2,
+            col=1,
+        )
     _integer_axis(fig, max((t.user_attrs["step"] for t in steps), default=1))
     fig.update_xaxes(title="fdpg step", row=2, col=1)
     fig.update_yaxes(title="score", ticksuffix="%", row=1, col=1)
@@ -565,6 +771,7 @@ def fig_fdpg_path(s: StudyView) -> go.Figure:
 
 
 # ---------------------------------------------------------------- page
+
 
 def plot_div(fig: go.Figure | None, div_id: str) -> Markup | None:
     """The figure as a div for the page (None for no figure); plotly.js is inlined once in <head>,
@@ -582,12 +789,18 @@ def summary_line(studies: list[StudyView]) -> str:
     if not studies:
         return "No studies in this storage yet."
     trials = [t for s in studies for t in s.trials]
-    parts = [plural(len(studies), "study", "studies"),
-             f"{plural(len(trials), 'trial')} ({state_counts(trials) or 'none'})"]
+    parts = [
+        plural(len(studies), "study", "studies"),
+        f"{plural(len(trials), 'trial')} ({state_counts(trials) or 'none'})",
+    ]
     several = len({s.series for s in studies}) > 1  # then a budget alone does not say which study
-    best = [(f"{s.series} " if several else "") + f"{budget_str(s.budget)}: {pct(s.best.value)}"
-            + (f" (test {pct(s.final['test_acc'])})" if s.final and s.final.get("test_acc") is not None else "")
-            for s in studies if s.best]
+    best = [
+        (f"{s.series} " if several else "")
+        + f"{budget_str(s.budget)}: {pct(s.best.value)}"
+        + (f" (test {pct(s.final['test_acc'])})" if s.final and s.final.get("test_acc") is not None else "")
+        for s in studies
+        if s.best
+    ]
     if best:
         parts.append("best per budget " + ", ".join(best))
     return " · ".join(parts)
@@ -624,26 +837,35 @@ def study_plots(s: StudyView) -> list[Markup]:
 
 # The page's layout is templates/report.html.j2 (package data); it is autoescaped, so every value
 # put into it is escaped and only the plots and plotly.js come in as Markup.
-TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("nas", "templates"), autoescape=True,
-                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                               keep_trailing_newline=True)
-TEMPLATES.filters.update(pct=pct, count=count_str, budget=budget_str, duration=duration_str, plural=plural,
-                         slug=slug)
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("nas", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+TEMPLATES.filters.update(pct=pct, count=count_str, budget=budget_str, duration=duration_str, plural=plural, slug=slug)
 TEMPLATES.globals.update(state_counts=state_counts)
 
 
 def render_html(studies: list[StudyView], storage: str, title: str) -> str:
     return TEMPLATES.get_template("report.html.j2").render(
-        title=title, storage=storage, generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        plotly_js=Markup(get_plotlyjs()), summary=summary_line(studies),
+        title=title,
+        storage=storage,
+        generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        plotly_js=Markup(get_plotlyjs()),
+        summary=summary_line(studies),
         curve_plot=plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params"),
         winners=[(s, winner_record(s)) for s in studies],
         added=[(s, search_gain(s)) for s in studies if s.final],
         added_plot=plot_div(fig_search_added(studies), "search-added"),
         shapes_plot=plot_div(fig_winner_shapes(studies), "winner-shapes"),
         sections=[(s, study_plots(s)) for s in studies],
-        reference_source=reference.REFERENCE_STUDY_SOURCE, reference_points=reference.REFERENCE_STUDY,
-        public_points=public_points_by_source())
+        reference_source=reference.REFERENCE_STUDY_SOURCE,
+        reference_points=reference.REFERENCE_STUDY,
+        public_points=public_points_by_source(),
+    )
 
 
 def write_report(storage: str, out: str | Path, title: str | None = None) -> Path:

@@ -53,8 +53,11 @@ class BasicBlock:
         from torchvision.models.resnet import BasicBlock as TorchBasicBlock
         from torchvision.models.resnet import conv1x1
 
-        shortcut = (nn.Sequential(conv1x1(self.c_in, self.c_out, self.stride), nn.BatchNorm2d(self.c_out))
-                    if self.projection else None)
+        shortcut = (
+            nn.Sequential(conv1x1(self.c_in, self.c_out, self.stride), nn.BatchNorm2d(self.c_out))
+            if self.projection
+            else None
+        )
         return TorchBasicBlock(self.c_in, self.c_out, self.stride, shortcut)
 
 

@@ -35,17 +35,33 @@ def _new_run_dir(genome: Genome) -> Path:
 def input_spec(data: CifarData) -> dict[str, Any]:
     """The input a model trained on `data` expects: 3x32x32 RGB, NCHW, float32, normalised per
     channel with the training split's statistics as `(pixel / 255 - mean) / std`."""
-    return {"shape": [3, 32, 32], "layout": "NCHW", "channels": "RGB", "dtype": "float32",
-            "mean": data.mean.cpu().tolist(), "std": data.std.cpu().tolist(),
-            "normalize": "(pixel / 255 - mean) / std, per channel",
-            "num_classes": data.num_classes, "classes": list(data.classes)}
+    return {
+        "shape": [3, 32, 32],
+        "layout": "NCHW",
+        "channels": "RGB",
+        "dtype": "float32",
+        "mean": data.mean.cpu().tolist(),
+        "std": data.std.cpu().tolist(),
+        "normalize": "(pixel / 255 - mean) / std, per channel",
+        "num_classes": data.num_classes,
+        "classes": list(data.classes),
+    }
 
 
-def train_genome_command(genome: Genome | str, recipe: Recipe, data_dir: str | Path | None = None,
-                         out_dir: str | Path | None = None, *, device: str | None = None,
-                         val_size: int = 5000, subset: int | None = None, progress: bool = True,
-                         data: CifarData | None = None, teacher: str | Path | None = None,
-                         storage: str | None = None) -> dict[str, Any]:
+def train_genome_command(
+    genome: Genome | str,
+    recipe: Recipe,
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    device: str | None = None,
+    val_size: int = 5000,
+    subset: int | None = None,
+    progress: bool = True,
+    data: CifarData | None = None,
+    teacher: str | Path | None = None,
+    storage: str | None = None,
+) -> dict[str, Any]:
     """Train one genome (a Genome or a GENOME argument) with `recipe`, report val and test
     accuracy, and save `model.pt` (state_dict), `genome.json` and `result.json` in `out_dir`
     (default `runs/<genome>-<timestamp>/`). `teacher`: a run folder or `STUDY#N` (in `storage`)
@@ -61,9 +77,17 @@ def train_genome_command(genome: Genome | str, recipe: Recipe, data_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     (out / "genome.json").write_text(g.to_json() + "\n")
     summary: dict[str, Any] = {
-        "run_dir": str(out), "genome": g.to_dict(), "genome_str": str(g), "params": result.params,
-        "recipe": recipe.to_dict(), "recipe_tag": recipe.tag, "val_size": len(data.val_y), "subset": subset,
-        "train_size": len(data.train_y), "val_acc": result.val_acc, "test_acc": None,
+        "run_dir": str(out),
+        "genome": g.to_dict(),
+        "genome_str": str(g),
+        "params": result.params,
+        "recipe": recipe.to_dict(),
+        "recipe_tag": recipe.tag,
+        "val_size": len(data.val_y),
+        "subset": subset,
+        "train_size": len(data.train_y),
+        "val_acc": result.val_acc,
+        "test_acc": None,
         "teacher": str(teacher_run) if teacher_run else None,
         # What the model expects as input: the exported model (nas export) needs it to be usable.
         "input": input_spec(data),
@@ -113,14 +137,16 @@ def load_teacher(ref: str | Path, storage: str | None = None) -> tuple[Path, nn.
     run, _ = resolve_run(str(ref), storage)
     spec = run_summary(run).get("input") or {}
     if spec.get("shape", [3, 32, 32]) != [3, 32, 32] or spec.get("channels", "RGB") != "RGB":
-        raise NasError(f"teacher {ref} was trained on {spec.get('shape')} {spec.get('channels')} inputs, "
-                       f"not 3x32x32 RGB images")
+        raise NasError(
+            f"teacher {ref} was trained on {spec.get('shape')} {spec.get('channels')} inputs, not 3x32x32 RGB images"
+        )
     genome, model = load_trained(run)
     output_classes(model)
     return run, model
 
 
 # ---------------------------------------------------------------- RUN as STUDY#N
+
 
 def parse_trial_ref(ref: str) -> tuple[str, int] | None:
     """`STUDY#N` -> (study name, N); None when `ref` is not of that form."""
@@ -139,8 +165,9 @@ def resolve_run(ref: str, storage: str | None = None) -> tuple[Path, dict[str, A
     trial = None if Path(ref).is_dir() else parse_trial_ref(ref)
     if trial is None:
         if not Path(ref).is_dir():
-            raise NasError(f"{ref}: no such training run folder (RUN is a folder written by nas train, "
-                           f"or STUDY#N with --storage)")
+            raise NasError(
+                f"{ref}: no such training run folder (RUN is a folder written by nas train, or STUDY#N with --storage)"
+            )
         return Path(ref), {}
     return trial_run_dir(*trial, storage=storage)
 
@@ -180,16 +207,22 @@ def trial_run_dir(study_name: str, number: int, storage: str | None = None) -> t
     if not isinstance(text, str):
         raise NasError(f"trial #{number} of study '{study_name}' has no genome recorded")
     final = study.user_attrs.get("final") or {}
-    same = isinstance(final.get("genome"), str) and Genome.from_json(final["genome"]).key() == Genome.from_json(text).key()
+    same = (
+        isinstance(final.get("genome"), str) and Genome.from_json(final["genome"]).key() == Genome.from_json(text).key()
+    )
     source = {"study": study_name, "trial": number, "storage": resolve_storage(storage)}
     if (final.get("trial") == number or same) and final.get("run_dir"):
         run = Path(final["run_dir"])
         if not (run / "model.pt").is_file():
-            raise NasError(f"trial #{number} of study '{study_name}' was trained in {run}, which is not here "
-                           f"(run nas export in the folder the sweep ran in, or pass that folder)")
+            raise NasError(
+                f"trial #{number} of study '{study_name}' was trained in {run}, which is not here "
+                f"(run nas export in the folder the sweep ran in, or pass that folder)"
+            )
         return run, {**source, "final_training_of_trial": final.get("trial")}
     out = f"runs/{study_name}-t{number}"
     recipe = final.get("recipe") if same else t.user_attrs.get("recipe") or study.user_attrs.get("recipe")
     train_line = train_command(text, recipe, out, study.user_attrs.get("val_size"))
-    raise NasError(f"trial #{number} of study '{study_name}' has no trained weights (search trials keep none; only a "
-                   f"sweep's final training of the winner does): train it with  {train_line}  then  nas export {out}")
+    raise NasError(
+        f"trial #{number} of study '{study_name}' has no trained weights (search trials keep none; only a "
+        f"sweep's final training of the winner does): train it with  {train_line}  then  nas export {out}"
+    )

@@ -94,9 +94,12 @@ class Genome:
     options: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"space": self.space, "family": self.family,
-                "genes": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.genes.items()},
-                "options": dict(self.options)}
+        return {
+            "space": self.space,
+            "family": self.family,
+            "genes": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.genes.items()},
+            "options": dict(self.options),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -124,8 +127,9 @@ class Genome:
 
     def key(self) -> str:
         """Identity for de-duplication: the same architecture gives the same key."""
-        return json.dumps({"family": self.family, "genes": self.to_dict()["genes"],
-                           "options": self.options}, sort_keys=True)
+        return json.dumps(
+            {"family": self.family, "genes": self.to_dict()["genes"], "options": self.options}, sort_keys=True
+        )
 
     def topology(self) -> str:
         """The architecture without its widths (genes of role "width"): the genomes that budget
@@ -248,14 +252,16 @@ class Space:
 
     def extreme(self, which: str, options: dict[str, Any] | None = None) -> Genome:
         """The genome with every gene at its minimum ('min') or maximum ('max')."""
-        return self.from_vector([getattr(self.genes[n], "minimum" if which == "min" else "maximum")
-                                 for n, _ in self.coords], options)
+        return self.from_vector(
+            [getattr(self.genes[n], "minimum" if which == "min" else "maximum") for n, _ in self.coords], options
+        )
 
     def check(self, genome: Genome, where: str = "genome") -> Genome:
         """Raise NasError unless `genome` is of this space's family and inside its ranges."""
         if genome.family != self.family.name:
-            raise NasError(f"{where}: family '{genome.family}' is not the family of space "
-                           f"'{self.name}' ({self.family.name})")
+            raise NasError(
+                f"{where}: family '{genome.family}' is not the family of space '{self.name}' ({self.family.name})"
+            )
         if genome.options.get("stages") != self.stages:
             raise NasError(f"{where}: {genome.options.get('stages')} stages, space '{self.name}' has {self.stages}")
         for name in self.family.gene_names(genome.options):
@@ -265,20 +271,33 @@ class Space:
             for s, v in enumerate(genome.genes[name] if per_stage else [genome.genes[name]]):
                 gene = self.genes[name]
                 if not gene.contains(v):
-                    allowed = (f"one of {list(gene.choices)}" if gene.choices is not None
-                               else f"{gene.low}..{gene.high}" + (f" in steps of {gene.step}" if gene.step > 1 else ""))
-                    raise NasError(f"{where}: gene '{self.coord_name((name, s if per_stage else None))}' = {v} "
-                                   f"is outside space '{self.name}' (allowed: {allowed})")
+                    allowed = (
+                        f"one of {list(gene.choices)}"
+                        if gene.choices is not None
+                        else f"{gene.low}..{gene.high}" + (f" in steps of {gene.step}" if gene.step > 1 else "")
+                    )
+                    raise NasError(
+                        f"{where}: gene '{self.coord_name((name, s if per_stage else None))}' = {v} "
+                        f"is outside space '{self.name}' (allowed: {allowed})"
+                    )
         return genome
 
     def genome(self, genes: dict[str, Any], options: dict[str, Any] | None = None) -> Genome:
         """Build and validate a genome of this space from gene values."""
-        g = Genome.from_dict({"space": self.name, "family": self.family.name, "genes": genes,
-                              "options": {**self.options, **(options or {})}}, f"space '{self.name}'")
+        g = Genome.from_dict(
+            {
+                "space": self.name,
+                "family": self.family.name,
+                "genes": genes,
+                "options": {**self.options, **(options or {})},
+            },
+            f"space '{self.name}'",
+        )
         return self.check(g)
 
 
 # ---------------------------------------------------------------- loading space files
+
 
 def space_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("NAS_SPACES_PATH", "").split(os.pathsep) if p]
@@ -320,7 +339,7 @@ def _is_dir(p: Path) -> bool:
 
 def clip(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters for an error message (a GENOME may be pages long)."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_text(path: Path, what: str) -> str:
@@ -393,27 +412,40 @@ def _read_space_file(path: Path) -> Space:
     wanted = family.gene_names(options)
     if widths == "growth":
         if "width" not in wanted or "width" not in family.per_stage:
-            raise NasError(f"{where}: widths = 'growth' needs a per-stage 'width' gene "
-                           f"(family '{family.name}' with these options has: {', '.join(wanted)})")
+            raise NasError(
+                f"{where}: widths = 'growth' needs a per-stage 'width' gene "
+                f"(family '{family.name}' with these options has: {', '.join(wanted)})"
+            )
         wanted = [*wanted, "growth"]
     for name in genes_data:
         if name not in wanted:
-            raise NasError(f"{where}: genes.{name} is not a gene of family '{family.name}' "
-                           f"with these options (genes: {', '.join(wanted)})")
+            raise NasError(
+                f"{where}: genes.{name} is not a gene of family '{family.name}' "
+                f"with these options (genes: {', '.join(wanted)})"
+            )
     genes = {}
     for name in wanted:
         if name not in genes_data:
             raise NasError(f"{where}: missing field 'genes.{name}'")
-        genes[name] = _parse_gene(name, genes_data[name], family.gene_roles.get(name, "other"),
-                                  family.lowest(name), f"{where}: genes.{name}")
+        genes[name] = _parse_gene(
+            name, genes_data[name], family.gene_roles.get(name, "other"), family.lowest(name), f"{where}: genes.{name}"
+        )
     recipe = data.get("recipe", {})
     if not isinstance(recipe, dict):
         raise NasError(f"{where}: field 'recipe' must be a table of training recipe fields, e.g. lr = 0.8")
     for key, value in recipe.items():  # the fields themselves are checked when a Recipe is made
         if not isinstance(value, (int, float, str, bool)):
             raise NasError(f"{where}: recipe.{key} must be a number, string or true/false")
-    space = Space(name=path.stem, family=family, options=options, genes=genes,
-                  description=str(data.get("description", "")), path=path, widths=widths, recipe=dict(recipe))
+    space = Space(
+        name=path.stem,
+        family=family,
+        options=options,
+        genes=genes,
+        description=str(data.get("description", "")),
+        path=path,
+        widths=widths,
+        recipe=dict(recipe),
+    )
     presets = data.get("presets", {})
     if not isinstance(presets, dict):
         raise NasError(f"{where}: field 'presets' must be a table")
@@ -438,7 +470,9 @@ def _parse_gene(name: str, spec: Any, role: str, lowest: int, where: str) -> Gen
             raise NasError(f"{where}.{k}: unknown field (expected: {', '.join(sorted(allowed))})")
     if "choices" in spec:
         ch = spec["choices"]
-        if not (isinstance(ch, list) and ch and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in ch)):
+        if not (
+            isinstance(ch, list) and ch and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in ch)
+        ):
             raise NasError(f"{where}.choices must be a non-empty list of positive integers")
         ch = tuple(sorted(set(ch)))
         return Gene(name, ch[0], ch[-1], choices=ch, role=role)
@@ -461,6 +495,7 @@ def _parse_gene(name: str, spec: Any, role: str, lowest: int, where: str) -> Gen
 
 
 # ---------------------------------------------------------------- short forms
+
 
 def _space_named(name: str) -> Space | None:
     """The space file called `name` on the search path (never a path), or None."""
@@ -515,8 +550,10 @@ def parse_short(text: str, where: str | None = None) -> Genome:
 # ---------------------------------------------------------------- reading a GENOME argument
 
 TRIAL_REF = re.compile(r"(?P<study>[^\s#:|{]+)#(?P<number>\d+)")
-GENOME_FORMS = ("a preset name (seed-m4, mbconv:seed-m4), a short form as nas prints it "
-                "(conv:16x1|32x2|64x1|128x1), STUDY#N (trial N of a study), a .json file or inline JSON")
+GENOME_FORMS = (
+    "a preset name (seed-m4, mbconv:seed-m4), a short form as nas prints it "
+    "(conv:16x1|32x2|64x1|128x1), STUDY#N (trial N of a study), a .json file or inline JSON"
+)
 
 
 def parse_genome(text: str, space: Space | None = None) -> Genome:
@@ -534,8 +571,9 @@ def parse_genome(text: str, space: Space | None = None) -> Genome:
         where = clip(text)
         genome = _genome_from_json(read_text(Path(text), "genome file"), where)
     elif TRIAL_REF.fullmatch(text):
-        raise NasError(f"'{clip(text)}' is a trial of a study: read it with nas.genome_args.parse_genome, "
-                       f"which opens the storage")
+        raise NasError(
+            f"'{clip(text)}' is a trial of a study: read it with nas.genome_args.parse_genome, which opens the storage"
+        )
     elif ":" in text and re.match(r"\d|s\d", text.partition(":")[2]):  # a body starts s<stem> or <width>x
         where = f"genome '{clip(text)}'"
         genome = parse_short(text, where)
@@ -561,13 +599,14 @@ def find_preset(name: str, space: Space | None = None) -> Genome:
         sname, pname = name.split(":", 1)
         sp = load_space(sname)
         if pname not in sp.presets:
-            raise NasError(f"unknown preset '{clip(pname)}' in space '{sname}' "
-                           f"(presets: {', '.join(sp.presets) or 'none'}); a GENOME is {GENOME_FORMS}")
+            raise NasError(
+                f"unknown preset '{clip(pname)}' in space '{sname}' "
+                f"(presets: {', '.join(sp.presets) or 'none'}); a GENOME is {GENOME_FORMS}"
+            )
         return sp.presets[pname]
     candidates = [space] if space is not None else [load_space(n) for n in list_spaces()]
     for sp in candidates:
         if name in sp.presets:
             return sp.presets[name]
     known = sorted({f"{p}" for sp in candidates for p in sp.presets})
-    raise NasError(f"unknown preset '{clip(name)}' (presets: {', '.join(known) or 'none'}); "
-                   f"a GENOME is {GENOME_FORMS}")
+    raise NasError(f"unknown preset '{clip(name)}' (presets: {', '.join(known) or 'none'}); a GENOME is {GENOME_FORMS}")

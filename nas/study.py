@@ -30,10 +30,11 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -67,6 +68,38 @@ PROPOSAL_ATTR = "nas:proposal"
 Objective = Callable[[Genome, "optuna.Trial | None"], float]
 
 
+class NothingToPropose(Exception):
+    """Raised by a sampler that chooses genomes itself when a trial asks for genes but every
+    evaluation it needs is held by another trial (workers in other processes claimed them at
+    the same moment): give the trial back."""
+
+
+@dataclass(frozen=True)
+class SamplerNeeds:
+    """What a searcher needs from the search loop (`nas.trials`) and the search; a sampler
+    declares it as its `needs` attribute, Optuna's samplers take the defaults.
+
+    prunable:       its trials may be stopped early by a pruner (a walk that differences scores
+                    needs complete trainings: no)
+    proposes_start: it evaluates the start and transfer genomes itself, as its own proposals,
+                    so the search does not queue them as trials
+    distinct:       a proposal of a genome the study already holds is a duplicate to skip (a walk
+                    may revisit a genome on purpose: the result is reused and counts)
+    paced:          it has a `state(study)` saying whether it has evaluations to hand out now,
+                    must wait for trials running elsewhere, or has ended (and why)
+    """
+
+    prunable: bool = True
+    proposes_start: bool = False
+    distinct: bool = True
+    paced: bool = False
+
+
+def sampler_needs(sampler: optuna.samplers.BaseSampler) -> SamplerNeeds:
+    """What `sampler` needs from the loop: its own `needs`, else an Optuna sampler's."""
+    return getattr(sampler, "needs", SamplerNeeds())
+
+
 class EvaluationFailed(Exception):
     """An objective could not score a genome (e.g. training diverged); the trial is marked FAIL."""
 
@@ -77,6 +110,7 @@ class DeadlineReached(EvaluationFailed):
 
 
 # ---------------------------------------------------------------- storage
+
 
 def is_journal(storage: str) -> bool:
     return "://" not in storage and storage.endswith(JOURNAL_SUFFIXES)
@@ -90,8 +124,10 @@ def storage_url(storage: str | None = None) -> str:
     if "://" in url:
         return url
     if not is_journal(url):
-        raise NasError(f"storage '{url}' is neither a storage URL (e.g. sqlite:///studies/nas.db, "
-                       f"postgresql://...) nor a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}")
+        raise NasError(
+            f"storage '{url}' is neither a storage URL (e.g. sqlite:///studies/nas.db, "
+            f"postgresql://...) nor a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}"
+        )
     return str(Path(url).expanduser())
 
 
@@ -106,8 +142,11 @@ def resolve_storage(storage: str | None = None, create: bool = True) -> str:
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.is_file():
-        raise NasError(f"no study storage at '{path}'" + (f" (from {url})" if str(path) != url else "")
-                       + ("" if storage else "; pass --storage, or run nas search first"))
+        raise NasError(
+            f"no study storage at '{path}'"
+            + (f" (from {url})" if str(path) != url else "")
+            + ("" if storage else "; pass --storage, or run nas search first")
+        )
     return url
 
 
@@ -169,9 +208,11 @@ def _optuna_heartbeat_options() -> dict[str, Any]:
     interval = max(1, math.ceil(heartbeat_seconds()))
     try:  # Optuna >= 4.9 names it so; the older name is deprecated there
         from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
         key = "heartbeat_stale_trial_callback"
     except ImportError:
         from optuna.storages import RetryFailedTrialCallback as Retry
+
         key = "failed_trial_callback"
     return {"heartbeat_interval": interval, "grace_period": 2 * interval, key: Retry(max_retry=MAX_RETRY)}
 
@@ -205,8 +246,14 @@ def dashboard_command(storage: str | None = None) -> str:
 DEFAULT_VAL_SIZE = 5000
 
 
-def study_name(space: str, budget: int, recipe: Recipe, score: str = "val", subset: int | None = None,
-               val_size: int = DEFAULT_VAL_SIZE) -> str:
+def study_name(
+    space: str,
+    budget: int,
+    recipe: Recipe,
+    score: str = "val",
+    subset: int | None = None,
+    val_size: int = DEFAULT_VAL_SIZE,
+) -> str:
     """`{space}-b{budget}-{recipe.tag}`. Scores by the asymptote, or from a training subset or
     another validation split, must not be mixed with plain ones: those get a suffix
     (`-asym`, `-sub{N}`, `-val{N}`)."""
@@ -220,25 +267,45 @@ def study_name(space: str, budget: int, recipe: Recipe, score: str = "val", subs
     return name
 
 
-def open_study(storage: str | optuna.storages.BaseStorage | None, space: Space, budget: int, recipe: Recipe, *,
-               tol: float, searcher: str, score: str = "val", subset: int | None = None,
-               val_size: int = DEFAULT_VAL_SIZE, sampler: optuna.samplers.BaseSampler | None = None,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+def open_study(
+    storage: str | optuna.storages.BaseStorage | None,
+    space: Space,
+    budget: int,
+    recipe: Recipe,
+    *,
+    tol: float,
+    searcher: str,
+    score: str = "val",
+    subset: int | None = None,
+    val_size: int = DEFAULT_VAL_SIZE,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
     """Create or resume the study of (space, budget, recipe) and record its user attrs."""
     if score not in SCORES:
         raise NasError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     st = storage if isinstance(storage, optuna.storages.BaseStorage) else open_storage(storage)
     name = study_name(space.name, budget, recipe, score, subset, val_size)
-    study = optuna.create_study(storage=st, study_name=name, direction="maximize", load_if_exists=True,
-                                sampler=sampler, pruner=pruner)
+    study = optuna.create_study(
+        storage=st, study_name=name, direction="maximize", load_if_exists=True, sampler=sampler, pruner=pruner
+    )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise NasError(f"study '{name}' exists and minimises; use another --storage")
     attrs = dict(study.user_attrs)
     if "tol" in attrs and not math.isclose(float(attrs["tol"]), tol):
-        raise NasError(f"study '{name}' was searched with --tol {attrs['tol']}; rerun with that "
-                       f"tolerance or use another --storage")
-    wanted = {"space": space.name, "family": space.family.name, "budget": budget, "tol": tol,
-              "recipe": recipe.to_dict(), "score": score, "train_subset": subset, "val_size": val_size}
+        raise NasError(
+            f"study '{name}' was searched with --tol {attrs['tol']}; rerun with that tolerance or use another --storage"
+        )
+    wanted = {
+        "space": space.name,
+        "family": space.family.name,
+        "budget": budget,
+        "tol": tol,
+        "recipe": recipe.to_dict(),
+        "score": score,
+        "train_subset": subset,
+        "val_size": val_size,
+    }
     for key, value in wanted.items():
         if attrs.get(key) != value:
             study.set_user_attr(key, value)
@@ -250,8 +317,12 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, space: Space, 
 
 
 def genome_attrs(genome: Genome) -> dict[str, Any]:
-    return {"genome": genome.to_json(), "genome_str": str(genome), "params": count_params(genome),
-            "flops": count_flops(genome)}
+    return {
+        "genome": genome.to_json(),
+        "genome_str": str(genome),
+        "params": count_params(genome),
+        "flops": count_flops(genome),
+    }
 
 
 def trial_genome(t: FrozenTrial) -> Genome | None:
@@ -266,8 +337,7 @@ def trial_genome_by_number(study: str, number: int, storage: str | None = None) 
     names = optuna.get_all_study_names(st)
     if study not in names:
         listed = ", ".join(sorted(names)[:10]) + (", ..." if len(names) > 10 else "")
-        raise NasError(f"no study '{study}' in {storage_url(storage)} "
-                       f"(studies: {listed or 'none'})")
+        raise NasError(f"no study '{study}' in {storage_url(storage)} (studies: {listed or 'none'})")
     trials = optuna.load_study(study_name=study, storage=st).get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
     if not found:
@@ -292,11 +362,16 @@ def counts_as_done(t: FrozenTrial) -> bool:
         return False
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return (t.state == TrialState.FAIL and t.user_attrs.get("failure") not in (INTERRUPTED, DIED, None)
-            and not t.user_attrs.get("retryable"))
+    return (
+        t.state == TrialState.FAIL
+        and t.user_attrs.get("failure") not in (INTERRUPTED, DIED, None)
+        and not t.user_attrs.get("retryable")
+    )
 
 
-def searcher_trials(study: optuna.Study, searcher: str, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+def searcher_trials(
+    study: optuna.Study, searcher: str, states: tuple[TrialState, ...] | None = None
+) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("searcher") == searcher]
 
 
@@ -307,15 +382,21 @@ def in_budget(t: FrozenTrial, budget: int) -> bool:
 def search_seconds(trials: Iterable[FrozenTrial], attrs: dict[str, Any]) -> float:
     """The time a study's search has taken: its finished trials' durations and its finalists'
     retraining (a sweep's rerun with the same --time spends only what is left)."""
-    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-               if t.datetime_complete is not None and t.datetime_start is not None) + seconds_spent(attrs)
+    return sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None and t.datetime_start is not None
+    ) + seconds_spent(attrs)
 
 
 def top_trials(study: optuna.Study, budget: int, n: int | None = 10) -> list[FrozenTrial]:
     """The `n` (None: all) best completed trials within the budget, one per genome, best first."""
     seen, out = set(), []
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and in_budget(t, budget)]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and in_budget(t, budget)
+    ]
     for t in sorted(done, key=lambda t: (-t.value, t.number)):
         if t.user_attrs.get("genome") not in seen:
             seen.add(t.user_attrs.get("genome"))
@@ -324,6 +405,7 @@ def top_trials(study: optuna.Study, budget: int, n: int | None = 10) -> list[Fro
 
 
 # ---------------------------------------------------------------- liveness
+
 
 def heartbeat_seconds() -> float:
     text = os.environ.get(HEARTBEAT_ENV)
@@ -404,8 +486,9 @@ def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> lis
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                      if t.number in running)
+        return sorted(
+            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running
+        )
     grace = 2 * (interval or heartbeat_seconds())
     now, failed = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -430,14 +513,23 @@ def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
     if len(history) > MAX_RETRY:
         return
     proposal = {PROPOSAL_ATTR: t.system_attrs[PROPOSAL_ATTR]} if PROPOSAL_ATTR in t.system_attrs else {}
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-        user_attrs={k: t.user_attrs[k] for k in IDENTITY_ATTRS if k in t.user_attrs},
-        system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history,
-                      **proposal}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs={k: t.user_attrs[k] for k in IDENTITY_ATTRS if k in t.user_attrs},
+            system_attrs={
+                "failed_trial": t.system_attrs.get("failed_trial", t.number),
+                "retry_history": history,
+                **proposal,
+            },
+        )
+    )
 
 
 # ---------------------------------------------------------------- evaluating genomes as trials
+
 
 @dataclass
 class Outcome:
@@ -449,7 +541,7 @@ class Outcome:
     genome: Genome
     reused_from: int | None = None
     seconds: float | None = None  # wall time of the evaluation (None when reused)
-    duplicate_of: int | None = None   # the trial that held the genome (see Evaluator.evaluate)
+    duplicate_of: int | None = None  # the trial that held the genome (see Evaluator.evaluate)
 
     @property
     def ok(self) -> bool:
@@ -531,6 +623,7 @@ class Evaluator:
             if self._text_keys[text] == key:
                 return t
         return None
+
     def holder(self, trial: optuna.Trial, genome: Genome) -> FrozenTrial | None:
         """The trial that holds `genome` before `trial`, in any process: the earliest complete or
         pruned one, else a live running (or a waiting) one with a lower number. `trial` must carry
@@ -563,8 +656,15 @@ class Evaluator:
                 return earlier
             time.sleep(0.05)
 
-    def evaluate(self, genome: Genome, *, role: str, step: int | None = None,
-                 trial: optuna.Trial | None = None, distinct: bool = False) -> Outcome:
+    def evaluate(
+        self,
+        genome: Genome,
+        *,
+        role: str,
+        step: int | None = None,
+        trial: optuna.Trial | None = None,
+        distinct: bool = False,
+    ) -> Outcome:
         """Evaluate `genome` in `trial` (else a new trial), recording the design.md trial attrs.
 
         A genome the study already evaluated is not trained again: its result is reused. With
@@ -583,10 +683,14 @@ class Evaluator:
                 self._running.pop(trial.number, None)
             return Outcome(trial.number, TrialState.FAIL, None, genome)
 
-    def _evaluate(self, genome: Genome, role: str, step: int | None, trial: optuna.Trial,
-                  distinct: bool) -> Outcome:
-        attrs = {**genome_attrs(genome), "recipe": self.recipe, "searcher": self.searcher, "role": role,
-                 "step": trial.number if step is None else step}
+    def _evaluate(self, genome: Genome, role: str, step: int | None, trial: optuna.Trial, distinct: bool) -> Outcome:
+        attrs = {
+            **genome_attrs(genome),
+            "recipe": self.recipe,
+            "searcher": self.searcher,
+            "role": role,
+            "step": trial.number if step is None else step,
+        }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if distinct and (held := self.holder(trial, genome)) is not None:
@@ -606,7 +710,9 @@ class Evaluator:
                         break
                 if source is not None:
                     try:
-                        return self._duplicate(trial, genome, source) if distinct else self._reuse(trial, genome, source)
+                        return (
+                            self._duplicate(trial, genome, source) if distinct else self._reuse(trial, genome, source)
+                        )
                     finally:
                         with self._lock:
                             self._running.pop(trial.number, None)

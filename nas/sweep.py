@@ -1,7 +1,7 @@
 """`nas sweep`: one search per budget, then a longer final training of each budget's winner.
 
 Every budget is its own study in one storage, so a rerun resumes each search where it stopped
-(`nas.searchers.search` counts the trials already there) and skips final trainings already
+(`nas.search.search` counts the trials already there) and skips final trainings already
 recorded for the same winner and recipe. The final result lives in the study's user attr
 `final`, which the report reads.
 """
@@ -19,7 +19,8 @@ from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_subset
 from nas.errors import NasError
 from nas.plan import SWEEP_SEARCH_SHARE
-from nas.searchers import (
+from nas.runs import train_genome_command
+from nas.search import (
     TRAIN_IMAGES,
     SearchConfig,
     SearchResult,
@@ -29,7 +30,6 @@ from nas.searchers import (
 from nas.spaces import Genome, Space, load_space
 from nas.study import Objective, open_storage, search_seconds, storage_url, study_name, trial_genome
 from nas.text import plural
-from nas.runs import train_genome_command
 from nas.training import Recipe, default_device, space_recipe
 
 if TYPE_CHECKING:
@@ -44,13 +44,12 @@ class BudgetOutcome:
     budget: int
     search: SearchResult
     final: dict[str, Any] | None  # the study's `final` attr, None when no trial completed
-    final_reused: bool            # True when an earlier run had already trained this winner
+    final_reused: bool  # True when an earlier run had already trained this winner
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # "hand", "seed" -> final record
-    onnx: Path | None = None      # the winner's ONNX export, when exported
+    onnx: Path | None = None  # the winner's ONNX export, when exported
 
 
-def export_final(study: optuna.Study, final: dict[str, Any], *, data: CifarSource,
-                 progress: bool) -> Path | None:
+def export_final(study: optuna.Study, final: dict[str, Any], *, data: CifarSource, progress: bool) -> Path | None:
     """Export the final-trained winner into its run folder (model.onnx + model.card.json, checked
     against PyTorch) unless that is done already, and record the path as `final["onnx"]`. None
     when the run folder is not on this machine (a sweep resumed elsewhere)."""
@@ -74,7 +73,7 @@ def export_final(study: optuna.Study, final: dict[str, Any], *, data: CifarSourc
 
 # The reference study's models 4-8 (mbconv presets) stand for the budgets they were built near.
 SEED_SPACE = "mbconv"
-SEED_MATCH = 1.15          # a seed model stands for budget B when its count is within B / 1.15 .. B * 1.15
+SEED_MATCH = 1.15  # a seed model stands for budget B when its count is within B / 1.15 .. B * 1.15
 MAX_FINAL_EPOCHS = 200
 
 
@@ -83,8 +82,11 @@ def seed_model(budget: int) -> tuple[str, Genome] | None:
     from nas.counting import count_params
 
     presets = load_space(SEED_SPACE).presets
-    near = [(abs(math.log(count_params(g) / budget)), name, g) for name, g in presets.items()
-            if name.startswith("seed-") and abs(math.log(count_params(g) / budget)) <= math.log(SEED_MATCH)]
+    near = [
+        (abs(math.log(count_params(g) / budget)), name, g)
+        for name, g in presets.items()
+        if name.startswith("seed-") and abs(math.log(count_params(g) / budget)) <= math.log(SEED_MATCH)
+    ]
     return min(near, key=lambda x: x[0])[1:] if near else None
 
 
@@ -115,8 +117,18 @@ def earlier_final_epochs(study: optuna.Study, winner: Genome, recipe: Recipe) ->
     return int(old["recipe"]["epochs"])
 
 
-def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: str, data: CifarData,
-                device: str | None, progress: bool, runs_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def final_train(
+    study: optuna.Study,
+    genome: Genome,
+    recipe: Recipe,
+    *,
+    attr: str,
+    data: CifarData,
+    device: str | None,
+    progress: bool,
+    runs_dir: Path,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """Train `genome` with `recipe` on all training images, test it, record it as the study's user
     attr `attr` ("final" for the winner, "baseline:<kind>" for a baseline) and keep the weights
     under `runs_dir/<study>/<attr>/`."""
@@ -125,33 +137,54 @@ def final_train(study: optuna.Study, genome: Genome, recipe: Recipe, *, attr: st
     return record_final_training(study, attr, genome, recipe, summary, extra)
 
 
-def record_final_training(study: optuna.Study, attr: str, genome: Genome, recipe: Recipe, summary: dict[str, Any],
-                          extra: dict[str, Any]) -> dict[str, Any]:
+def record_final_training(
+    study: optuna.Study, attr: str, genome: Genome, recipe: Recipe, summary: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
     """Record a final training as the study's user attr `attr` (docs/design.md, "Study and trial
     records"): `summary` is what `train_genome_command` returned, `extra` what the sweep adds
     (the winner's trial and search score, a baseline's preset). Returns the record."""
     from nas.counting import count_flops
 
     record = {
-        **extra, "genome": genome.to_json(), "genome_str": str(genome), "params": summary["params"],
-        "flops": count_flops(genome), "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
-        "epochs": summary["epochs"], "train_size": summary["train_size"], "recipe": recipe.to_dict(),
-        "wall_time_s": summary["wall_time_s"], "device": summary["device"], "curve": summary["curve"],
+        **extra,
+        "genome": genome.to_json(),
+        "genome_str": str(genome),
+        "params": summary["params"],
+        "flops": count_flops(genome),
+        "val_acc": summary["val_acc"],
+        "test_acc": summary["test_acc"],
+        "epochs": summary["epochs"],
+        "train_size": summary["train_size"],
+        "recipe": recipe.to_dict(),
+        "wall_time_s": summary["wall_time_s"],
+        "device": summary["device"],
+        "curve": summary["curve"],
         "run_dir": summary["run_dir"],
     }
     study.set_user_attr(attr, record)
     return record
 
 
-def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | None = None, *,
-          final_epochs: int | None = None, time_limit: float | None = None, storage: str | None = None,
-          data_dir: str | Path | None = None, recipe: Recipe | None = None, objective: Objective | None = None,
-          progress: bool = True, runs_dir: str | Path = "runs/final", baselines: bool = True,
-          export: bool = True) -> list[BudgetOutcome]:
+def sweep(
+    space: str | Space,
+    budgets: str | list[int],
+    config: SearchConfig | None = None,
+    *,
+    final_epochs: int | None = None,
+    time_limit: float | None = None,
+    storage: str | None = None,
+    data_dir: str | Path | None = None,
+    recipe: Recipe | None = None,
+    objective: Objective | None = None,
+    progress: bool = True,
+    runs_dir: str | Path = "runs/final",
+    baselines: bool = True,
+    export: bool = True,
+) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner on all training images.
     `budgets` is a list, or a string as `--budgets` takes it ('1000,5k,1M').
 
-    Every budget's search runs as `config` says (`nas.searchers.search`), with its own time limit
+    Every budget's search runs as `config` says (`nas.search.search`), with its own time limit
     and transfer genomes: `time_limit` (seconds, the whole sweep's) is split by `split_time`: each
     budget's search gets its share (minus what its study has already used, so a rerun resumes),
     and its final trainings get theirs, as many epochs as fit (`final_epochs_for`) unless
@@ -198,8 +231,16 @@ def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | N
             except KeyError:
                 used = 0.0
             limit = max(0.0, search_s - used)
-        result = search(sp, budget, replace(config, time_limit=limit, transfer=transfer), storage=url,
-                        data=cifar, recipe=recipe, objective=objective, progress=progress)
+        result = search(
+            sp,
+            budget,
+            replace(config, time_limit=limit, transfer=transfer),
+            storage=url,
+            data=cifar,
+            recipe=recipe,
+            objective=objective,
+            progress=progress,
+        )
         study = optuna.load_study(study_name=result.study_name, storage=open_storage(url))
         best = result.best
         if best is None:
@@ -210,15 +251,19 @@ def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | N
         winner = trial_genome(best)
         winners[budget] = winner
         arms: dict[str, tuple[str, Genome, dict[str, Any]]] = {
-            "final": ("winner", winner, {"trial": best.number, "search_val_acc": best.value})}
+            "final": ("winner", winner, {"trial": best.number, "search_val_acc": best.value})
+        }
         if baselines:
             hand = project(default_start(sp), sp, budget, tol)
             arms["baseline:hand"] = ("hand design", hand, {})
             seed = seed_model(budget)
             if seed is not None:
                 arms["baseline:seed"] = (f"reference {seed[0]}", seed[1], {"preset": seed[0]})
-        epochs = final_epochs or earlier_final_epochs(study, winner, recipe) or \
-            final_epochs_for([g for _, g, _ in arms.values()], recipe, final_s, device)
+        epochs = (
+            final_epochs
+            or earlier_final_epochs(study, winner, recipe)
+            or final_epochs_for([g for _, g, _ in arms.values()], recipe, final_s, device)
+        )
         final_recipe = replace(recipe, epochs=epochs)
         records: dict[str, dict[str, Any]] = {}
         reused = True
@@ -230,21 +275,48 @@ def sweep(space: str | Space, budgets: str | list[int], config: SearchConfig | N
             reused = False
             data = cifar.split(val_size=0)  # all 50,000 training images
             if progress:
-                print(f"budget {budget:,}: final training of the {what} {genome} for {plural(epochs, 'epoch')} on "
-                      f"{len(data.train_y):,} images", flush=True)
+                print(
+                    f"budget {budget:,}: final training of the {what} {genome} for {plural(epochs, 'epoch')} on "
+                    f"{len(data.train_y):,} images",
+                    flush=True,
+                )
             try:
-                records[attr] = final_train(study, genome, final_recipe, attr=attr, data=data, device=device,
-                                            progress=progress, runs_dir=Path(runs_dir), extra=extra)
+                records[attr] = final_train(
+                    study,
+                    genome,
+                    final_recipe,
+                    attr=attr,
+                    data=data,
+                    device=device,
+                    progress=progress,
+                    runs_dir=Path(runs_dir),
+                    extra=extra,
+                )
             except NasError as e:
                 if attr == "final":
                     raise
                 # A baseline that fails under the winner's recipe (e.g. diverges) is a result too.
-                records[attr] = {**extra, "genome": genome.to_json(), "genome_str": str(genome), "test_acc": None,
-                                 "failure": str(e), "recipe": final_recipe.to_dict(), "epochs": epochs}
+                records[attr] = {
+                    **extra,
+                    "genome": genome.to_json(),
+                    "genome_str": str(genome),
+                    "test_acc": None,
+                    "failure": str(e),
+                    "recipe": final_recipe.to_dict(),
+                    "epochs": epochs,
+                }
                 study.set_user_attr(attr, records[attr])
                 if progress:
                     print(f"budget {budget:,}: the {what} failed: {e}", flush=True)
         onnx = export_final(study, records["final"], data=cifar, progress=progress) if export else None
-        outcomes.append(BudgetOutcome(budget, result, records["final"], reused,
-                                      {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}, onnx))
+        outcomes.append(
+            BudgetOutcome(
+                budget,
+                result,
+                records["final"],
+                reused,
+                {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"},
+                onnx,
+            )
+        )
     return outcomes

@@ -17,9 +17,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,8 @@ from torch import nn
 from nas.data import CifarData, augment, batches, normalize
 from nas.errors import NasError
 from nas.families import build_model
-from nas.progress import progress_bar
 from nas.modules import FlipAverage
+from nas.progress import progress_bar
 from nas.spaces import Genome, Space
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -39,21 +40,46 @@ _UNTAGGED = frozenset({"compile"})
 # fields at their original defaults, overlaid with the fields where this recipe differs from
 # its baseline. Both tables are frozen: add entries, never change one (that would rename).
 # The recipe fields and their defaults when study names were first derived from the recipe.
-_ORIGINAL: Mapping[str, Any] = MappingProxyType({
-    "optimizer": "sgd", "lr": 0.1, "schedule": "onecycle", "warmup": 0.2, "label_smoothing": 0.1,
-    "weight_decay": 5e-4, "batch_size": 256, "epochs": 15, "crop": True, "flip": True, "cutout": 0,
-    "bf16": True, "seed": 0,
-})
+_ORIGINAL: Mapping[str, Any] = MappingProxyType(
+    {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "schedule": "onecycle",
+        "warmup": 0.2,
+        "label_smoothing": 0.1,
+        "weight_decay": 5e-4,
+        "batch_size": 256,
+        "epochs": 15,
+        "crop": True,
+        "flip": True,
+        "cutout": 0,
+        "bf16": True,
+        "seed": 0,
+    }
+)
 # Fields added since, each at its neutral value: the one that trains as before the field existed.
-_ADDED: Mapping[str, Any] = MappingProxyType({
-    "ema": 0.0, "tta": "none", "alt_flip": False, "bn_lr": 1.0, "whiten": False, "kd_alpha": 0.0,
-    "kd_temperature": 4.0,
-})
+_ADDED: Mapping[str, Any] = MappingProxyType(
+    {
+        "ema": 0.0,
+        "tta": "none",
+        "alt_flip": False,
+        "bn_lr": 1.0,
+        "whiten": False,
+        "kd_alpha": 0.0,
+        "kd_temperature": 4.0,
+    }
+)
 TTA_MODES = ("none", "flip")
 
 
-def _field(default: Any, help: str | None = None, *, flag: str | None = None,
-           choices: tuple[str, ...] | None = None, option: bool = True) -> Any:
+def _field(
+    default: Any,
+    help: str | None = None,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    option: bool = True,
+) -> Any:
     """A Recipe field and what its command-line option (nas.cli, one per field) needs: `help`
     (`{default}` is replaced by the default; omitted: "default <value>"), the `flag` (default
     `--<name>`; a bool's flag sets the opposite of its default), `choices`, or `option=False` to
@@ -79,27 +105,39 @@ class Recipe:
     label_smoothing: float = _field(0.1)
     weight_decay: float = _field(5e-4, "not applied to BatchNorm and biases (default: the space's, else {default})")
     batch_size: int = _field(256)
-    epochs: int = _field(15)      # its option's default depends on the command (nas.cli)
-    crop: bool = _field(True, option=False)   # random 32x32 crop of the 4-px zero-padded image
-    flip: bool = _field(True, option=False)   # random horizontal flip
+    epochs: int = _field(15)  # its option's default depends on the command (nas.cli)
+    crop: bool = _field(True, option=False)  # random 32x32 crop of the 4-px zero-padded image
+    flip: bool = _field(True, option=False)  # random horizontal flip
     cutout: int = _field(0, "cutout square side in pixels, 0 = off (default)")
     compile: bool = _field(False, "torch.compile the model (CUDA only)")
-    bf16: bool = _field(True, "train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)",
-                        flag="--no-bf16")
+    bf16: bool = _field(
+        True, "train in float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)", flag="--no-bf16"
+    )
     seed: int = _field(0, option=False)  # `--seed` is the sampler's seed in nas search
     # Learning more per epoch (benchmarks/recipe_ablation.py measures each at equal wall-clock time).
-    ema: float = _field(0.0, "decay per step of an average of the weights; the average is evaluated, saved and "
-                        "exported (0 = off; default: the space's, else {default})")
-    tta: str = _field("none", "test-time augmentation: 'flip' averages the logits of each image and its mirror "
-                      "image, in the exported model too (default: the space's, else {default})", choices=TTA_MODES)
-    alt_flip: bool = _field(False, "flip each image in every other epoch instead of at random (default: the "
-                            "space's, else random)")
-    bn_lr: float = _field(1.0, "learning-rate multiplier of BatchNorm parameters and biases (default: the "
-                          "space's, else {default})")
-    whiten: bool = _field(False, "initialise the first conv by whitening image patches (default: the space's, "
-                          "else off)")
-    kd_alpha: float = _field(0.0, "weight of the distillation loss when training with --teacher (default 0.5 with "
-                             "a teacher)")
+    ema: float = _field(
+        0.0,
+        "decay per step of an average of the weights; the average is evaluated, saved and "
+        "exported (0 = off; default: the space's, else {default})",
+    )
+    tta: str = _field(
+        "none",
+        "test-time augmentation: 'flip' averages the logits of each image and its mirror "
+        "image, in the exported model too (default: the space's, else {default})",
+        choices=TTA_MODES,
+    )
+    alt_flip: bool = _field(
+        False, "flip each image in every other epoch instead of at random (default: the space's, else random)"
+    )
+    bn_lr: float = _field(
+        1.0, "learning-rate multiplier of BatchNorm parameters and biases (default: the space's, else {default})"
+    )
+    whiten: bool = _field(
+        False, "initialise the first conv by whitening image patches (default: the space's, else off)"
+    )
+    kd_alpha: float = _field(
+        0.0, "weight of the distillation loss when training with --teacher (default 0.5 with a teacher)"
+    )
     kd_temperature: float = _field(4.0, "softmax temperature of the distillation loss (default {default})")
 
     def __post_init__(self) -> None:
@@ -110,13 +148,32 @@ class Recipe:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.tta not in TTA_MODES:
             problems.append(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        checks = (("lr", self.lr > 0), ("warmup", 0 <= self.warmup < 1),
-                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("weight_decay", self.weight_decay >= 0),
-                  ("batch_size", self.batch_size >= 1), ("epochs", self.epochs >= 1), ("cutout", self.cutout >= 0),
-                  ("ema", 0 <= self.ema < 1), ("bn_lr", self.bn_lr > 0), ("kd_alpha", 0 <= self.kd_alpha <= 1),
-                  ("kd_temperature", self.kd_temperature > 0))
-        bounds = {"ema": "in [0, 1)", "bn_lr": "> 0", "kd_alpha": "in [0, 1]", "kd_temperature": "> 0","lr": "> 0", "warmup": "in [0, 1)", "label_smoothing": "in [0, 1)", "weight_decay": ">= 0",
-                  "batch_size": ">= 1", "epochs": ">= 1", "cutout": ">= 0"}
+        checks = (
+            ("lr", self.lr > 0),
+            ("warmup", 0 <= self.warmup < 1),
+            ("label_smoothing", 0 <= self.label_smoothing < 1),
+            ("weight_decay", self.weight_decay >= 0),
+            ("batch_size", self.batch_size >= 1),
+            ("epochs", self.epochs >= 1),
+            ("cutout", self.cutout >= 0),
+            ("ema", 0 <= self.ema < 1),
+            ("bn_lr", self.bn_lr > 0),
+            ("kd_alpha", 0 <= self.kd_alpha <= 1),
+            ("kd_temperature", self.kd_temperature > 0),
+        )
+        bounds = {
+            "ema": "in [0, 1)",
+            "bn_lr": "> 0",
+            "kd_alpha": "in [0, 1]",
+            "kd_temperature": "> 0",
+            "lr": "> 0",
+            "warmup": "in [0, 1)",
+            "label_smoothing": "in [0, 1)",
+            "weight_decay": ">= 0",
+            "batch_size": ">= 1",
+            "epochs": ">= 1",
+            "cutout": ">= 0",
+        }
         problems += [f"{name} must be {bounds[name]}, got {getattr(self, name)!r}" for name, ok in checks if not ok]
         if problems:
             raise NasError(f"recipe: {problems[0]}")
@@ -147,8 +204,11 @@ class Recipe:
         there yet, its declared default). Adding a field at its neutral value renames no study,
         nor does changing a default later: only the recipe's values count."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        diff = {k: v for k, v in self.to_dict().items()
-                if k not in _UNTAGGED and v != _ORIGINAL.get(k, _ADDED.get(k, defaults[k]))}
+        diff = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in _UNTAGGED and v != _ORIGINAL.get(k, _ADDED.get(k, defaults[k]))
+        }
         return {**_ORIGINAL, **diff}
 
     @property
@@ -163,8 +223,11 @@ def recipe_options() -> list[tuple[dataclasses.Field, str]]:
     """The Recipe fields that are command-line options of train, search and sweep (every field
     not marked `option=False`), each with its flag: what nas.cli builds the options from and
     what a printed `nas train` command line is made of."""
-    return [(f, f.metadata.get("flag") or f"--{f.name.replace('_', '-')}")
-            for f in dataclasses.fields(Recipe) if f.metadata.get("option", True)]
+    return [
+        (f, f.metadata.get("flag") or f"--{f.name.replace('_', '-')}")
+        for f in dataclasses.fields(Recipe)
+        if f.metadata.get("option", True)
+    ]
 
 
 def space_recipe(space: Space | None = None, **given: Any) -> Recipe:
@@ -187,12 +250,12 @@ class TrainResult:
 
     curve: list[dict[str, float]]
     val_acc: float | None
-    status: str                   # "ok" or "failed"
+    status: str  # "ok" or "failed"
     failure: str | None
-    epochs: int                   # epochs completed
-    stopped_early: bool           # the callback asked to stop
+    epochs: int  # epochs completed
+    stopped_early: bool  # the callback asked to stop
     wall_time_s: float
-    train_time_s: float           # time in training steps, without the per-epoch evaluation
+    train_time_s: float  # time in training steps, without the per-epoch evaluation
     images_seen: int
     device: str
     params: int
@@ -208,6 +271,7 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- pieces of the loop
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,8 +302,10 @@ def param_groups(model: nn.Module, weight_decay: float, bn_lr: float = 1.0) -> l
     `lr_scale` is its multiplier of the recipe's learning rate."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-            {"params": no_decay, "weight_decay": 0.0, "lr_scale": bn_lr}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": bn_lr},
+    ]
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -262,7 +328,7 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float, every: int = 4):
         self.model = copy.deepcopy(model).requires_grad_(False)
-        self.decay, self.every, self.updates = decay ** every, every, 0
+        self.decay, self.every, self.updates = decay**every, every, 0
         pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
         self._floats = [(a, b) for a, b in pairs if a.is_floating_point()]
         self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
@@ -289,8 +355,7 @@ def whiten_first_conv(model: nn.Module, data: CifarData, samples: int = 1000, ep
     principal components of the training images' patches of its kernel size, each scaled to unit
     variance, in +/- pairs so that the ReLU after it keeps both signs (airbench's whitening
     init, with as many filters as the conv has). False when the model has no such conv."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.groups == 1),
-                None)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.groups == 1), None)
     if conv is None:
         return False
     k = conv.kernel_size[0]
@@ -309,8 +374,9 @@ def whiten_first_conv(model: nn.Module, data: CifarData, samples: int = 1000, ep
     return True
 
 
-def training_loss(logits: torch.Tensor, labels: torch.Tensor, recipe: Recipe,
-                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+def training_loss(
+    logits: torch.Tensor, labels: torch.Tensor, recipe: Recipe, teacher_logits: torch.Tensor | None = None
+) -> torch.Tensor:
     """Label-smoothed cross-entropy, mixed with the distillation loss when a teacher answered:
     (1 - kd_alpha) * cross-entropy + kd_alpha * distillation."""
     loss = nn.functional.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
@@ -324,9 +390,12 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     """KL(teacher || student) of the temperature-softened distributions, times T^2 (Hinton et
     al.) so that its gradients keep their scale whatever the temperature."""
     t = temperature
-    return nn.functional.kl_div(nn.functional.log_softmax(student.float() / t, 1),
-                                nn.functional.log_softmax(teacher.float() / t, 1),
-                                reduction="batchmean", log_target=True) * (t * t)
+    return nn.functional.kl_div(
+        nn.functional.log_softmax(student.float() / t, 1),
+        nn.functional.log_softmax(teacher.float() / t, 1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
 
 
 def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:
@@ -336,12 +405,15 @@ def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (
+        device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData, batch_size: int = 1000,
-             bf16: bool = True) -> float:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData, batch_size: int = 1000, bf16: bool = True
+) -> float:
     """Top-1 accuracy of `model` on uint8 images `x` with labels `y` (no augmentation),
     normalised with `data`'s statistics. One device sync at the end."""
     if len(x) == 0:
@@ -351,9 +423,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData
     amp = bf16_autocast(x.device, bf16)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch_size):
-        xb = normalize(x[i:i + batch_size], data.mean, data.std).contiguous(memory_format=torch.channels_last)
+        xb = normalize(x[i : i + batch_size], data.mean, data.std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
+            correct += (model(xb).argmax(1) == y[i : i + batch_size]).sum()
     model.train(was_training)
     return correct.item() / len(x)
 
@@ -366,8 +438,9 @@ def output_classes(model: nn.Module) -> int:
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(1, 3, 32, 32, device=p.device if p is not None else "cpu",
-                        dtype=p.dtype if p is not None else torch.float32)
+        x = torch.zeros(
+            1, 3, 32, 32, device=p.device if p is not None else "cpu", dtype=p.dtype if p is not None else torch.float32
+        )
         return int(model(x).shape[1])
     finally:
         model.train(was_training)
@@ -386,10 +459,17 @@ def _check_teacher(teacher: nn.Module, data: CifarData) -> None:
 
 # ---------------------------------------------------------------- the loop
 
-def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
-          device: str | torch.device | None = None,
-          callback: Callable[[int, float], bool | None] | None = None,
-          progress: bool = False, desc: str | None = None, teacher: nn.Module | None = None) -> TrainResult:
+
+def train(
+    model_or_genome: nn.Module | Genome,
+    data: CifarData,
+    recipe: Recipe,
+    device: str | torch.device | None = None,
+    callback: Callable[[int, float], bool | None] | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+    teacher: nn.Module | None = None,
+) -> TrainResult:
     """Train for `recipe.epochs` epochs on `data.train_*`, evaluating on `data.val_*` after each.
 
     `callback(epoch, val_acc)` (epoch 1-based; val_acc None without a validation split) runs after
@@ -448,8 +528,13 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
     train_time, images_seen, epoch, step = 0.0, 0, 0, 0
     start = time.perf_counter()
     # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
-    with progress_bar(total_steps, progress, unit="batch", leave=False,
-                      desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")) as bar:
+    with progress_bar(
+        total_steps,
+        progress,
+        unit="batch",
+        leave=False,
+        desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train"),
+    ) as bar:
         try:
             for epoch in range(1, recipe.epochs + 1):
                 model.train()
@@ -458,8 +543,15 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                 checked = 0
                 for i, idx in enumerate(batches(n, bs, gen, dev), 1):
                     flip = recipe.flip if flip_start is None else flip_start[idx] ^ bool(epoch % 2)
-                    x = augment(data.train_x[idx], data.mean, data.std, crop=recipe.crop, flip=flip,
-                                cutout_size=recipe.cutout, generator=gen)
+                    x = augment(
+                        data.train_x[idx],
+                        data.mean,
+                        data.std,
+                        crop=recipe.crop,
+                        flip=flip,
+                        cutout_size=recipe.cutout,
+                        generator=gen,
+                    )
                     x = x.contiguous(memory_format=torch.channels_last)
                     set_lr(optimizer, lrs[step])
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
@@ -485,11 +577,13 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
                 train_loss = losses.mean().item()  # also waits for the device, for train_time
                 train_time += time.perf_counter() - t0
                 # No validation split (a final training on every image): nothing to measure per epoch.
-                val_acc = (evaluate(answer, data.val_x, data.val_y, data, bf16=recipe.bf16)
-                           if len(data.val_y) else None)
+                val_acc = evaluate(answer, data.val_x, data.val_y, data, bf16=recipe.bf16) if len(data.val_y) else None
                 curve.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc})
-                bar.set_postfix(epoch=f"{epoch}/{recipe.epochs}", loss=f"{train_loss:.3f}",
-                                val="-" if val_acc is None else f"{val_acc:.4f}")
+                bar.set_postfix(
+                    epoch=f"{epoch}/{recipe.epochs}",
+                    loss=f"{train_loss:.3f}",
+                    val="-" if val_acc is None else f"{val_acc:.4f}",
+                )
                 if callback is not None and callback(epoch, val_acc) is False:
                     stopped_early = True
                     break
@@ -504,8 +598,17 @@ def train(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe,
         optimizer.state.clear()
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-    return TrainResult(curve=curve, val_acc=curve[-1]["val_acc"] if curve else 0.0, status=status,
-                       failure=failure, epochs=len(curve), stopped_early=stopped_early,
-                       wall_time_s=time.perf_counter() - start, train_time_s=train_time,
-                       images_seen=images_seen, device=describe_device(dev), params=params,
-                       model=final if status == "ok" else None)
+    return TrainResult(
+        curve=curve,
+        val_acc=curve[-1]["val_acc"] if curve else 0.0,
+        status=status,
+        failure=failure,
+        epochs=len(curve),
+        stopped_early=stopped_early,
+        wall_time_s=time.perf_counter() - start,
+        train_time_s=train_time,
+        images_seen=images_seen,
+        device=describe_device(dev),
+        params=params,
+        model=final if status == "ok" else None,
+    )

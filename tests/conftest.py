@@ -18,15 +18,37 @@ def _images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Images a small network can tell apart after a few epochs, even cropped and flipped:
     the class picks a colour (c % 10) and a stripe pattern (c // 10), plus pixel noise."""
     n = len(labels)
-    colours = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [255, 255, 255]],
-                       dtype=np.float32)
+    colours = np.array(
+        [
+            [230, 25, 75],
+            [60, 180, 75],
+            [255, 225, 25],
+            [0, 130, 200],
+            [245, 130, 48],
+            [145, 30, 180],
+            [70, 240, 240],
+            [240, 50, 230],
+            [128, 128, 0],
+            [255, 255, 255],
+        ],
+        dtype=np.float32,
+    )
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
     patterns = []
     # Stripes along y, x or one diagonal (a flip turns it into the other diagonal, which no class
     # uses) at periods 4, 6, 8; rings; flat colour.
-    for coord, period in ((yy, 4), (xx, 4), (yy + xx, 4), (yy, 6), (xx, 6), (yy + xx, 6), (yy, 8), (xx, 8),
-                          (np.hypot(yy - 16, xx - 16), 6), (yy * 0, 1)):
+    for coord, period in (
+        (yy, 4),
+        (xx, 4),
+        (yy + xx, 4),
+        (yy, 6),
+        (xx, 6),
+        (yy + xx, 6),
+        (yy, 8),
+        (xx, 8),
+        (np.hypot(yy - 16, xx - 16), 6),
+        (yy * 0, 1),
+    ):
         patterns.append(0.5 + 0.5 * np.cos(2 * np.pi * coord / period))
     patterns = np.stack(patterns)  # (10, 32, 32) in [0, 1]
     img = colours[labels % 10][:, :, None, None] * (0.35 + 0.65 * patterns[labels // 10][:, None])
@@ -40,8 +62,12 @@ def _write(path: Path, obj: dict) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def write_cifar100(root: Path, train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
-                   test_per_class: int = FIXTURE_TEST_PER_CLASS, seed: int = 0) -> dict[str, str]:
+def write_cifar100(
+    root: Path,
+    train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
+    test_per_class: int = FIXTURE_TEST_PER_CLASS,
+    seed: int = 0,
+) -> dict[str, str]:
     """Write `root/cifar-100-python/{train,test,meta}` as torchvision reads them; return file -> md5.
 
     The real files are Python-2 pickles whose keys (b'data', b'fine_labels', ...) load as str
@@ -53,17 +79,23 @@ def write_cifar100(root: Path, train_per_class: int = FIXTURE_TRAIN_PER_CLASS,
     for name, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = np.repeat(np.arange(FIXTURE_CLASSES), per_class)
         rng.shuffle(labels)
-        md5[name] = _write(folder / name, {
-            "data": _images(labels, rng),
-            "fine_labels": labels.tolist(),
-            "coarse_labels": (labels // 5).tolist(),
-            "filenames": [f"img_{name}_{i:05d}.png" for i in range(len(labels))],
-            "batch_label": f"{name}ing batch 1 of 1",
-        })
-    md5["meta"] = _write(folder / "meta", {
-        "fine_label_names": [f"class{c:02d}" for c in range(FIXTURE_CLASSES)],
-        "coarse_label_names": [f"super{c:02d}" for c in range(FIXTURE_CLASSES // 5)],
-    })
+        md5[name] = _write(
+            folder / name,
+            {
+                "data": _images(labels, rng),
+                "fine_labels": labels.tolist(),
+                "coarse_labels": (labels // 5).tolist(),
+                "filenames": [f"img_{name}_{i:05d}.png" for i in range(len(labels))],
+                "batch_label": f"{name}ing batch 1 of 1",
+            },
+        )
+    md5["meta"] = _write(
+        folder / "meta",
+        {
+            "fine_label_names": [f"class{c:02d}" for c in range(FIXTURE_CLASSES)],
+            "coarse_label_names": [f"super{c:02d}" for c in range(FIXTURE_CLASSES // 5)],
+        },
+    )
     return md5
 
 
@@ -124,6 +156,7 @@ def _calibration_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 
 # ---------------------------------------------------------------- random genomes of every space file
+
 
 def builtin_space_names() -> list[str]:
     """The space files nas ships: tests over all of them cover every family that has one."""
@@ -189,19 +222,28 @@ class PlantedTraining:
 
     def __call__(self, genome, data, recipe, device=None, callback=None, **_):
         from nas.counting import count_params
-        from nas.training import TrainResult
+        from nas.training import TrainResult, _Diverged
 
         self.calls += 1
         final, curve, failure = self.accuracy(genome, recipe.seed), [], None
         for epoch in range(1, recipe.epochs + 1):
             if self.calls == self.fail_on:
-                failure = f"diverged: loss is nan at epoch {epoch}, step 1"
+                failure = str(_Diverged(epoch, 1, float("nan")))  # the real trainer's words
                 break
             acc = final * (0.5 + 0.5 * epoch / recipe.epochs)
             curve.append({"epoch": epoch, "train_loss": 4.6 - 0.3 * epoch, "val_acc": acc})
             if callback is not None and callback(epoch, acc) is False:
                 break
-        return TrainResult(curve=curve, val_acc=curve[-1]["val_acc"] if curve else 0.0,
-                           status="failed" if failure else "ok", failure=failure, epochs=len(curve),
-                           stopped_early=len(curve) < recipe.epochs and not failure, wall_time_s=12.5,
-                           train_time_s=10.0, images_seen=0, device="cpu", params=count_params(genome))
+        return TrainResult(
+            curve=curve,
+            val_acc=curve[-1]["val_acc"] if curve else 0.0,
+            status="failed" if failure else "ok",
+            failure=failure,
+            epochs=len(curve),
+            stopped_early=len(curve) < recipe.epochs and not failure,
+            wall_time_s=12.5,
+            train_time_s=10.0,
+            images_seen=0,
+            device="cpu",
+            params=count_params(genome),
+        )

@@ -11,8 +11,9 @@ from nas.counting import count_params
 from nas.errors import NasError
 from nas.spaces import load_space
 
-BUDGETS = sorted({int(b) for b in np.logspace(3, 7, 25)} | {1_000, 5_000, 10_000, 50_000, 100_000,
-                                                             500_000, 1_000_000, 10_000_000})
+BUDGETS = sorted(
+    {int(b) for b in np.logspace(3, 7, 25)} | {1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 10_000_000}
+)
 
 
 @pytest.mark.parametrize("space_name", builtin_space_names())
@@ -69,27 +70,51 @@ def test_budget_below_space_minimum_names_smallest_budget():
     assert count_params(project(sp.extreme("max"), sp, smallest)) == smallest
 
 
-@pytest.mark.parametrize("text, value", [
-    ("50000", 50_000), ("50k", 50_000), ("50_000", 50_000), ("1e5", 100_000), ("1M", 1_000_000),
-    ("1.5k", 1_500), ("2m", 2_000_000), ("1E3", 1_000), (" 7 ", 7), ("1.000e3", 1_000), ("1e12", 10 ** 12),
-    (50_000, 50_000), (1e5, 100_000), (np.int64(300), 300),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("50000", 50_000),
+        ("50k", 50_000),
+        ("50_000", 50_000),
+        ("1e5", 100_000),
+        ("1M", 1_000_000),
+        ("1.5k", 1_500),
+        ("2m", 2_000_000),
+        ("1E3", 1_000),
+        (" 7 ", 7),
+        ("1.000e3", 1_000),
+        ("1e12", 10**12),
+        (50_000, 50_000),
+        (1e5, 100_000),
+        (np.int64(300), 300),
+    ],
+)
 def test_budget_grammar(text, value):
     assert check_budget(text) == value and type(check_budget(text)) is int
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0", "positive number of parameters, got '0'"),
-    ("-5", "positive number of parameters, got '-5'"),
-    ("1.5", "whole number of parameters, got '1.5'"),
-    ("1e-1000000", "whole number of parameters, got '1e-1000000'"),
-    ("1e30", "at most 1,000,000,000,000 parameters, got '1e30'"),  # exact, no float leftovers
-    ("1e999999999", "at most 1,000,000,000,000 parameters, got '1e999999999'"),
-    (1e30, "at most 1,000,000,000,000 parameters, got 1e+30"),
-    ("1" + "0" * 5000, "at most 1,000,000,000,000"),
-    ("lots", "got 'lots'"), ("5kk", "got '5kk'"), ("nan", "got 'nan'"), ("inf", "got 'inf'"), ("", "got ''"),
-    ("1__0", "got '1__0'"), ("50,000", "no thousands commas"), (True, "got True"), (None, "got None"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0", "positive number of parameters, got '0'"),
+        ("-5", "positive number of parameters, got '-5'"),
+        ("1.5", "whole number of parameters, got '1.5'"),
+        ("1e-1000000", "whole number of parameters, got '1e-1000000'"),
+        ("1e30", "at most 1,000,000,000,000 parameters, got '1e30'"),  # exact, no float leftovers
+        ("1e999999999", "at most 1,000,000,000,000 parameters, got '1e999999999'"),
+        (1e30, "at most 1,000,000,000,000 parameters, got 1e+30"),
+        ("1" + "0" * 5000, "at most 1,000,000,000,000"),
+        ("lots", "got 'lots'"),
+        ("5kk", "got '5kk'"),
+        ("nan", "got 'nan'"),
+        ("inf", "got 'inf'"),
+        ("", "got ''"),
+        ("1__0", "got '1__0'"),
+        ("50,000", "no thousands commas"),
+        (True, "got True"),
+        (None, "got None"),
+    ],
+)
 def test_bad_budget_message_quotes_the_input(text, message):
     with pytest.raises(NasError, match="budget must be") as e:
         check_budget(text)

@@ -46,19 +46,24 @@ def test_space_list_and_show(capsys):
     assert code == 0 and "seed-m8" in out and "1,068,740" in out and "expand" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["count", "resnet18"], "unknown preset 'resnet18'"),
-    (["count", '{"family": "vit", "genes": {}}'], "unknown family 'vit'"),
-    (["count", "{oops"], "malformed JSON"),
-    (["project", "seed-m4", "--budget", "0"], "budget must be"),
-    (["project", "seed-m4", "--budget", "-100"], "budget must be"),
-    (["project", "seed-m4", "--budget", "lots"], "budget must be"),
-    (["project", "seed-m4", "--budget", "100"], "smallest model has"),
-    (["project", "seed-m4", "--budget", "5000", "--space", "conv"], "cannot be projected in space 'conv'"),
-    (["project", '{"family": "conv", "genes": {"depth": [9,1,1,1], "width": [8,8,8,8]}}', "--budget", "5000"],
-     "outside space 'conv'"),
-    (["space", "show", "nope"], "unknown space 'nope'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["count", "resnet18"], "unknown preset 'resnet18'"),
+        (["count", '{"family": "vit", "genes": {}}'], "unknown family 'vit'"),
+        (["count", "{oops"], "malformed JSON"),
+        (["project", "seed-m4", "--budget", "0"], "budget must be"),
+        (["project", "seed-m4", "--budget", "-100"], "budget must be"),
+        (["project", "seed-m4", "--budget", "lots"], "budget must be"),
+        (["project", "seed-m4", "--budget", "100"], "smallest model has"),
+        (["project", "seed-m4", "--budget", "5000", "--space", "conv"], "cannot be projected in space 'conv'"),
+        (
+            ["project", '{"family": "conv", "genes": {"depth": [9,1,1,1], "width": [8,8,8,8]}}', "--budget", "5000"],
+            "outside space 'conv'",
+        ),
+        (["space", "show", "nope"], "unknown space 'nope'"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(argv, message):
     # a real process, so a traceback would show up on stderr
     p = subprocess.run([sys.executable, "-m", "nas.cli", *argv], capture_output=True, text=True)

@@ -23,8 +23,7 @@ def test_exact_curve_recovers_all_parameters():
     assert a.predict(5.0) == pytest.approx(0.42 - np.exp(-0.35 * 6.5), abs=1e-4)
 
 
-@pytest.mark.parametrize("alpha, beta, t0", [(0.3, 0.25, -3.0), (0.55, 0.5, -1.0), (0.12, 0.15, -8.0),
-                                             (0.7, 1.0, 0.5)])
+@pytest.mark.parametrize("alpha, beta, t0", [(0.3, 0.25, -3.0), (0.55, 0.5, -1.0), (0.12, 0.15, -8.0), (0.7, 1.0, 0.5)])
 def test_noisy_curves_recover_alpha(alpha, beta, t0):
     errors, covered = [], 0
     for seed in range(10):

@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import (augment, batches, cutout, default_data_dir, load_cifar100, normalize, random_crop,
-                      random_flip, resolve_data_dir, stratified_split)
+from nas.data import (
+    augment,
+    batches,
+    cutout,
+    default_data_dir,
+    load_cifar100,
+    normalize,
+    random_crop,
+    random_flip,
+    resolve_data_dir,
+    stratified_split,
+)
 from nas.errors import NasError
 
 
@@ -164,8 +174,12 @@ def test_crop_is_a_shifted_window_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     shifts = []
     for i in range(len(x)):
-        found = [(dy, dx) for dy in range(9) for dx in range(9)
-                 if torch.equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i])]
+        found = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(padded[i, :, dy : dy + 32, dx : dx + 32], out[i])
+        ]
         assert found, f"image {i} is not a crop"
         shifts.append(found[0])
     assert len(set(shifts)) > 1  # offsets differ across the batch
@@ -211,6 +225,7 @@ def test_batches_cover_every_index_once():
 @pytest.mark.realdata
 def test_real_data_loads():
     import os
+
     root = os.environ.get("NAS_DATA_DIR")
     if not root or not (Path(root) / "cifar-100-python").is_dir():
         pytest.skip("set NAS_DATA_DIR to a folder holding cifar-100-python/")

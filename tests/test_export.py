@@ -15,8 +15,8 @@ from nas.counting import count_flops, count_params
 from nas.errors import NasError
 from nas.export import CHECK_TOLERANCE, card_path_for, export_run, onnx_logits
 from nas.families import build_model
-from nas.spaces import Genome, load_space
 from nas.runs import load_trained
+from nas.spaces import Genome, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -34,8 +34,27 @@ def trained_run(tmp_path_factory, _cifar_files):
     use_fixture_checksums(mp, md5)
     out = tmp_path_factory.mktemp("export") / "run"
     try:
-        assert main(["train", CONV, "--epochs", "1", "--data-dir", str(root), "--out", str(out), "--device", "cpu",
-                     "--batch-size", "64", "--val-size", "200"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    CONV,
+                    "--epochs",
+                    "1",
+                    "--data-dir",
+                    str(root),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--batch-size",
+                    "64",
+                    "--val-size",
+                    "200",
+                ]
+            )
+            == 0
+        )
     finally:
         mp.undo()
     return out
@@ -55,8 +74,15 @@ def synthetic_run(folder, genome: Genome, with_input: bool = True):
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "genome.json").write_text(genome.to_json())
-    result = {"genome_str": str(genome), "recipe": {"epochs": 1}, "val_acc": 0.1, "test_acc": 0.05, "epochs": 1,
-              "val_size": 200, "train_size": 1800}
+    result = {
+        "genome_str": str(genome),
+        "recipe": {"epochs": 1},
+        "val_acc": 0.1,
+        "test_acc": 0.05,
+        "epochs": 1,
+        "val_size": 200,
+        "train_size": 1800,
+    }
     if with_input:
         result["input"] = {"shape": [3, 32, 32], "mean": [0.5, 0.48, 0.44], "std": [0.27, 0.26, 0.28]}
     (folder / "result.json").write_text(json.dumps(result))
@@ -99,8 +125,11 @@ def test_every_family_exports_within_tolerance(space, tmp_path):
     """Depthwise convs, SiLU, squeeze-excitation, strided downsampling, residuals: random weights
     and BatchNorm statistics, checked on random images (no data set here)."""
     sp = load_space(space)
-    genome = next(iter(sp.presets.values())) if sp.presets else sp.from_vector(
-        [g.minimum for g in (sp.genes[n] for n, _ in sp.coords)])
+    genome = (
+        next(iter(sp.presets.values()))
+        if sp.presets
+        else sp.from_vector([g.minimum for g in (sp.genes[n] for n, _ in sp.coords)])
+    )
     run = synthetic_run(tmp_path / "run", genome)
     r = export_run(run, tmp_path / "m.onnx", data_dir=tmp_path / "no-data")
     check = r.card["check"]
@@ -130,7 +159,9 @@ def test_old_run_without_normalisation_is_recomputed_from_the_data(trained_run, 
     result.pop("subset")
     (old / "result.json").write_text(json.dumps(result))
     r = export_run(old, tmp_path / "m.onnx", data_dir=cifar_dir)
-    assert r.card["input"]["mean"] == pytest.approx(spec["mean"]) and r.card["input"]["std"] == pytest.approx(spec["std"])
+    assert r.card["input"]["mean"] == pytest.approx(spec["mean"]) and r.card["input"]["std"] == pytest.approx(
+        spec["std"]
+    )
     with pytest.raises(NasError, match="no normalisation statistics .* cannot be recomputed: CIFAR-100 not found"):
         export_run(old, tmp_path / "m2.onnx", data_dir=tmp_path / "no-data")
 
@@ -148,12 +179,15 @@ def test_nas_export_cli(trained_run, cifar_dir, tmp_path, capsys):
     assert (trained_run / "model.onnx").is_file() and "check:    skipped" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["export", "no/such/run"], "no/such/run: no such training run folder"),
-    (["export", "{run}", "-o", "{tmp}/model.txt"], "output file must end in .onnx"),
-    (["export", "mbconv-b1#x", "--storage", "sqlite:///{tmp}/s.db"], "must be a trial number"),
-    (["export", "nosuch#1", "--storage", "sqlite:///{tmp}/s.db"], "no study 'nosuch' in sqlite:///"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "no/such/run"], "no/such/run: no such training run folder"),
+        (["export", "{run}", "-o", "{tmp}/model.txt"], "output file must end in .onnx"),
+        (["export", "mbconv-b1#x", "--storage", "sqlite:///{tmp}/s.db"], "must be a trial number"),
+        (["export", "nosuch#1", "--storage", "sqlite:///{tmp}/s.db"], "no study 'nosuch' in sqlite:///"),
+    ],
+)
 def test_export_errors_are_one_line(argv, message, trained_run, tmp_path, capsys):
     argv = [a.format(run=trained_run, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
@@ -161,8 +195,7 @@ def test_export_errors_are_one_line(argv, message, trained_run, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("nas: error: ") and message in err[0], err
 
 
-def test_study_trial_export_and_the_way_to_train_one_that_has_no_weights(cifar_dir, tmp_path, capsys,
-                                                                        monkeypatch):
+def test_study_trial_export_and_the_way_to_train_one_that_has_no_weights(cifar_dir, tmp_path, capsys, monkeypatch):
     """STUDY#N: the winner with a final training exports; another trial says which `nas train` to
     run, and following that advice, as a user would, gives a run that exports."""
     monkeypatch.chdir(tmp_path)
@@ -171,13 +204,21 @@ def test_study_trial_export_and_the_way_to_train_one_that_has_no_weights(cifar_d
     other = Genome.from_json('{"family": "conv", "genes": {"depth": [1, 1, 1, 1], "width": [4, 8, 8, 16]}}')
     study = optuna.create_study(study_name="conv-b3000-test", storage=storage, direction="maximize")
     for g, value in ((winner, 0.3), (other, 0.2)):
-        study.add_trial(optuna.trial.create_trial(
-            value=value, user_attrs={"genome": g.to_json(), "genome_str": str(g), "recipe": {"epochs": 1, "batch_size": 64}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                user_attrs={"genome": g.to_json(), "genome_str": str(g), "recipe": {"epochs": 1, "batch_size": 64}},
+            )
+        )
     run = synthetic_run(tmp_path / "runs" / "final" / "conv-b3000-test", winner)
     study.set_user_attr("val_size", 200)
-    study.set_user_attr("final", {"trial": 0, "genome": winner.to_json(), "run_dir": "runs/final/conv-b3000-test",
-                                  "recipe": {"epochs": 1}})
-    assert main(["export", "conv-b3000-test#0", "--storage", storage, "-o", "w.onnx", "--data-dir", str(cifar_dir)]) == 0
+    study.set_user_attr(
+        "final",
+        {"trial": 0, "genome": winner.to_json(), "run_dir": "runs/final/conv-b3000-test", "recipe": {"epochs": 1}},
+    )
+    assert (
+        main(["export", "conv-b3000-test#0", "--storage", storage, "-o", "w.onnx", "--data-dir", str(cifar_dir)]) == 0
+    )
     card = json.loads((tmp_path / "w.card.json").read_text())
     assert card["source"]["study"] == "conv-b3000-test" and card["source"]["trial"] == 0
     assert card["source"]["run_dir"] == str(run.relative_to(tmp_path))

@@ -10,7 +10,7 @@ from nas.cli import main
 from nas.finalists import ATTR_PREFIX, pick, recorded
 from nas.plan import Calibration, Plan
 from nas.report import write_report
-from nas.searchers import FinalistTime, SearchConfig, search
+from nas.search import FinalistTime, SearchConfig, search
 from nas.spaces import parse_genome
 from nas.study import Outcome, top_trials, trial_genome
 from nas.training import Recipe
@@ -39,8 +39,17 @@ def test_the_best_finalist_wins_and_a_rerun_keeps_the_finalists(cifar_dir, tmp_p
     planted = RanksFlipOnAllImages(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
     storage = f"sqlite:///{tmp_path}/f.db"
-    config = SearchConfig("random", trials=4, val_size=200, subset=600, pruner="none", finalists=3, plan=False,
-                          noise_seeds=False, finalist_pick="best")
+    config = SearchConfig(
+        "random",
+        trials=4,
+        val_size=200,
+        subset=600,
+        pruner="none",
+        finalists=3,
+        plan=False,
+        noise_seeds=False,
+        finalist_pick="best",
+    )
     result = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
 
     top = top_trials(optuna.load_study(study_name=result.study_name, storage=storage), 5000, 3)
@@ -57,19 +66,20 @@ def test_the_best_finalist_wins_and_a_rerun_keeps_the_finalists(cifar_dir, tmp_p
     assert result.best.number != result.top[0].number
 
     study = optuna.load_study(study_name=result.study_name, storage=storage)
-    assert sorted(k for k in study.user_attrs if k.startswith(ATTR_PREFIX)) == \
-        sorted(f"{ATTR_PREFIX}{t.number}" for t in top)
+    assert sorted(k for k in study.user_attrs if k.startswith(ATTR_PREFIX)) == sorted(
+        f"{ATTR_PREFIX}{t.number}" for t in top
+    )
     assert recorded(study.user_attrs) == result.finalists
 
     # the report shows the finalists, marks the winner, and its winners table names the winner's genome
     page = write_report(storage, tmp_path / "r.html").read_text()
-    table = page[page.index('<table class="winners finalists">'):]
-    table = table[:table.index("</table>")]
+    table = page[page.index('<table class="winners finalists">') :]
+    table = table[: table.index("</table>")]
     rows = table.split("<tr>")[2:]
     assert len(rows) == 3
     assert result.best.user_attrs["genome_str"] in rows[0] and "<b>winner</b>" in rows[0]
     assert all("<b>winner</b>" not in r for r in rows[1:])
-    winners = page[page.index('<h2 id="winners">'):page.index('<h2 id="added">')]
+    winners = page[page.index('<h2 id="winners">') : page.index('<h2 id="added">')]
     assert result.best.user_attrs["genome_str"] in winners and result.top[0].user_attrs["genome_str"] not in winners
 
     # the same search again: no new trial, no finalist retrained, the same winner
@@ -87,8 +97,9 @@ def test_without_finalists_the_best_trial_wins(cifar_dir, tmp_path, monkeypatch)
     planted = RanksFlipOnAllImages(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
     config = SearchConfig("random", trials=3, val_size=200, subset=600, pruner="none", plan=False, noise_seeds=False)
-    result = search("conv", 5000, config, storage=f"sqlite:///{tmp_path}/n.db", data_dir=cifar_dir, recipe=RECIPE,
-                    progress=False)
+    result = search(
+        "conv", 5000, config, storage=f"sqlite:///{tmp_path}/n.db", data_dir=cifar_dir, recipe=RECIPE, progress=False
+    )
     assert result.finalists == [] and planted.sizes == [600, 600, 600]
     assert result.best.number == result.top[0].number
 
@@ -99,11 +110,13 @@ def test_a_search_retrains_the_best_of_each_topology_and_its_winner_may_rank_low
     may be far down the trials' ranking."""
     planted = RanksFlipOnAllImages(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
-    config = SearchConfig("random", trials=12, val_size=200, subset=600, pruner="none", finalists=3, plan=False,
-                          noise_seeds=False)
+    config = SearchConfig(
+        "random", trials=12, val_size=200, subset=600, pruner="none", finalists=3, plan=False, noise_seeds=False
+    )
     assert config.finalist_pick == "diverse"
-    result = search("conv", 5000, config, storage=f"sqlite:///{tmp_path}/d.db", data_dir=cifar_dir, recipe=RECIPE,
-                    progress=False)
+    result = search(
+        "conv", 5000, config, storage=f"sqlite:///{tmp_path}/d.db", data_dir=cifar_dir, recipe=RECIPE, progress=False
+    )
     topologies = [trial_genome(t).topology() for t in result.top]
     assert len(result.top) == 12 and len(set(topologies)) >= 3
     chosen = [next(t for t in result.top if t.number == f.trial) for f in result.finalists]
@@ -119,10 +132,41 @@ def test_cli_prints_the_finalists_and_the_winner(cifar_dir, tmp_path, monkeypatc
     planted = RanksFlipOnAllImages(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
     monkeypatch.chdir(tmp_path)
-    assert main(["search", "--budget", "5k", "--space", "conv", "--searcher", "random", "--trials", "3",
-                 "--subset", "600", "--val-size", "200", "--epochs", "1", "--pruner", "none", "--finalists", "2",
-                 "--finalist-epochs", "2", "--jobs", "2", "--storage", f"sqlite:///{tmp_path}/c.db", "--data-dir", str(cifar_dir),
-                 "-q"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--budget",
+                "5k",
+                "--space",
+                "conv",
+                "--searcher",
+                "random",
+                "--trials",
+                "3",
+                "--subset",
+                "600",
+                "--val-size",
+                "200",
+                "--epochs",
+                "1",
+                "--pruner",
+                "none",
+                "--finalists",
+                "2",
+                "--finalist-epochs",
+                "2",
+                "--jobs",
+                "2",
+                "--storage",
+                f"sqlite:///{tmp_path}/c.db",
+                "--data-dir",
+                str(cifar_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "finalists, retrained on 1,800 images x 2 epochs (seed 1):" in out
     lines = out.splitlines()
@@ -150,9 +194,39 @@ def test_cli_finalist_pick_chooses_the_finalists(pick_rule, cifar_dir, tmp_path,
     monkeypatch.setattr("nas.objective.train", PlantedTraining())
     space, storage = tmp_path / "two.toml", f"sqlite:///{tmp_path}/b.db"
     space.write_text(TWO_STAGES)
-    assert main(["search", "--budget", "8k", "--space", str(space), "--searcher", "random", "--trials", "8",
-                 "--subset", "600", "--val-size", "200", "--epochs", "1", "--pruner", "none", "--finalists", "2",
-                 "--finalist-pick", pick_rule, "--storage", storage, "--data-dir", str(cifar_dir), "-q"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--budget",
+                "8k",
+                "--space",
+                str(space),
+                "--searcher",
+                "random",
+                "--trials",
+                "8",
+                "--subset",
+                "600",
+                "--val-size",
+                "200",
+                "--epochs",
+                "1",
+                "--pruner",
+                "none",
+                "--finalists",
+                "2",
+                "--finalist-pick",
+                pick_rule,
+                "--storage",
+                storage,
+                "--data-dir",
+                str(cifar_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     top = top_trials(study, 8000, None)
     topologies = [trial_genome(t).topology() for t in top]
@@ -171,11 +245,29 @@ def test_bad_finalists_is_one_line(bad, capsys):
 
 
 def test_the_plan_keeps_time_for_the_finalists():
-    cal = Calibration(genome="conv-shape:4x1|8x1|16x1|33x1", params=9_900, train_images_per_s=5_000,
-                      eval_images_per_s=20_000, device="cpu")
-    common = dict(space="conv-shape", searcher="tpe", budget=10_000, band=(9000, 10_000), device="cpu", bf16=False,
-                  train_images=15_000, val_images=5_000, epochs=4, pruner="hyperband", trials=None,
-                  time_limit_s=1200, calibration=cal, jobs=2)
+    cal = Calibration(
+        genome="conv-shape:4x1|8x1|16x1|33x1",
+        params=9_900,
+        train_images_per_s=5_000,
+        eval_images_per_s=20_000,
+        device="cpu",
+    )
+    common = dict(
+        space="conv-shape",
+        searcher="tpe",
+        budget=10_000,
+        band=(9000, 10_000),
+        device="cpu",
+        bf16=False,
+        train_images=15_000,
+        val_images=5_000,
+        epochs=4,
+        pruner="hyperband",
+        trials=None,
+        time_limit_s=1200,
+        calibration=cal,
+        jobs=2,
+    )
     plain = Plan(**common)
     plan = Plan(**common, finalists=3, finalist_images=45_000, finalist_epochs=4)
     per = 4 * (45_000 / 5_000 + 5_000 / 20_000)
@@ -203,11 +295,24 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
     # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s and a
     # trial (600 + 200) 0.4 s, as the trials take: a 3-second search keeps its last 1.4 s for the
     # finalist and the trial running when the search stops
-    monkeypatch.setattr("nas.plan.calibrate", lambda *a, **k: Calibration(
-        genome="g", params=1, train_images_per_s=2000, eval_images_per_s=2000, device="cpu"))
+    monkeypatch.setattr(
+        "nas.plan.calibrate",
+        lambda *a, **k: Calibration(
+            genome="g", params=1, train_images_per_s=2000, eval_images_per_s=2000, device="cpu"
+        ),
+    )
     storage = f"sqlite:///{tmp_path}/t.db"
-    config = SearchConfig("random", trials=None, time_limit=3.0, val_size=200, subset=600, pruner="none",
-                          finalists=1, plan=False, noise_seeds=False)
+    config = SearchConfig(
+        "random",
+        trials=None,
+        time_limit=3.0,
+        val_size=200,
+        subset=600,
+        pruner="none",
+        finalists=1,
+        plan=False,
+        noise_seeds=False,
+    )
     t0 = time.time()
     result = search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=RECIPE, progress=False)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
@@ -222,9 +327,25 @@ def test_the_time_kept_follows_how_long_trials_really_take():
     from optuna.trial import TrialState
 
     cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
-    plan = Plan(space="conv-shape", searcher="tpe", budget=10_000, band=(9000, 10_000), device="cpu", bf16=False,
-                train_images=15_000, val_images=5_000, epochs=1, pruner="none", trials=None, time_limit_s=600,
-                calibration=cal, jobs=1, finalists=2, finalist_images=45_000, finalist_epochs=1)
+    plan = Plan(
+        space="conv-shape",
+        searcher="tpe",
+        budget=10_000,
+        band=(9000, 10_000),
+        device="cpu",
+        bf16=False,
+        train_images=15_000,
+        val_images=5_000,
+        epochs=1,
+        pruner="none",
+        trials=None,
+        time_limit_s=600,
+        calibration=cal,
+        jobs=1,
+        finalists=2,
+        finalist_images=45_000,
+        finalist_epochs=1,
+    )
     assert plan.seconds_per_trial == 20 and plan.seconds_per_finalist == 50  # reserve: 2 x 50 + 20
 
     class Budget:
@@ -247,8 +368,14 @@ def test_the_time_kept_follows_how_long_trials_really_take():
 def test_diverse_finalists_are_the_best_of_each_topology_then_the_next_best():
     """Genomes that differ only in widths share a topology; the diverse pick takes the best trial
     of each topology, best first, and fills the rest of k with the next best trials."""
-    texts = ["conv:8x1|16x1|32x1|64x1", "conv:9x1|17x1|30x1|60x1", "conv:6x2|12x1|24x1|60x1",
-             "conv:10x1|18x1|28x1|58x1", "conv:5x1|10x3|20x1|50x1", "conv:6x2|14x1|22x1|56x1"]
+    texts = [
+        "conv:8x1|16x1|32x1|64x1",
+        "conv:9x1|17x1|30x1|60x1",
+        "conv:6x2|12x1|24x1|60x1",
+        "conv:10x1|18x1|28x1|58x1",
+        "conv:5x1|10x3|20x1|50x1",
+        "conv:6x2|14x1|22x1|56x1",
+    ]
     genomes = [parse_genome(t) for t in texts]
     assert genomes[0].topology() == genomes[1].topology() != genomes[2].topology() == genomes[5].topology()
     assert genomes[0].key() != genomes[1].key()
@@ -261,7 +388,7 @@ def test_diverse_finalists_are_the_best_of_each_topology_then_the_next_best():
         return [t.number for t in pick(top, k, diverse=diverse)]
 
     assert numbers(3, diverse=False) == [0, 1, 2]
-    assert numbers(3) == [0, 2, 4]          # one of each of the three topologies
+    assert numbers(3) == [0, 2, 4]  # one of each of the three topologies
     assert numbers(2) == [0, 2]
-    assert numbers(4) == [0, 1, 2, 4]       # three topologies, then the best trial left
+    assert numbers(4) == [0, 1, 2, 4]  # three topologies, then the best trial left
     assert numbers(10) == [0, 1, 2, 3, 4, 5]

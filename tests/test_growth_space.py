@@ -8,8 +8,9 @@ import pytest
 from nas.budget import band, project
 from nas.counting import count_params
 from nas.families import build_model
-from nas.searchers import default_start, suggest_genome
+from nas.search import default_start
 from nas.spaces import load_space
+from nas.trials import suggest_genome
 
 SHAPE_SPACES = ["conv-shape", "mbconv-shape"]
 

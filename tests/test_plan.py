@@ -1,4 +1,4 @@
-"""--time, --plan and the device-sized defaults (nas.plan, nas.searchers.search)."""
+"""--time, --plan and the device-sized defaults (nas.plan, nas.search.search)."""
 
 import time
 
@@ -6,20 +6,21 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nas.budget import project
 from nas.cli import main
 from nas.errors import NasError
-from nas.plan import CPU_DEFAULTS, Plan, calibrate, duration, hyperband_rungs, parse_duration
-from nas.searchers import SearchConfig, search
-from nas.spaces import load_space
-from nas.budget import project
-from nas.searchers import default_start
 from nas.objective import TrainingObjective
+from nas.plan import CPU_DEFAULTS, Plan, calibrate, duration, hyperband_rungs, parse_duration
+from nas.search import SearchConfig, default_start, search
+from nas.spaces import load_space
 from nas.study import Evaluator, counts_as_done, open_study
 from nas.training import Recipe
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400),
-                                           ("45", 45), ("1.5h", 5400), (" 10M ", 600)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("45", 45), ("1.5h", 5400), (" 10M ", 600)],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -50,8 +51,14 @@ class Slow:
 def test_time_limit_starts_no_trial_after_the_deadline(tmp_path):
     slow = Slow(0.6)
     t0 = time.time()
-    r = search("conv-shape", 20_000, SearchConfig("random", trials=None, time_limit=2.0),
-               storage=f"sqlite:///{tmp_path}/t.db", objective=slow, progress=False)
+    r = search(
+        "conv-shape",
+        20_000,
+        SearchConfig("random", trials=None, time_limit=2.0),
+        storage=f"sqlite:///{tmp_path}/t.db",
+        objective=slow,
+        progress=False,
+    )
     took = time.time() - t0
     assert r.stopped == "time limit reached"
     # Nothing started after the deadline, and the search ended with the trial running at it. The
@@ -74,10 +81,18 @@ def test_a_trial_running_at_the_deadline_stops_at_an_epoch_and_is_retried(cifar_
     assert t.state == TrialState.FAIL and t.user_attrs["failure"] == "stopped at the time limit after epoch 1 of 3"
     assert len(t.user_attrs["curve"]) == 1 and not counts_as_done(t)  # a rerun trains it again
     objective.deadline = None
-    r2 = search(space, 3000, SearchConfig("random", trials=1), storage=storage, objective=objective, progress=False,
-                recipe=recipe)
-    done = [t for t in optuna.load_study(study_name=r2.study_name, storage=storage).trials
-            if t.state == TrialState.COMPLETE]
+    r2 = search(
+        space,
+        3000,
+        SearchConfig("random", trials=1),
+        storage=storage,
+        objective=objective,
+        progress=False,
+        recipe=recipe,
+    )
+    done = [
+        t for t in optuna.load_study(study_name=r2.study_name, storage=storage).trials if t.state == TrialState.COMPLETE
+    ]
     assert len(done) == 1 and len(done[0].user_attrs["curve"]) == 3
 
 
@@ -88,8 +103,14 @@ def test_plan_creates_no_trials_and_says_the_eta(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "plan: tpe search of conv-shape, budget 10,000 (band 9,000..10,000)"
-    assert out[2].split()[:6] == ["fidelity:", f"{CPU_DEFAULTS.subset:,}", "training", "images", "x",
-                                  str(CPU_DEFAULTS.epochs)]
+    assert out[2].split()[:6] == [
+        "fidelity:",
+        f"{CPU_DEFAULTS.subset:,}",
+        "training",
+        "images",
+        "x",
+        str(CPU_DEFAULTS.epochs),
+    ]
     assert out[3].startswith("  trials:   as many as fit in 20 min")
     assert out[-1].startswith("  ETA:") and "min" in out[-1]
     assert not (tmp_path / "p.db").exists() and not (tmp_path / "studies").exists()
@@ -118,9 +139,21 @@ def test_plan_arithmetic():
     g = project(default_start(space), space, 10_000)
     cal = calibrate(g, Recipe(epochs=1, batch_size=64), "cpu", images=256)
     assert cal.train_images_per_s > 0 and cal.eval_images_per_s > 0 and cal.params > 9000
-    plan = Plan(space="conv-shape", searcher="tpe", budget=10_000, band=(9000, 10_000), device="cpu", bf16=False,
-                train_images=10_000, val_images=5_000, epochs=4, pruner="hyperband", trials=None,
-                time_limit_s=600, calibration=cal)
+    plan = Plan(
+        space="conv-shape",
+        searcher="tpe",
+        budget=10_000,
+        band=(9000, 10_000),
+        device="cpu",
+        bf16=False,
+        train_images=10_000,
+        val_images=5_000,
+        epochs=4,
+        pruner="hyperband",
+        trials=None,
+        time_limit_s=600,
+        calibration=cal,
+    )
     per = 4 * (10_000 / cal.train_images_per_s + 5_000 / cal.eval_images_per_s)
     assert plan.seconds_per_trial == pytest.approx(per)
     assert plan.expected_trials == max(1, int(600 // per))
@@ -128,10 +161,11 @@ def test_plan_arithmetic():
 
 
 def test_progress_eta_without_a_trial_count_runs_to_the_deadline():
-    from nas.searchers import _Progress
+    from nas.progress import SearchProgress as _Progress
 
-    bar = _Progress(total=5, done=0, enabled=False, best=None, deadline=time.time() + 600, seconds_per_trial=1.0,
-                    counted=False)
+    bar = _Progress(
+        total=5, done=0, enabled=False, best=None, deadline=time.time() + 600, seconds_per_trial=1.0, counted=False
+    )
     bar.done = 9  # more trials than the plan guessed: still 10 minutes to the deadline
     assert 590 < bar.eta_s() <= 600
     counted = _Progress(total=5, done=3, enabled=False, best=None, deadline=None, seconds_per_trial=10.0)
@@ -151,8 +185,15 @@ def test_noise_is_measured_only_when_the_time_limit_leaves_room(cifar_dir, tmp_p
     noise = {}
     for limit in (60.0, 365 * 86400.0):
         storage = f"sqlite:///{tmp_path}/n{limit:.0f}.db"
-        r = search("conv", 5000, SearchConfig("random", trials=2, time_limit=limit, val_size=200, pruner="none"),
-                   storage=storage, data_dir=cifar_dir, recipe=recipe, progress=False)
+        r = search(
+            "conv",
+            5000,
+            SearchConfig("random", trials=2, time_limit=limit, val_size=200, pruner="none"),
+            storage=storage,
+            data_dir=cifar_dir,
+            recipe=recipe,
+            progress=False,
+        )
         noise[limit] = optuna.load_study(study_name=r.study_name, storage=storage).user_attrs["score_noise"]
     assert sorted(noise[60.0]["values"]) == ["0"] and noise[60.0]["sigma"] is None
     assert sorted(noise[365 * 86400.0]["values"]) == ["0", "1", "2"] and noise[365 * 86400.0]["sigma"] > 0

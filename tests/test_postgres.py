@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
-from conftest import LAUNCHER  # a nas process that reads the fixture data
 import pytest
+from conftest import LAUNCHER  # a nas process that reads the fixture data
 from optuna.trial import TrialState
 
 from nas.study import DIED, failure_reason
@@ -34,9 +34,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 PORT = 5432  # only names the socket file inside the temp folder: no clash with a real server
 
 
-
 def _pg_bindir() -> Path | None:
     """The newest /usr/lib/postgresql/*/bin (Debian's layout), else where initdb is on PATH."""
+
     def version(d: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", d))
 
@@ -76,8 +76,20 @@ def postgres_url():
         init = run(str(bindir / "initdb"), "-D", str(data), "-U", "nas", "-A", "trust", "-E", "UTF8", "--no-locale")
         if init.returncode != 0:
             pytest.skip(f"initdb failed: {(init.stderr or init.stdout).strip().splitlines()[-1:]}")
-        start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                    "-o", f"-k {root} -c listen_addresses='' -p {PORT}", "start", timeout=90)
+        start = run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-k {root} -c listen_addresses='' -p {PORT}",
+            "start",
+            timeout=90,
+        )
         started = True  # stop it even if the start timed out half-way
         if start.returncode != 0:
             tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else start.stderr
@@ -99,8 +111,13 @@ def _launch(md5: dict, args: list[str], cwd: Path, log: Path) -> subprocess.Pope
     # beat gets a live trial failed.
     env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "2", "OMP_NUM_THREADS": "1"}
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, str(launcher), json.dumps(md5), *args], cwd=cwd, env=env,
-                                stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, str(launcher), json.dumps(md5), *args],
+            cwd=cwd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
@@ -118,9 +135,32 @@ def test_three_workers_one_study_on_postgres(postgres_url, cifar_dir, _cifar_fil
     # Two workers with the same seed propose the same genomes at the same time (the worst case
     # for "never train a genome twice"); the third its own.
     seeds = [0, 0, 1]
-    base = ["search", "--jobs", "1", "--budget", "3000", "--val-size", "200", "--subset", "600", "--batch-size", "128",
-            "--searcher", "random", "--trials", str(want), "--epochs", "2", "--pruner", "none",
-            "--storage", postgres_url, "--data-dir", str(cifar_dir), "--quiet"]
+    base = [
+        "search",
+        "--jobs",
+        "1",
+        "--budget",
+        "3000",
+        "--val-size",
+        "200",
+        "--subset",
+        "600",
+        "--batch-size",
+        "128",
+        "--searcher",
+        "random",
+        "--trials",
+        str(want),
+        "--epochs",
+        "2",
+        "--pruner",
+        "none",
+        "--storage",
+        postgres_url,
+        "--data-dir",
+        str(cifar_dir),
+        "--quiet",
+    ]
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     procs = [_launch(md5, [*base, "--seed", str(s)], tmp_path, log) for s, log in zip(seeds, logs)]
     pids = {p.pid: p for p in procs}
@@ -157,9 +197,14 @@ def test_three_workers_one_study_on_postgres(postgres_url, cifar_dir, _cifar_fil
     states = Counter(t.state.name for t in trials)
     # The trial the victim was running when the kill landed: the one seen mid-training, or a later
     # one when the victim finished that trial (2 short epochs) before the signal arrived.
-    unfinished = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
-                  and t.state != TrialState.COMPLETE  # nor a proposal it gave back or found held:
-                  and not t.user_attrs.get("retryable") and "duplicate_of" not in t.user_attrs]
+    unfinished = [
+        t
+        for t in trials
+        if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+        and t.state != TrialState.COMPLETE  # nor a proposal it gave back or found held:
+        and not t.user_attrs.get("retryable")
+        and "duplicate_of" not in t.user_attrs
+    ]
     assert len(unfinished) == 1, [(t.number, t.state.name) for t in unfinished]
     killed = unfinished[0]
     assert killed.number >= killed_trial
@@ -168,13 +213,17 @@ def test_three_workers_one_study_on_postgres(postgres_url, cifar_dir, _cifar_fil
     trained = [t for t in completed if "reused_from" not in t.user_attrs]  # trained, not reused
     genomes = [t.user_attrs["genome"] for t in trained]
     workers = {t.user_attrs.get("worker") for t in completed}
-    print(f"\npostgres workers: {len(trials)} trials {dict(states)}; killed #{killed.number}, "
-          f"retried as {[t.number for t in retries]}; {len(trained)} trained, "
-          f"{len(completed) - len(trained)} reused, {len(set(genomes))} distinct genomes, "
-          f"{len(workers)} workers completed trials")
+    print(
+        f"\npostgres workers: {len(trials)} trials {dict(states)}; killed #{killed.number}, "
+        f"retried as {[t.number for t in retries]}; {len(trained)} trained, "
+        f"{len(completed) - len(trained)} reused, {len(set(genomes))} distinct genomes, "
+        f"{len(workers)} workers completed trials"
+    )
     for t in trials:
-        print(f"  #{t.number} {t.state.name:<8} {t.user_attrs.get('worker', '?'):<24} {t.user_attrs.get('genome_str')}"
-              f"  reused_from={t.user_attrs.get('reused_from')} failed_trial={t.system_attrs.get('failed_trial')}")
+        print(
+            f"  #{t.number} {t.state.name:<8} {t.user_attrs.get('worker', '?'):<24} {t.user_attrs.get('genome_str')}"
+            f"  reused_from={t.user_attrs.get('reused_from')} failed_trial={t.system_attrs.get('failed_trial')}"
+        )
 
     # the killed trial: failed by Optuna's heartbeat check and retried once, with its parameters
     assert killed.state == TrialState.FAIL and failure_reason(killed) == DIED

@@ -19,8 +19,16 @@ from nas.families import build_model
 from nas.modules import FlipAverage
 from nas.runs import load_trained, train_genome_command
 from nas.spaces import Genome
-from nas.training import (Recipe, distillation_loss, make_optimizer, predictor, set_lr, train, training_loss,
-                          whiten_first_conv)
+from nas.training import (
+    Recipe,
+    distillation_loss,
+    make_optimizer,
+    predictor,
+    set_lr,
+    train,
+    training_loss,
+    whiten_first_conv,
+)
 
 SMALL = Genome.from_dict({"family": "conv", "genes": {"depth": [1, 1, 1, 1], "width": [8, 16, 32, 32]}})
 FAST = Recipe(epochs=2, lr=0.2, batch_size=64)
@@ -43,8 +51,15 @@ def test_ema_weights_differ_from_the_last_ones_and_are_the_ones_saved(cifar_dir,
     assert result.model is not model
     assert any(not torch.equal(last[k], averaged[k]) for k in last if last[k].is_floating_point())
     # nas train saves the average
-    s = train_genome_command(SMALL, replace(FAST, ema=0.9), data_dir=cifar_dir, out_dir=tmp_path / "r",
-                             device="cpu", val_size=200, progress=False)
+    s = train_genome_command(
+        SMALL,
+        replace(FAST, ema=0.9),
+        data_dir=cifar_dir,
+        out_dir=tmp_path / "r",
+        device="cpu",
+        val_size=200,
+        progress=False,
+    )
     saved = torch.load(tmp_path / "r" / "model.pt", weights_only=True)
     again = train(SMALL, cifar_data, replace(FAST, ema=0.9))  # the same data, seed and recipe
     assert all(torch.equal(saved[k], v) for k, v in again.model.state_dict().items())
@@ -64,8 +79,9 @@ def test_tta_logits_are_the_mean_of_plain_and_mirrored_logits():
 
 def test_a_tta_run_reloads_and_exports_with_its_tta(cifar_dir, tmp_path):
     run = tmp_path / "r"
-    s = train_genome_command(SMALL, replace(FAST, tta="flip"), data_dir=cifar_dir, out_dir=run, device="cpu",
-                             val_size=200, progress=False)
+    s = train_genome_command(
+        SMALL, replace(FAST, tta="flip"), data_dir=cifar_dir, out_dir=run, device="cpu", val_size=200, progress=False
+    )
     _, model = load_trained(run)
     assert isinstance(model, FlipAverage)
     result = export_run(run, data_dir=cifar_dir)
@@ -148,15 +164,19 @@ def test_nas_train_with_a_teacher(cifar_dir, tmp_path, capsys):
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("make, message", [
-    ("ten_classes", "the teacher predicts 10 classes but the data has 100"),
-    ("missing", "no such training run folder"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        ("ten_classes", "the teacher predicts 10 classes but the data has 100"),
+        ("missing", "no such training run folder"),
+    ],
+)
 def test_a_teacher_that_does_not_fit_is_a_one_line_error(make, message, cifar_dir, tmp_path, capsys):
     teacher = tmp_path / "teacher"
     if make == "ten_classes":
-        g = Genome.from_dict({"family": "conv", "genes": {"depth": [1, 1, 1, 1], "width": [4, 8, 8, 16]},
-                              "options": {"num_classes": 10}})
+        g = Genome.from_dict(
+            {"family": "conv", "genes": {"depth": [1, 1, 1, 1], "width": [4, 8, 8, 16]}, "options": {"num_classes": 10}}
+        )
         teacher.mkdir()
         (teacher / "genome.json").write_text(g.to_json())
         torch.save(build_model(g).state_dict(), teacher / "model.pt")

@@ -20,9 +20,18 @@ from optuna.trial import TrialState
 from nas import reference
 from nas.counting import count_params
 from nas.errors import NasError
-from nas.report import (default_report_path, fig_accuracy_vs_params, fig_search_added, scaling_fit, fig_fdpg_path, genome_coords,
-                        load_studies, pareto_front, write_report)
-from nas.searchers import SearchConfig, search
+from nas.report import (
+    default_report_path,
+    fig_accuracy_vs_params,
+    fig_fdpg_path,
+    fig_search_added,
+    genome_coords,
+    load_studies,
+    pareto_front,
+    scaling_fit,
+    write_report,
+)
+from nas.search import SearchConfig, search
 from nas.spaces import load_space
 from nas.study import EvaluationFailed, Evaluator, open_study, trial_genome
 from nas.sweep import record_final_training
@@ -50,16 +59,25 @@ def hand_design(study: optuna.Study):
 def record_final(study: optuna.Study, attr: str, genome, test_acc: float, extra: dict | None = None) -> dict:
     """Record a final training of `genome` as `nas sweep` does, with a planted test accuracy."""
     curve = [{"epoch": e, "train_loss": 4.0 / e, "val_acc": None} for e in range(1, FINAL_RECIPE.epochs + 1)]
-    summary = {"run_dir": f"runs/final/{study.study_name}/{attr}", "params": count_params(genome), "val_acc": None,
-               "test_acc": test_acc, "epochs": FINAL_RECIPE.epochs, "train_size": 50_000, "wall_time_s": 5400.0,
-               "device": "cpu", "curve": curve}
+    summary = {
+        "run_dir": f"runs/final/{study.study_name}/{attr}",
+        "params": count_params(genome),
+        "val_acc": None,
+        "test_acc": test_acc,
+        "epochs": FINAL_RECIPE.epochs,
+        "train_size": 50_000,
+        "wall_time_s": 5400.0,
+        "device": "cpu",
+        "curve": curve,
+    }
     return record_final_training(study, attr, genome, FINAL_RECIPE, summary, extra or {})
 
 
 def record_winner(study: optuna.Study, test_acc: float) -> dict:
     best = study.best_trial
-    return record_final(study, "final", trial_genome(best), test_acc,
-                        {"trial": best.number, "search_val_acc": best.value})
+    return record_final(
+        study, "final", trial_genome(best), test_acc, {"trial": best.number, "search_val_acc": best.value}
+    )
 
 
 def make_sweep(path: Path, data_dir: Path) -> str:
@@ -97,8 +115,10 @@ def sweep(tmp_path_factory, _cifar_files) -> tuple[str, Path, str]:
 
 def studies_of(storage: str) -> list[optuna.Study]:
     """The sweep's studies as Optuna reads them, by budget."""
-    studies = [optuna.load_study(study_name=s.study_name, storage=storage)
-               for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    studies = [
+        optuna.load_study(study_name=s.study_name, storage=storage)
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    ]
     return sorted(studies, key=lambda s: s.user_attrs["budget"])
 
 
@@ -108,23 +128,33 @@ def plot_ids(page: str) -> list[str]:
 
 # ---------------------------------------------------------------- the page's content
 
+
 def test_sweep_report_has_every_section(sweep):
     storage, out, page = sweep
     small, large = studies_of(storage)
     assert out.name == "sweep.html"
     for h2 in ("curve", "winners", "added", "shapes", "budgets", "references"):
         assert f'<h2 id="{h2}">' in page
-    assert plot_ids(page) == ["accuracy-vs-params", "search-added", "winner-shapes",
-                              f"progress-{small.study_name}", f"curves-{small.study_name}",
-                              f"progress-{large.study_name}", f"curves-{large.study_name}", f"fdpg-{large.study_name}"]
+    assert plot_ids(page) == [
+        "accuracy-vs-params",
+        "search-added",
+        "winner-shapes",
+        f"progress-{small.study_name}",
+        f"curves-{small.study_name}",
+        f"progress-{large.study_name}",
+        f"curves-{large.study_name}",
+        f"fdpg-{large.study_name}",
+    ]
     assert html.escape(storage) in page
     trials = small.trials + large.trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(trials) == len(complete) + 1  # the diverged trial
     assert f"2 studies · {len(trials)} trials ({len(complete)} complete, 1 fail)" in page
-    assert (f"best per budget 5k: {100 * small.best_value:.2f}% (test 14.20%), "
-            f"10k: {100 * large.best_value:.2f}% (test 23.10%)") in page
-    assert "diverged: loss is nan" in page  # the failed trial's reason, in its hover text
+    assert (
+        f"best per budget 5k: {100 * small.best_value:.2f}% (test 14.20%), "
+        f"10k: {100 * large.best_value:.2f}% (test 23.10%)"
+    ) in page
+    assert "loss became nan at epoch" in page  # the failed trial's reason, in its hover text
 
 
 def test_search_added_compares_winner_and_hand_design(sweep):
@@ -144,7 +174,7 @@ def test_noise_band_and_scaling_fit():
     assert fit is not None and 0.05 < fit.alpha < 0.2
     assert fit.accuracy(10_000) == pytest.approx(0.28, abs=0.03)
     # error = 0.9 N^-0.1 exactly: the fit recovers it
-    exact = scaling_fit([(n, 1 - 0.9 * n ** -0.1) for n in (1e3, 1e4, 1e5, 1e6)])
+    exact = scaling_fit([(n, 1 - 0.9 * n**-0.1) for n in (1e3, 1e4, 1e5, 1e6)])
     assert exact.alpha == pytest.approx(0.1, rel=1e-3) and exact.a == pytest.approx(0.9, rel=1e-3)
     assert scaling_fit([(1_000, 0.1), (2_000, 0.2)]) is None  # two points fit anything
 
@@ -189,8 +219,11 @@ def test_reference_curves_are_labelled_with_sources(sweep):
     ref = traces[reference.REFERENCE_STUDY_SOURCE]
     assert list(ref.x) == [984, 4956, 9636, 50548, 99844, 352388, 491524, 1068740]
     assert ref.y[0] == pytest.approx(10.14) and ref.y[-1] == pytest.approx(49.06)
-    for source in ("anilkagak2/DiSK_Distilling_Scaffolded_Knowledge", "chenyaofo/pytorch-cifar-models",
-                   "HobbitLong/RepDistiller"):
+    for source in (
+        "anilkagak2/DiSK_Distilling_Scaffolded_Knowledge",
+        "chenyaofo/pytorch-cifar-models",
+        "HobbitLong/RepDistiller",
+    ):
         assert f"public: {source}" in traces
         assert source in sweep[2]  # also listed under References
     assert sum(len(t.x) for n, t in traces.items() if n.startswith("public: ")) == 9
@@ -215,7 +248,9 @@ def test_accuracy_curve_traces(sweep):
     final = traces[f"{series(studies[0])}: winners, final test acc"]
     assert list(final.x) == [s.best_trial.user_attrs["params"] for s in studies]  # the winners, final-trained
     assert list(final.y) == pytest.approx([14.2, 23.1])
-    everything = [(t.user_attrs["params"], t.value) for s in studies for t in s.get_trials(states=(TrialState.COMPLETE,))]
+    everything = [
+        (t.user_attrs["params"], t.value) for s in studies for t in s.get_trials(states=(TrialState.COMPLETE,))
+    ]
     front = traces["Pareto frontier (all trials)"]
     expected = pareto_front(everything)
     assert list(front.x) == [p for p, _ in expected]  # parameter counts are exact integers
@@ -243,8 +278,9 @@ def test_fdpg_path_follows_the_centres(sweep):
 
 
 def test_genome_coords():
-    g = load_space("mbconv").genome({"stem": 8, "depth": [1, 2, 1, 1], "width": [4, 16, 16, 32],
-                                     "expand": [4, 6, 4, 4], "kernel": [3, 5, 3, 3]})
+    g = load_space("mbconv").genome(
+        {"stem": 8, "depth": [1, 2, 1, 1], "width": [4, 16, 16, 32], "expand": [4, 6, 4, 4], "kernel": [3, 5, 3, 3]}
+    )
     coords = genome_coords(g.to_json())
     assert list(coords)[:4] == ["stem", "depth1", "depth2", "depth3"]  # the family's gene order
     assert coords["width2"] == 16 and coords["expand2"] == 6 and coords["kernel4"] == 3 and len(coords) == 17
@@ -258,19 +294,23 @@ def test_genome_strings_are_escaped(tmp_path):
         trial.set_user_attr("genome_str", "<b>evil</b>&co")
         return 0.25
 
-    search("mbconv", 5000, SearchConfig("tpe", trials=1), storage=storage, objective=evil, recipe=RECIPE,
-           progress=False)
+    search(
+        "mbconv", 5000, SearchConfig("tpe", trials=1), storage=storage, objective=evil, recipe=RECIPE, progress=False
+    )
     page = write_report(storage, tmp_path / "x.html").read_text()
     assert "<b>evil</b>" not in page
     assert "<code>&lt;b&gt;evil&lt;/b&gt;&amp;co</code>" in page
     assert "25.00%" in page  # stored in [0, 1], shown in %
 
 
-@pytest.mark.parametrize("trials, says", [
-    ([], "no trials yet"),
-    ([TrialState.FAIL] * 3, "all 3 trials failed"),
-    ([TrialState.FAIL, TrialState.RUNNING], "no completed trials yet (1 fail, 1 running)"),
-])
+@pytest.mark.parametrize(
+    "trials, says",
+    [
+        ([], "no trials yet"),
+        ([TrialState.FAIL] * 3, "all 3 trials failed"),
+        ([TrialState.FAIL, TrialState.RUNNING], "no completed trials yet (1 fail, 1 running)"),
+    ],
+)
 def test_study_without_completed_trials_renders_and_says_so(tmp_path, trials, says):
     storage = f"sqlite:///{tmp_path / 'empty.db'}"
     study = empty_study(storage, "fdpg")
@@ -282,7 +322,9 @@ def test_study_without_completed_trials_renders_and_says_so(tmp_path, trials, sa
     space = load_space("mbconv")
     for step, state in enumerate(trials):
         if state == TrialState.FAIL:
-            ev.evaluate(space.from_vector([8 + step] + [1] * 4 + [16] * 4 + [4] * 4 + [3] * 4), role="centre", step=step)
+            ev.evaluate(
+                space.from_vector([8 + step] + [1] * 4 + [16] * 4 + [4] * 4 + [3] * 4), role="centre", step=step
+            )
         else:
             ev.ask()  # a trial another process is still running
     page = write_report(storage, tmp_path / "empty.html").read_text()
@@ -317,7 +359,8 @@ def test_default_report_path():
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; .ci/run does this)")
+    CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; .ci/run does this)"
+)
 
 # Injected first in <head>, before plotly.js: records every uncaught error, unhandled rejection
 # and console.error on <html>, where --dump-dom shows it; data-js-hook proves it ran.
@@ -328,22 +371,37 @@ ERROR_HOOK = """<script>(function () {
   window.addEventListener("error", function (e) { note(e.message || e); });
   window.addEventListener("unhandledrejection", function (e) { note("unhandled rejection: " + e.reason); });
   var consoleError = console.error;
-  console.error = function () { note(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments); };
+  console.error = function () {
+    note(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments);
+  };
 })();</script>"""
 
 
 def chromium_args(tmp: Path) -> list[str]:
-    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp / 'chromium-profile'}"]
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+    ]
 
 
 def render_in_browser(page: Path, tmp: Path) -> tuple[str, list[str]]:
     """The DOM after the page's scripts ran, and the JS errors they raised."""
     probe = tmp / f"probe-{page.name}"
     probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + ERROR_HOOK, 1), encoding="utf-8")
-    run = subprocess.run(chromium_args(tmp) + ["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=90)
+    run = subprocess.run(
+        chromium_args(tmp) + ["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     dom = run.stdout
     assert run.returncode == 0 and 'data-js-hook="on"' in dom, f"chromium failed:\n{run.stderr[-3000:]}"
     m = re.search(r'data-js-errors="([^"]*)"', dom)

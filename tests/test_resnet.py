@@ -21,10 +21,13 @@ def numel(genome: Genome) -> int:
 
 def random_resnet(rng: random.Random, stages: int, downsample: str) -> Genome:
     widths = [rng.choice([4, 8, 12, 16, 24]) for _ in range(stages)]  # equal neighbours happen often
-    return Genome.from_dict({"family": "resnet",
-                             "genes": {"depth": [rng.randint(1, 3) for _ in range(stages)], "width": widths},
-                             "options": {"stages": stages, "downsample": downsample,
-                                         "num_classes": rng.choice([10, 100])}})
+    return Genome.from_dict(
+        {
+            "family": "resnet",
+            "genes": {"depth": [rng.randint(1, 3) for _ in range(stages)], "width": widths},
+            "options": {"stages": stages, "downsample": downsample, "num_classes": rng.choice([10, 100])},
+        }
+    )
 
 
 @pytest.mark.parametrize("stages", [3, 4])
@@ -65,9 +68,17 @@ def test_projection_lands_in_band_in_every_mode(options):
     rng = random.Random(0)
     stages = options.get("stages", sp.stages)
     for budget in [2_000, 10_000, 50_000, 300_000, 2_000_000]:
-        g = Genome.from_dict({"space": "resnet", "family": "resnet", "options": {**sp.options, **options},
-                              "genes": {"depth": [rng.randint(1, 4) for _ in range(stages)],
-                                        "width": [rng.randint(4, 200) for _ in range(stages)]}})
+        g = Genome.from_dict(
+            {
+                "space": "resnet",
+                "family": "resnet",
+                "options": {**sp.options, **options},
+                "genes": {
+                    "depth": [rng.randint(1, 4) for _ in range(stages)],
+                    "width": [rng.randint(4, 200) for _ in range(stages)],
+                },
+            }
+        )
         p = project(g, sp, budget)
         lo, hi = band(budget)
         assert lo <= count_params(p) <= hi, (budget, str(g), str(p))
@@ -76,8 +87,10 @@ def test_projection_lands_in_band_in_every_mode(options):
 
 def test_a_shape_space_of_resnet_is_a_space_file(tmp_path):
     f = tmp_path / "resnet-shape.toml"
-    f.write_text('family = "resnet"\nwidths = "growth"\n[genes]\ndepth = {low = 1, high = 3}\n'
-                 'width = {low = 4, high = 512, log = true}\ngrowth = {low = 100, high = 300, step = 25}\n')
+    f.write_text(
+        'family = "resnet"\nwidths = "growth"\n[genes]\ndepth = {low = 1, high = 3}\n'
+        "width = {low = 4, high = 512, log = true}\ngrowth = {low = 100, high = 300, step = 25}\n"
+    )
     sp = load_space(str(f))
     p = project(sp.from_vector([2, 1, 1, 16, 150, 200]), sp, 100_000)
     assert p.genes["depth"] == [2, 1, 1] and sp.vector(p)[4:] == [150, 200]

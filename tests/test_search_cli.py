@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import optuna
-from conftest import LAUNCHER  # a nas process that reads the fixture data
 import pytest
+from conftest import LAUNCHER  # a nas process that reads the fixture data
 from optuna.trial import TrialState
 
 from nas.cli import main
@@ -21,8 +21,21 @@ from nas.study import DIED, INTERRUPTED, failure_reason
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Small, fast trials: a 3k-parameter model, 600 of the fixture's training images, 200 for validation.
-BASE = ["search", "--budget", "3000", "--space", "mbconv", "--jobs", "1", "--val-size", "200", "--subset", "600", "--batch-size", "128"]
-
+BASE = [
+    "search",
+    "--budget",
+    "3000",
+    "--space",
+    "mbconv",
+    "--jobs",
+    "1",
+    "--val-size",
+    "200",
+    "--subset",
+    "600",
+    "--batch-size",
+    "128",
+]
 
 
 def _journal(path: str) -> optuna.storages.BaseStorage:
@@ -40,16 +53,43 @@ def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
 def test_search_end_to_end(cifar_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/e2e.db"
-    args = [*BASE, "--searcher", "tpe", "--trials", "2", "--epochs", "2", "--storage", storage,
-            "--data-dir", str(cifar_dir)]
+    args = [
+        *BASE,
+        "--searcher",
+        "tpe",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(cifar_dir),
+    ]
     assert main(args) == 0
     out = capsys.readouterr()
     # the plan first, on stderr with the progress, so stdout keeps only the results
     plan = out.err.splitlines()
     assert plan[0].startswith("plan: tpe search of mbconv, budget 3,000")
     # a CPU search prunes nothing by default (tests/test_plan.py has the line with pruning)
-    assert any(line.split() == ["fidelity:", "600", "training", "images", "x", "2", "epochs", "per", "trial;",
-                                "200", "validation", "images"] for line in plan)
+    assert any(
+        line.split()
+        == [
+            "fidelity:",
+            "600",
+            "training",
+            "images",
+            "x",
+            "2",
+            "epochs",
+            "per",
+            "trial;",
+            "200",
+            "validation",
+            "images",
+        ]
+        for line in plan
+    )
     assert any(line.strip().startswith("ETA:") for line in plan)
     assert out.err.count("trial #") == 2  # a line per trial (bars only on a terminal)
     lines = out.out.splitlines()
@@ -60,11 +100,11 @@ def test_search_end_to_end(cifar_dir, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "reports" / "e2e.html").is_file()
     trials = _trials(storage)
     assert len(trials) == 2
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # no pruning on a CPU: both train 2 epochs
     for t in trials:
-        if t.state == TrialState.COMPLETE:
-            a = t.user_attrs
-            assert a["params"] <= 3000 and len(a["curve"]) == 2 and a["val_acc"] == t.value
-            assert sorted(t.intermediate_values) == [1, 2] and a["searcher"] == "tpe" and "cpu" in a["device"]
+        a = t.user_attrs
+        assert a["params"] <= 3000 and len(a["curve"]) == 2 and a["val_acc"] == t.value
+        assert sorted(t.intermediate_values) == [1, 2] and a["searcher"] == "tpe" and "cpu" in a["device"]
     # rerun: nothing left to do, same trials
     assert main(args) == 0
     assert len(_trials(storage)) == 2
@@ -73,8 +113,29 @@ def test_search_end_to_end(cifar_dir, tmp_path, monkeypatch, capsys):
 def test_fdpg_asymptote_through_the_cli(cifar_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/f.db"
-    assert main([*BASE, "--searcher", "fdpg", "--start", "seed-m4", "--trials", "3", "--epochs", "1", "--score", "asymptote",
-                 "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                *BASE,
+                "--searcher",
+                "fdpg",
+                "--start",
+                "seed-m4",
+                "--trials",
+                "3",
+                "--epochs",
+                "1",
+                "--score",
+                "asymptote",
+                "--storage",
+                storage,
+                "--data-dir",
+                str(cifar_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "asymptote" in out and "fdpg trials" in out
     trials = _trials(storage)
@@ -92,14 +153,27 @@ def test_a_new_recipe_field_keeps_resuming_the_study(cifar_dir, tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/r.db"
-    args = [*BASE, "--searcher", "random", "--trials", "1", "--epochs", "1", "--pruner", "none",
-            "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]
+    args = [
+        *BASE,
+        "--searcher",
+        "random",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(cifar_dir),
+        "--quiet",
+    ]
     assert main(args) == 0
     name = optuna.get_all_study_names(storage)[0]
     capsys.readouterr()
     # What adding `mixup: float = 0.0` to Recipe would do (the CLI builds nas.training.Recipe).
-    newer = dataclasses.make_dataclass("Recipe", [("mixup", float, 0.0)], bases=(nas.training.Recipe,),
-                                       frozen=True)
+    newer = dataclasses.make_dataclass("Recipe", [("mixup", float, 0.0)], bases=(nas.training.Recipe,), frozen=True)
     monkeypatch.setattr(nas.training, "Recipe", newer)
     args[args.index("--trials") + 1] = "2"
     assert main(args) == 0
@@ -123,8 +197,13 @@ def _launch(md5: dict, args: list[str], cwd: Path, log: Path) -> subprocess.Pope
     launcher.write_text(LAUNCHER)
     env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "1"}
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, str(launcher), json.dumps(md5), *args], cwd=cwd, env=env,
-                                stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, str(launcher), json.dumps(md5), *args],
+            cwd=cwd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, timeout: float = 120) -> None:
@@ -137,8 +216,7 @@ def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, time
         except (AssertionError, KeyError, optuna.exceptions.OptunaError, Exception):
             trials = []
         done = sum(t.state == TrialState.COMPLETE for t in trials)
-        if done >= completed and any(t.state == TrialState.RUNNING and "genome" in t.user_attrs
-                                     for t in trials):
+        if done >= completed and any(t.state == TrialState.RUNNING and "genome" in t.user_attrs for t in trials):
             return
         time.sleep(0.2)
     raise AssertionError("no running trial to stop")
@@ -149,8 +227,22 @@ def _wait_for_running(storage: str, proc: subprocess.Popen, completed: int, time
 def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifar_files, tmp_path):
     _, md5 = _cifar_files
     storage = f"sqlite:///{tmp_path}/k.db"
-    args = [*BASE, "--searcher", "random", "--trials", "3", "--epochs", "3", "--pruner", "none",
-            "--storage", storage, "--data-dir", str(cifar_dir), "--quiet"]
+    args = [
+        *BASE,
+        "--searcher",
+        "random",
+        "--trials",
+        "3",
+        "--epochs",
+        "3",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(cifar_dir),
+        "--quiet",
+    ]
     log = tmp_path / "log.txt"
     proc = _launch(md5, args, tmp_path, log)
     try:
@@ -189,14 +281,39 @@ def test_stopped_search_keeps_trials_and_finishes_on_rerun(sig, cifar_dir, _cifa
 # A quick TPE search of the conv space (the command of issue 9, scaled down to the fixture: each
 # trial is a few optimiser steps, so the processes' start-up dominates).
 TRIALS = 4
-CONV = ["search", "--space", "conv", "--jobs", "1", "--budget", "3000", "--val-size", "200", "--subset", "500", "--batch-size", "100",
-        "--trials", str(TRIALS), "--epochs", "1", "--pruner", "none", "--finalists", "0", "--quiet"]
+CONV = [
+    "search",
+    "--space",
+    "conv",
+    "--jobs",
+    "1",
+    "--budget",
+    "3000",
+    "--val-size",
+    "200",
+    "--subset",
+    "500",
+    "--batch-size",
+    "100",
+    "--trials",
+    str(TRIALS),
+    "--epochs",
+    "1",
+    "--pruner",
+    "none",
+    "--finalists",
+    "0",
+    "--quiet",
+]
 
 
 def _trained(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     """The genome of every trial that trained to the end (not reused from another trial)."""
-    return [t.user_attrs["genome"] for t in trials if t.state == TrialState.COMPLETE
-            and "reused_from" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    return [
+        t.user_attrs["genome"]
+        for t in trials
+        if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs and "duplicate_of" not in t.user_attrs
+    ]
 
 
 @pytest.mark.slow
@@ -222,9 +339,11 @@ def test_killed_search_resumes_without_repeating_genomes(cifar_dir, _cifar_files
     assert rerun.wait(timeout=300) == 0, log.read_text()
     trials = _trials(storage)
     trained = _trained(trials)
-    print(f"first run trained {len(first)}, after the rerun {len(trained)} trainings, "
-          f"{len(set(trained))} distinct, {len(trials)} trials in the study")
-    assert trained[:len(first)] == first
+    print(
+        f"first run trained {len(first)}, after the rerun {len(trained)} trainings, "
+        f"{len(set(trained))} distinct, {len(trials)} trials in the study"
+    )
+    assert trained[: len(first)] == first
     assert len(trained) == len(set(trained)) == TRIALS, "a genome was trained twice, or the budget not reached"
     assert f"{TRIALS} tpe trials (stopped: trial limit reached)" in log.read_text()
 
@@ -250,8 +369,26 @@ def test_two_workers_on_one_journal_never_train_a_genome_twice(cifar_dir, _cifar
     study = optuna.load_study(study_name=optuna.get_all_study_names(_journal(storage))[0], storage=_journal(storage))
     trials = study.get_trials()
     trained = _trained(trials)
-    print(f"{len(trained)} trainings, {len(set(trained))} distinct, {len(trials)} trials in the study, "
-          f"{sum('duplicate_of' in t.user_attrs for t in trials)} duplicate proposals")
+    print(
+        f"{len(trained)} trainings, {len(set(trained))} distinct, {len(trials)} trials in the study, "
+        f"{sum('duplicate_of' in t.user_attrs for t in trials)} duplicate proposals"
+    )
     assert len(trained) == len(set(trained)), "a genome was trained twice"
     assert len(trained) == TRIALS, "the requested total was not reached, or overshot"
     assert sum(f"{TRIALS} tpe trials (stopped: trial limit reached)" in log.read_text() for log in logs) == 2
+
+
+def test_a_missing_data_folder_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """Checks first, then work: no plan, no storage, no report when the data cannot be had."""
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    code = main(["search", "--budget", "50000", "--data-dir", str(tmp_path / "nonexistent"), "--storage", storage])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("nas: error: CIFAR-100 not found") and err.count("\n") == 1, err
+    assert "plan:" not in err and sorted(p.name for p in tmp_path.iterdir()) == []

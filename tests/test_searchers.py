@@ -25,17 +25,11 @@ from nas.fdpg import (
     tangent,
     to_log,
 )
-from nas.searchers import (
-    SAMPLERS,
-    SearchConfig,
-    enqueue_genomes,
-    make_sampler,
-    propose,
-    search,
-    worker_seed,
-)
+from nas.samplers import SAMPLERS, make_sampler, worker_seed
+from nas.search import SearchConfig, search
 from nas.spaces import Genome, load_space
 from nas.study import counts_as_done, open_storage
+from nas.trials import enqueue_genomes, propose
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -79,7 +73,9 @@ class Planted:
 def brute_force_optimum(space, budget, tol):
     lo, hi = band(budget, tol)
     planted = Planted(space)
-    genomes = (space.from_vector(list(v)) for v in itertools.product(*[space.genes[n].values() for n, _ in space.coords]))
+    genomes = (
+        space.from_vector(list(v)) for v in itertools.product(*[space.genes[n].values() for n, _ in space.coords])
+    )
     return max(planted.score(g) for g in genomes if lo <= count_params(g) <= hi)
 
 
@@ -121,8 +117,7 @@ def fdpg(trials: int, **options) -> SearchConfig:
 def walk_path(storage: str, name: str) -> list[tuple[int, str, str]]:
     """The fdpg walk recorded in a study: (step, role, genome) of its counted trials, in order."""
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-    return [(t.user_attrs["step"], t.user_attrs["role"], t.user_attrs["genome"]) for t in trials
-            if counts_as_done(t)]
+    return [(t.user_attrs["step"], t.user_attrs["role"], t.user_attrs["genome"]) for t in trials if counts_as_done(t)]
 
 
 def test_fdpg_reaches_the_planted_constrained_optimum(small, tmp_path):
@@ -160,8 +155,9 @@ def test_fdpg_rerun_replays_without_training_and_continues(small, tmp_path):
     assert r3.trials == 14 and 0 < len(more.calls) <= 6
     assert not {g.key() for g in more.calls} & {g.key() for g in first.calls}
     # the same walk in one go ends where the resumed one did
-    fresh = search(small, BUDGET, fdpg(14), storage=f"sqlite:///{tmp_path}/one.db", objective=Planted(small),
-                   progress=False)
+    fresh = search(
+        small, BUDGET, fdpg(14), storage=f"sqlite:///{tmp_path}/one.db", objective=Planted(small), progress=False
+    )
     assert fresh.best.value == r3.best.value
 
 
@@ -221,14 +217,16 @@ class Paired(Slow):
 def test_fdpg_workers_on_one_study_walk_one_path(small, tmp_path):
     """jobs=2 in one search, and two searches at once on one study (as two processes): together
     they walk the path of a serial run to its end, and train no genome twice."""
-    serial = search(small, BUDGET, fdpg(100), storage=f"sqlite:///{tmp_path}/s.db", objective=Planted(small),
-                    progress=False)
+    serial = search(
+        small, BUDGET, fdpg(100), storage=f"sqlite:///{tmp_path}/s.db", objective=Planted(small), progress=False
+    )
     assert serial.stopped.startswith(("no new step", "no improvement"))  # the walk ended, not the trials
     expected = sorted(walk_path(serial.storage, serial.study_name))
 
     threads = Slow(small)
-    par = search(small, BUDGET, fdpg(100, jobs=2), storage=f"sqlite:///{tmp_path}/p.db", objective=threads,
-                 progress=False)
+    par = search(
+        small, BUDGET, fdpg(100, jobs=2), storage=f"sqlite:///{tmp_path}/p.db", objective=threads, progress=False
+    )
     assert sorted(walk_path(par.storage, par.study_name)) == expected  # each evaluation claimed once
     assert par.stopped == serial.stopped and par.best.value == serial.best.value
     assert len(threads.calls) == len(set(threads.calls))
@@ -238,8 +236,9 @@ def test_fdpg_workers_on_one_study_walk_one_path(small, tmp_path):
     events = [threading.Event(), threading.Event()]
     workers = [Paired(small, events[0], events[1]), Paired(small, events[1], events[0])]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda w: search(small, BUDGET, fdpg(100), storage=storage, objective=w,
-                                                 progress=False), workers))
+        results = list(
+            pool.map(lambda w: search(small, BUDGET, fdpg(100), storage=storage, objective=w, progress=False), workers)
+        )
     path = walk_path(storage, serial.study_name)
     assert sorted(set(path)) == expected
     # each evaluation is claimed by one worker: at most one rarely taken by both at the same moment
@@ -316,9 +315,10 @@ def test_a_resumed_sampler_continues_instead_of_replaying(name, small, tmp_path)
 def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, monkeypatch):
     """Two workers count one trial left and both ask one: the later trial is given back (failed,
     not counted) instead of training one genome more than --trials."""
-    from nas.searchers import SURPLUS, TrialBudget
     from nas.study import Evaluator, counts_as_done, open_study
     from nas.training import Recipe
+    from nas.trials import SURPLUS
+    from nas.trials import TrialQuota as TrialBudget
 
     monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")  # the wait for the other worker's trial
     study = open_study(f"sqlite:///{tmp_path}/c.db", small, BUDGET, Recipe(), tol=TOL, searcher="tpe")
@@ -341,13 +341,12 @@ def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, 
     assert first.done() == 1 and len(ev2.objective.calls) == 0
 
 
-
 def _racing_budget(small, tmp_path, monkeypatch, other_asks):
     """A study at budget 1 whose worker, between counting and asking, sees `other_asks(study)`
     run: another process claiming the last trial at that moment."""
-    from nas.searchers import TrialBudget
     from nas.study import Evaluator, open_study
     from nas.training import Recipe
+    from nas.trials import TrialQuota as TrialBudget
 
     monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "1")
     study = open_study(f"sqlite:///{tmp_path}/c.db", small, BUDGET, Recipe(), tol=TOL, searcher="tpe")
@@ -366,7 +365,7 @@ def _racing_budget(small, tmp_path, monkeypatch, other_asks):
 def test_a_trial_another_process_has_just_asked_counts_before_it_is_tagged(small, tmp_path, monkeypatch):
     """Another process's trial is RUNNING a moment before it carries its searcher's name: a
     worker claiming the last trial then gives its own back instead of training one more."""
-    from nas.searchers import SURPLUS
+    from nas.trials import SURPLUS
 
     others = []
     study, budget = _racing_budget(small, tmp_path, monkeypatch, lambda s: others.append(s.ask()))
@@ -385,7 +384,7 @@ def test_a_trial_another_process_has_just_asked_counts_before_it_is_tagged(small
 def test_a_queued_trial_popped_last_is_the_one_given_back(small, tmp_path, monkeypatch):
     """A queued trial keeps the number it was queued with but starts when a worker pops it:
     another process's trial that started first, with a higher number, keeps the last place."""
-    from nas.searchers import SURPLUS
+    from nas.trials import SURPLUS
 
     def other_asks(study):  # its ask read no queued trial, so it made a new one
         study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"searcher": "tpe"}))
@@ -398,6 +397,7 @@ def test_a_queued_trial_popped_last_is_the_one_given_back(small, tmp_path, monke
     trials = study.get_trials()
     assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.COMPLETE)]
     assert trials[0].user_attrs["failure"] == SURPLUS
+
 
 TINY = """
 family = "conv"
@@ -418,11 +418,22 @@ def test_duplicates_do_not_count_and_an_exhausted_band_stops(name, tmp_path):
     path.write_text(TINY)
     tiny = load_space(path)
     lo, hi = band(8_000, TOL)
-    in_band = {g.key() for g in (tiny.from_vector(list(v)) for v in itertools.product(
-        *[tiny.genes[n].values() for n, _ in tiny.coords])) if lo <= count_params(g) <= hi}
+    in_band = {
+        g.key()
+        for g in (
+            tiny.from_vector(list(v)) for v in itertools.product(*[tiny.genes[n].values() for n, _ in tiny.coords])
+        )
+        if lo <= count_params(g) <= hi
+    }
     calls = Planted(tiny)
-    r = search(tiny, 8_000, SearchConfig(name, trials=20, tol=TOL), storage=f"sqlite:///{tmp_path}/x.db",
-               objective=calls, progress=False)
+    r = search(
+        tiny,
+        8_000,
+        SearchConfig(name, trials=20, tol=TOL),
+        storage=f"sqlite:///{tmp_path}/x.db",
+        objective=calls,
+        progress=False,
+    )
     trained = [g.key() for g in calls.calls]
     # every genome of the band is found (random points fill in what the sampler keeps missing), once
     assert len(trained) == len(set(trained)) == r.trials and set(trained) == in_band
@@ -449,23 +460,37 @@ def test_search_rejects_bad_arguments(small, tmp_path):
     with pytest.raises(NasError, match="unknown searcher"):
         search(small, BUDGET, SearchConfig("sgd"), storage=f"sqlite:///{tmp_path}/x.db", objective=Planted(small))
     with pytest.raises(NasError, match="below what space"):
-        search(small, 100, SearchConfig("tpe", trials=2), storage=f"sqlite:///{tmp_path}/x.db",
-               objective=Planted(small), progress=False)
+        search(
+            small,
+            100,
+            SearchConfig("tpe", trials=2),
+            storage=f"sqlite:///{tmp_path}/x.db",
+            objective=Planted(small),
+            progress=False,
+        )
 
 
 def test_many_jobs_warn_once_and_tiny_subsets_are_refused(small, tmp_path, capsys, monkeypatch):
     import nas.errors
-    import nas.searchers
+    import nas.search
 
     monkeypatch.setattr(nas.errors, "_warned", set())
-    monkeypatch.setattr(nas.searchers.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(nas.search.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     storage = f"sqlite:///{tmp_path}/j.db"
     for _ in range(2):  # a sweep searches several budgets: one warning is enough
-        search(small, BUDGET, SearchConfig("random", trials=2, jobs=9), storage=storage, objective=Planted(small),
-               progress=False)
+        search(
+            small,
+            BUDGET,
+            SearchConfig("random", trials=2, jobs=9),
+            storage=storage,
+            objective=Planted(small),
+            progress=False,
+        )
     err = capsys.readouterr().err.splitlines()
-    assert err == ["nas: warning: --jobs 9 is far above the 2 CPU cores: up to 2 trainings run at once, one CPU "
-                   "thread each, so each runs slower and the search is not faster"]
+    assert err == [
+        "nas: warning: --jobs 9 is far above the 2 CPU cores: up to 2 trainings run at once, one CPU "
+        "thread each, so each runs slower and the search is not faster"
+    ]
     db = tmp_path / "sub.db"
     with pytest.raises(NasError, match=r"subset must be at least 500 training images \(5 per class of 100\), got 499"):
         search(small, BUDGET, SearchConfig("random", subset=499), storage=f"sqlite:///{db}", objective=Planted(small))
@@ -473,6 +498,12 @@ def test_many_jobs_warn_once_and_tiny_subsets_are_refused(small, tmp_path, capsy
 
 
 def test_search_says_why_it_stopped_without_repeating_the_count(small, tmp_path):
-    r = search(small, BUDGET, SearchConfig("random", trials=2), storage=f"sqlite:///{tmp_path}/w.db",
-               objective=Planted(small), progress=False)
+    r = search(
+        small,
+        BUDGET,
+        SearchConfig("random", trials=2),
+        storage=f"sqlite:///{tmp_path}/w.db",
+        objective=Planted(small),
+        progress=False,
+    )
     assert r.stopped == "trial limit reached"

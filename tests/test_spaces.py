@@ -26,8 +26,16 @@ def test_genome_round_trips_through_json():
 
 def test_linear_width_schedule_derives_stage_widths():
     sp = load_space("mbconv-linear")
-    g = sp.genome({"stem": 16, "depth": [1, 2, 2, 1], "width_base": 24, "width_slope": 16,
-                   "expand": [2, 3, 4, 6], "kernel": [3, 3, 5, 5]})
+    g = sp.genome(
+        {
+            "stem": 16,
+            "depth": [1, 2, 2, 1],
+            "width_base": 24,
+            "width_slope": 16,
+            "expand": [2, 3, 4, 6],
+            "kernel": [3, 3, 5, 5],
+        }
+    )
     assert str(g) == "mbconv-linear:s16|w24+16|24x1e2k3|40x2e3k3|56x2e4k5|72x1e6k5"
 
 
@@ -40,16 +48,21 @@ def test_parse_genome_accepts_preset_file_and_inline_json(tmp_path):
     assert parse_genome("mbconv:seed-m4") == g
 
 
-@pytest.mark.parametrize("text, message", [
-    ("nope", "unknown preset 'nope'"),
-    ("{bad", "malformed JSON"),
-    ('{"family": "vit", "genes": {}}', "unknown family 'vit'"),
-    ('{"family": "conv", "genes": {"depth": [1, 1, 1, 1]}}', "missing gene 'genes.width'"),
-    ('{"family": "conv", "genes": {"depth": [1, 1], "width": [8, 8]}}', "genes.depth must be a list of 4"),
-    ('{"family": "conv", "genes": {"depth": [1,1,1,1], "width": [8,8,8,8]}, "options": {"act": "relu"}}',
-     "options.act is not an option"),
-    ('{"family": "mbconv", "genes": {}, "options": {"skip": "dense"}}', "options.skip = 'dense' must be"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nope", "unknown preset 'nope'"),
+        ("{bad", "malformed JSON"),
+        ('{"family": "vit", "genes": {}}', "unknown family 'vit'"),
+        ('{"family": "conv", "genes": {"depth": [1, 1, 1, 1]}}', "missing gene 'genes.width'"),
+        ('{"family": "conv", "genes": {"depth": [1, 1], "width": [8, 8]}}', "genes.depth must be a list of 4"),
+        (
+            '{"family": "conv", "genes": {"depth": [1,1,1,1], "width": [8,8,8,8]}, "options": {"act": "relu"}}',
+            "options.act is not an option",
+        ),
+        ('{"family": "mbconv", "genes": {}, "options": {"skip": "dense"}}', "options.skip = 'dense' must be"),
+    ],
+)
 def test_bad_genomes_get_one_line_errors(text, message):
     with pytest.raises(NasError, match=message) as e:
         parse_genome(text)
@@ -69,14 +82,17 @@ def test_random_genomes_of_every_space_file_round_trip_through_json(space_name):
 def test_bad_options_and_genes_of_every_family_get_one_line_errors(space_name):
     sp = load_space(space_name)
     family, d = sp.family, sp.extreme("min").to_dict()
-    cases = [({**d, "options": {**d["options"], key: "bogus"}}, f"options.{key} = 'bogus' must be")
-             for key in family.option_checks]
+    cases = [
+        ({**d, "options": {**d["options"], key: "bogus"}}, f"options.{key} = 'bogus' must be")
+        for key in family.option_checks
+    ]
     for name in family.gene_names(sp.options):
         low = family.lowest(name) - 1
         bad = [low] * sp.stages if name in family.per_stage else low
         cases.append(({**d, "genes": {**d["genes"], name: bad}}, f"genes.{name} must hold integers >= {low + 1}"))
-        cases.append(({**d, "genes": {k: v for k, v in d["genes"].items() if k != name}},
-                      f"missing gene 'genes.{name}'"))
+        cases.append(
+            ({**d, "genes": {k: v for k, v in d["genes"].items() if k != name}}, f"missing gene 'genes.{name}'")
+        )
     for data, message in cases:
         with pytest.raises(NasError) as e:
             parse_genome(json.dumps(data))
@@ -98,7 +114,10 @@ def _write(tmp_path, name, body):
 
 
 def test_user_space_file_needs_no_code(tmp_path, monkeypatch):
-    d = _write(tmp_path, "tiny-conv", """
+    d = _write(
+        tmp_path,
+        "tiny-conv",
+        """
         family = "conv"
         description = "three stages, narrow"
         [options]
@@ -110,7 +129,8 @@ def test_user_space_file_needs_no_code(tmp_path, monkeypatch):
         [presets.mine]
         depth = [1, 2, 1]
         width = [8, 16, 32]
-    """)
+    """,
+    )
     monkeypatch.setenv("NAS_SPACES_PATH", str(d))
     assert "tiny-conv" in list_spaces()
     sp = load_space("tiny-conv")
@@ -122,21 +142,32 @@ def test_user_space_file_needs_no_code(tmp_path, monkeypatch):
     assert sp.from_vector([1, 1, 1, 13, 20, 64]).genes["width"] == [16, 24, 64]
 
 
-@pytest.mark.parametrize("body, message", [
-    ('family = "conv"\n[genes]\ndepth = {low = 1, high = 4}\n', "missing field 'genes.width'"),
-    ('family = "conv"\n[genes]\ndepth = {low = 1, high = 4}\nwidth = {low = 8}\n', "genes.width.high: missing"),
-    ('family = "conv"\n[genes]\ndepth = {low = 3, high = 1}\nwidth = {low = 8, high = 9}\n', "genes.depth: need"),
-    ('family = "conv"\n[genes]\ndepth = {low = 1, high = 4, stride = 2}\nwidth = {low = 8, high = 9}\n',
-     "genes.depth.stride: unknown field"),
-    ('family = "conv"\nwidth = 3\n', "unknown field 'width'"),
-    ('family = "conv"\nwidths = "ratio"\n', "widths = 'ratio' must be one of 'absolute', 'growth'"),
-    ('family = "mbconv"\nwidths = "growth"\n[options]\nwidth_schedule = "linear"\n', "needs a per-stage 'width' gene"),
-    ('family = "conv"\n[options]\nresidual = "yes"\n', "options.residual = 'yes' must be true or false"),
-    ('family = "conv\n', "malformed TOML"),
-    ('[genes]\n', "missing field 'family'"),
-    ('family = "conv"\n[genes]\ndepth = {low = 1, high = 4}\nwidth = {low = 8, high = 64}\n'
-     '[presets.big]\ndepth = [1, 1, 1, 1]\nwidth = [8, 8, 8, 128]\n', "presets.big: gene 'width4' = 128"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('family = "conv"\n[genes]\ndepth = {low = 1, high = 4}\n', "missing field 'genes.width'"),
+        ('family = "conv"\n[genes]\ndepth = {low = 1, high = 4}\nwidth = {low = 8}\n', "genes.width.high: missing"),
+        ('family = "conv"\n[genes]\ndepth = {low = 3, high = 1}\nwidth = {low = 8, high = 9}\n', "genes.depth: need"),
+        (
+            'family = "conv"\n[genes]\ndepth = {low = 1, high = 4, stride = 2}\nwidth = {low = 8, high = 9}\n',
+            "genes.depth.stride: unknown field",
+        ),
+        ('family = "conv"\nwidth = 3\n', "unknown field 'width'"),
+        ('family = "conv"\nwidths = "ratio"\n', "widths = 'ratio' must be one of 'absolute', 'growth'"),
+        (
+            'family = "mbconv"\nwidths = "growth"\n[options]\nwidth_schedule = "linear"\n',
+            "needs a per-stage 'width' gene",
+        ),
+        ('family = "conv"\n[options]\nresidual = "yes"\n', "options.residual = 'yes' must be true or false"),
+        ('family = "conv\n', "malformed TOML"),
+        ("[genes]\n", "missing field 'family'"),
+        (
+            'family = "conv"\n[genes]\ndepth = {low = 1, high = 4}\nwidth = {low = 8, high = 64}\n'
+            "[presets.big]\ndepth = [1, 1, 1, 1]\nwidth = [8, 8, 8, 128]\n",
+            "presets.big: gene 'width4' = 128",
+        ),
+    ],
+)
 def test_malformed_space_file_names_file_and_field(tmp_path, body, message):
     d = tmp_path / "s"
     d.mkdir()

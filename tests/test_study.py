@@ -12,9 +12,23 @@ from nas.budget import project
 from nas.errors import NasError
 from nas.objective import TrainingObjective
 from nas.spaces import load_space
-from nas.study import (DIED, HEARTBEAT_ATTR, INTERRUPTED, EvaluationFailed, Evaluator,
-                       counts_as_done, dashboard_command, fail_stale_trials, failure_reason, heartbeat,
-                       open_storage, open_study, optuna_heartbeat, resolve_storage, study_name)
+from nas.study import (
+    DIED,
+    HEARTBEAT_ATTR,
+    INTERRUPTED,
+    EvaluationFailed,
+    Evaluator,
+    counts_as_done,
+    dashboard_command,
+    fail_stale_trials,
+    failure_reason,
+    heartbeat,
+    open_storage,
+    open_study,
+    optuna_heartbeat,
+    resolve_storage,
+    study_name,
+)
 from nas.training import Recipe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -31,8 +45,9 @@ def genome(space):
 
 
 def _study(tmp_path, space, **kw):
-    return open_study(f"sqlite:///{tmp_path}/s.db", space, 10_000, Recipe(epochs=2), tol=0.1,
-                      searcher=kw.pop("searcher", "tpe"), **kw)
+    return open_study(
+        f"sqlite:///{tmp_path}/s.db", space, 10_000, Recipe(epochs=2), tol=0.1, searcher=kw.pop("searcher", "tpe"), **kw
+    )
 
 
 class Counting:
@@ -131,8 +146,9 @@ def test_distinct_evaluation_yields_to_a_genome_held_elsewhere(tmp_path, space, 
     ev_a, ev_b = Evaluator(study, a, "tpe"), Evaluator(study, b, "tpe")
     first, second = ev_a.ask(), ev_b.ask()  # first is still choosing its genome
     outs = {}
-    worker = threading.Thread(target=lambda: outs.setdefault("b", ev_b.evaluate(genome, role="sample", trial=second,
-                                                                                  distinct=True)))
+    worker = threading.Thread(
+        target=lambda: outs.setdefault("b", ev_b.evaluate(genome, role="sample", trial=second, distinct=True))
+    )
     worker.start()
     worker.join(0.5)
     assert worker.is_alive(), "a lower-numbered trial that has not chosen yet may choose this genome: wait"
@@ -167,7 +183,9 @@ def test_a_running_genome_is_taken(tmp_path, space, genome):
         release.wait(10)
         return 0.5
 
-    worker = threading.Thread(target=lambda: Evaluator(study, slow, "tpe").evaluate(genome, role="sample", distinct=True))
+    worker = threading.Thread(
+        target=lambda: Evaluator(study, slow, "tpe").evaluate(genome, role="sample", distinct=True)
+    )
     worker.start()
     assert started.wait(10)
     obj = Counting()
@@ -343,8 +361,9 @@ def test_training_objective_records_curve_and_prunes(tmp_path, space, cifar_data
         def prune(self, study, trial):
             return True
 
-    study = open_study(f"sqlite:///{tmp_path}/t.db", space, 3_000, recipe, tol=0.5, searcher="tpe",
-                       pruner=AlwaysPrune())
+    study = open_study(
+        f"sqlite:///{tmp_path}/t.db", space, 3_000, recipe, tol=0.5, searcher="tpe", pruner=AlwaysPrune()
+    )
     obj = TrainingObjective(data, recipe, score="asymptote", device="cpu")
     out = Evaluator(study, obj, "tpe", recipe.to_dict()).evaluate(genome, role="sample")
     t = study.trials[out.number]

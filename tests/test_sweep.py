@@ -10,13 +10,16 @@ import pytest
 from nas.budget import parse_budgets
 from nas.errors import NasError
 from nas.report import write_report, write_summary_json
-from nas.searchers import SearchConfig
+from nas.search import SearchConfig
 from nas.spaces import load_space
 from nas.sweep import sweep
 from nas.training import space_recipe
 
-OPTS = {"config": SearchConfig("random", trials=2, val_size=200, pruner="none"), "progress": False,
-        "recipe": space_recipe(load_space("conv"), epochs=1)}
+OPTS = {
+    "config": SearchConfig("random", trials=2, val_size=200, pruner="none"),
+    "progress": False,
+    "recipe": space_recipe(load_space("conv"), epochs=1),
+}
 
 
 def plotted(page: str, div_id: str) -> list[dict]:
@@ -41,8 +44,7 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(nas.data, "_read_split", lambda root, train: reads.append(train) or real_read(root, train))
     storage = f"sqlite:///{tmp_path}/sweep.db"
     runs = tmp_path / "runs"
-    outcomes = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
-                     runs_dir=runs, **OPTS)
+    outcomes = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir, runs_dir=runs, **OPTS)
     assert [o.budget for o in outcomes] == [3000, 8000]
     # two searches, four final trainings and two exports: the training and test files are read once
     assert reads == [True, False]
@@ -77,8 +79,7 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     trials_before = {s.study_name: s.n_trials for s in summaries}
 
     exported = {o.budget: o.onnx.stat().st_mtime_ns for o in outcomes}
-    again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir,
-                  runs_dir=runs, **OPTS)
+    again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir, runs_dir=runs, **OPTS)
     assert all(o.final_reused for o in again)
     assert reads[2:] in ([], [True, False])  # the rerun, too, reads the files at most once
     assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
@@ -118,8 +119,11 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
         assert b["baselines"]["hand"]["test_acc"] == o.baselines["hand"]["test_acc"]
         assert b["final_epochs"] == 2 and b["search_minutes"] > 0
     # the Markdown table beside it: one row per budget, from the same records
-    rows = [line for line in (tmp_path / "sweep.md").read_text().splitlines() if line.startswith("| 3,000")
-            or line.startswith("| 8,000")]
+    rows = [
+        line
+        for line in (tmp_path / "sweep.md").read_text().splitlines()
+        if line.startswith("| 3,000") or line.startswith("| 8,000")
+    ]
     assert len(rows) == 2
     for row, o in zip(rows, outcomes):
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
@@ -133,8 +137,27 @@ def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # default runs/ and reports/ folders land here
     storage = f"sqlite:///{tmp_path}/cli.db"
-    common = ["--space", "conv", "--searcher", "random", "--trials", "2", "--epochs", "1", "--val-size", "200", "--subset", "all",
-              "--pruner", "none", "--quiet", "--storage", storage, "--data-dir", str(cifar_dir)]
+    common = [
+        "--space",
+        "conv",
+        "--searcher",
+        "random",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--val-size",
+        "200",
+        "--subset",
+        "all",
+        "--pruner",
+        "none",
+        "--quiet",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(cifar_dir),
+    ]
     # search --export before any final training: the search is kept, the export says how to get weights
     search = ["search", "--budget", "3000", *common, "--export", "best.onnx"]
     assert main(search) == 2
@@ -165,6 +188,7 @@ def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
 def test_interrupted_sweep_leaves_finished_winners_exported(cifar_dir, tmp_path):
     """Ctrl-C in the second budget's search: the first budget's winner is already exported; the
     rerun exports a winner whose export was lost (deleted here) without training it again."""
+
     def objective(genome, trial):
         from nas.counting import count_params
 

@@ -10,8 +10,24 @@ from nas.training import evaluate
 def test_nas_train_saves_a_rebuildable_model(cifar_dir, tmp_path, capsys):
     out = tmp_path / "run"
     genome = '{"family": "conv", "genes": {"depth": [1, 1, 1, 1], "width": [8, 8, 16, 16]}}'
-    code = main(["train", genome, "--epochs", "2", "--data-dir", str(cifar_dir), "--out", str(out),
-                 "--device", "cpu", "--batch-size", "64", "--val-size", "200"])
+    code = main(
+        [
+            "train",
+            genome,
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(cifar_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "64",
+            "--val-size",
+            "200",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "val acc:" in printed and "test acc:" in printed
@@ -36,8 +52,26 @@ def test_nas_train_bad_epochs_is_one_line_error(capsys):
 
 def test_nas_train_subset_and_one_epoch(cifar_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "conv:8x1|8x1|16x1|16x1", "--epochs", "1", "--subset", "500", "--data-dir", str(cifar_dir),
-                 "--out", str(out), "--device", "cpu", "--batch-size", "100", "--val-size", "200"])
+    code = main(
+        [
+            "train",
+            "conv:8x1|8x1|16x1|16x1",
+            "--epochs",
+            "1",
+            "--subset",
+            "500",
+            "--data-dir",
+            str(cifar_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "100",
+            "--val-size",
+            "200",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "(1 epoch, " in printed and "500 training images" in printed  # not "1 epochs"
@@ -60,8 +94,11 @@ def test_recipe_options_come_from_the_recipe_fields(monkeypatch, capsys):
     from nas.cli import build_parser, recipe_from_args
 
     newer = dataclasses.make_dataclass(
-        "Recipe", [("mixup", float, dataclasses.field(default=0.0, metadata={"help": "mixup alpha (default {default})"}))],
-        bases=(nas.training.Recipe,), frozen=True)
+        "Recipe",
+        [("mixup", float, dataclasses.field(default=0.0, metadata={"help": "mixup alpha (default {default})"}))],
+        bases=(nas.training.Recipe,),
+        frozen=True,
+    )
     monkeypatch.setattr(nas.training, "Recipe", newer)
     for command in ("train", "search", "sweep"):
         with pytest.raises(SystemExit):
@@ -81,8 +118,21 @@ def test_recipe_options_come_from_the_recipe_fields(monkeypatch, capsys):
 
 def test_a_head_that_does_not_fit_the_data_fails_before_training(cifar_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "conv:8x1|8x1|16x1|16x1;num_classes=10", "--data-dir", str(cifar_dir), "--out", str(out),
-                 "--device", "cpu", "--val-size", "200"])
+    code = main(
+        [
+            "train",
+            "conv:8x1|8x1|16x1|16x1;num_classes=10",
+            "--data-dir",
+            str(cifar_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--val-size",
+            "200",
+        ]
+    )
     assert code == 2 and not out.exists()
-    assert capsys.readouterr().err == ("nas: error: conv:8x1|8x1|16x1|16x1;num_classes=10 has a 10-class head "
-                                       "but the data has 100 classes\n")
+    assert capsys.readouterr().err == (
+        "nas: error: conv:8x1|8x1|16x1|16x1;num_classes=10 has a 10-class head but the data has 100 classes\n"
+    )

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from nas.errors import NasError
-from nas.spaces import Genome
 from nas.runs import load_trained, train_genome_command
+from nas.spaces import Genome
 from nas.training import _ORIGINAL, Recipe, evaluate, lr_factor, param_groups, train
 
 # ~19k parameters; learns the fixture's colour/stripe classes in a few epochs on the CPU.
@@ -31,8 +31,13 @@ def test_recipe_round_trip_and_tag():
     assert Recipe(seed=1).tag != Recipe().tag and Recipe(lr=0.05).tag != Recipe().tag
     # Stable across processes and versions: the hash of the sorted JSON of the fields (while all
     # are original ones; see test_tag_is_stable_when_recipe_fields_are_added).
-    assert Recipe().tag == "e15-sgd-" + __import__("hashlib").sha256(json.dumps(
-        {k: v for k, v in Recipe().to_dict().items() if k in _ORIGINAL}, sort_keys=True).encode()).hexdigest()[:6]
+    assert (
+        Recipe().tag
+        == "e15-sgd-"
+        + __import__("hashlib")
+        .sha256(json.dumps({k: v for k, v in Recipe().to_dict().items() if k in _ORIGINAL}, sort_keys=True).encode())
+        .hexdigest()[:6]
+    )
 
 
 def test_tag_is_stable_when_recipe_fields_are_added():
@@ -65,9 +70,16 @@ def test_tag_is_stable_when_recipe_fields_are_added():
     assert Faster(lr=0.1).tag == old.tag and Faster().tag == Recipe(lr=0.2).tag
 
 
-@pytest.mark.parametrize("bad, match", [({"optimizer": "adam"}, "optimizer"), ({"lr": 0}, "lr"),
-                                        ({"schedule": "step"}, "schedule"), ({"epochs": "3"}, "epochs"),
-                                        ({"lrr": 0.1}, "unknown field 'lrr'")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"lr": 0}, "lr"),
+        ({"schedule": "step"}, "schedule"),
+        ({"epochs": "3"}, "epochs"),
+        ({"lrr": 0.1}, "unknown field 'lrr'"),
+    ],
+)
 def test_recipe_rejects_bad_values(bad, match):
     with pytest.raises(NasError, match=match):
         Recipe.from_dict(bad)
@@ -187,22 +199,37 @@ def test_a_head_that_does_not_fit_the_data_is_a_one_line_error(cifar_data):
 
 def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
     out = tmp_path / "run"
-    s = train_genome_command(SMALL.to_json(), Recipe(epochs=2, lr=0.2, batch_size=64), data_dir=cifar_dir,
-                             out_dir=out, device="cpu", val_size=200, progress=False)
+    s = train_genome_command(
+        SMALL.to_json(),
+        Recipe(epochs=2, lr=0.2, batch_size=64),
+        data_dir=cifar_dir,
+        out_dir=out,
+        device="cpu",
+        val_size=200,
+        progress=False,
+    )
     assert s["status"] == "ok" and s["epochs"] == 2 and s["genome_str"] == str(SMALL)
     assert 0 < s["val_acc"] <= 1 and 0 < s["test_acc"] <= 1 and s["recipe"]["lr"] == 0.2
     assert json.loads((out / "result.json").read_text())["test_acc"] == s["test_acc"]
     genome, model = load_trained(out)
     assert genome == SMALL and not model.training
     from nas.data import load_cifar100
+
     data = load_cifar100(cifar_dir, val_size=200, download=False)
     assert evaluate(model, data.test_x, data.test_y, data) == s["test_acc"]
 
 
 def test_train_command_failure_and_bad_run_dir(cifar_dir, tmp_path):
     with pytest.raises(NasError, match="training failed: loss became"):
-        train_genome_command(SMALL, Recipe(epochs=1, lr=1e30), data_dir=cifar_dir, out_dir=tmp_path / "r",
-                             device="cpu", val_size=200, progress=False)
+        train_genome_command(
+            SMALL,
+            Recipe(epochs=1, lr=1e30),
+            data_dir=cifar_dir,
+            out_dir=tmp_path / "r",
+            device="cpu",
+            val_size=200,
+            progress=False,
+        )
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "failed"
     with pytest.raises(NasError, match="model.pt is missing"):
         load_trained(tmp_path / "r")
@@ -214,6 +241,7 @@ def test_one_epoch_on_real_data_beats_chance():
     if not root or not (Path(root) / "cifar-100-python").is_dir():
         pytest.skip("set NAS_DATA_DIR to a folder holding cifar-100-python/")
     from nas.data import load_cifar100
+
     data = load_cifar100(root, device="cpu", val_size=2000, subset=15000, download=False)
     r = train(SMALL, data, Recipe(epochs=1, lr=0.2, batch_size=128), device="cpu")
     assert r.ok and r.val_acc > 0.04, r.curve  # chance is 0.01
@@ -238,7 +266,8 @@ def test_space_recipe_table_sets_defaults_the_user_can_override(tmp_path):
     assert space_recipe(conv, lr=0.2, epochs=3) == Recipe(lr=0.2, epochs=3)
     assert space_recipe(load_space("mbconv")) == Recipe() and space_recipe(None, epochs=2) == Recipe(epochs=2)
     bad = tmp_path / "bad.toml"
-    bad.write_text('family = "conv"\n[recipe]\nlr = "fast"\n[genes]\ndepth = {low = 1, high = 2}\n'
-                   'width = {low = 2, high = 8}\n')
+    bad.write_text(
+        'family = "conv"\n[recipe]\nlr = "fast"\n[genes]\ndepth = {low = 1, high = 2}\nwidth = {low = 2, high = 8}\n'
+    )
     with pytest.raises(NasError, match=r"bad.toml: recipe: lr must be a float, got 'fast'"):
         space_recipe(load_space(bad))
