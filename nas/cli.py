@@ -68,6 +68,15 @@ def _budget(text: str) -> int:
 BUDGET_HELP = "parameter budget: 50000, 50_000, 50k, 1.5k, 1e5, 1M"
 
 
+def _baselines(text: str) -> tuple[str, ...]:
+    from nas.sweep_plan import check_baselines
+
+    try:
+        return check_baselines(text)
+    except NasError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _tol(text: str) -> float:
     try:
         tol = float(text)
@@ -654,7 +663,8 @@ def cmd_search(args) -> int:
 
 
 def add_sweep(sub) -> None:
-    from nas.sweep import DEFAULT_BUDGETS, DEFAULT_FINAL_EPOCHS, MAX_FINAL_EPOCHS
+    from nas.sweep import DEFAULT_BUDGETS
+    from nas.sweep_plan import BASELINES, DEFAULT_FINAL_EPOCHS, MAX_FINAL_EPOCHS
 
     p = sub.add_parser(
         "sweep",
@@ -679,11 +689,11 @@ def add_sweep(sub) -> None:
         "--time",
         type=_duration,
         metavar="DURATION",
-        help=f"the whole sweep's time (e.g. 4h): {SWEEP_SEARCH_SHARE * 100:.0f}%% goes to the searches, equally per "
-        "budget (a rerun counts the time its studies already used), the rest to the final "
-        "trainings, equally per budget, each budget's winner and baselines getting the most "
-        f"epochs that fit (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); small "
-        "budgets, whose epochs are cheap, get more",
+        help=f"the time for the searches and the winners (e.g. 4h), spent by cost: {SWEEP_SEARCH_SHARE * 100:.0f}%% "
+        "goes to the searches, in proportion to each budget's cost per trial (so each search gets about "
+        "as many trials; a rerun counts the time its studies already used), the rest to the winners' "
+        "final trainings, in proportion to each budget's cost per epoch, so every winner trains the same "
+        f"epochs (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); --plan prints the split",
     )
     p.add_argument(
         "--final-epochs",
@@ -691,9 +701,14 @@ def add_sweep(sub) -> None:
         help=f"epochs of each final training (default: from --time, else {DEFAULT_FINAL_EPOCHS})",
     )
     p.add_argument(
-        "--no-baselines",
-        action="store_true",
-        help="train only the winners, not the hand design and the reference model beside them",
+        "--baselines",
+        type=_baselines,
+        default=BASELINES,
+        metavar="KINDS",
+        help="designs trained beside each winner for its epochs, each with its own family's recipe, their "
+        "time on top of --time and planned separately: any of hand (the space's hand design), resnet "
+        "(the CIFAR ResNet shape projected to the budget), reference (the reference study's model near "
+        f"the budget), or none (default {','.join(BASELINES)})",
     )
     p.add_argument("--out", help="report file (default reports/<storage name>.html; the JSON summary goes beside it)")
     p.add_argument(
@@ -722,20 +737,36 @@ def cmd_sweep(args) -> int:
     if args.time is None and args.trials is None and settings["time_limit"] is not None:
         # the device's search time for every budget, and as much again for the final trainings
         settings["time_limit"] = settings["time_limit"] * len(budgets) / SWEEP_SEARCH_SHARE
+    space = load_space(settings["space"])
+    recipe = recipe_from_args(args, settings["epochs"], space)
+    config = search_config(args, settings)
     if args.plan:
-        raise NasError("--plan is for nas search (run it per budget); nas sweep prints each search's plan")
+        from nas.sweep_plan import plan_sweep
+
+        plan = plan_sweep(
+            space,
+            budgets,
+            config,
+            recipe,
+            time_limit=settings["time_limit"],
+            final_epochs=args.final_epochs,
+            baselines=args.baselines,
+            device=config.device,
+        )
+        print("\n".join(plan.lines()))
+        return 0
     try:
         outcomes = sweep(
-            settings["space"],
+            space,
             budgets,
-            search_config(args, settings),
+            config,
             final_epochs=args.final_epochs,
             time_limit=settings["time_limit"],
             storage=storage,
             data_dir=args.data_dir,
-            recipe=recipe_from_args(args, settings["epochs"], load_space(settings["space"])),
+            recipe=recipe,
             progress=not args.quiet,
-            baselines=not args.no_baselines,
+            baselines=args.baselines,
             export=not args.no_export,
         )
     except KeyboardInterrupt:
@@ -750,20 +781,21 @@ def cmd_sweep(args) -> int:
         return "-" if not record or record.get("test_acc") is None else f"{record['test_acc']:.2%}"
 
     rows = [
-        (f"{o.budget:,}", "-", "-", "-", "-", "no completed trial")
+        (f"{o.budget:,}", "-", "-", "-", "-", "-", "no completed trial")
         if o.final is None
         else (
             f"{o.budget:,}",
             f"{o.final['params']:,}",
             acc(o.final),
             acc(o.baselines.get("hand")),
+            acc(o.baselines.get("resnet")),
             acc(o.baselines.get("seed")),
             o.final["genome_str"],
         )
         for o in outcomes
     ]
     print()
-    _print_table(("budget", "params", "test acc", "hand design", "reference", "genome"), rows)
+    _print_table(("budget", "params", "test acc", "hand design", "ResNet", "reference", "genome"), rows)
     for o in outcomes:
         if o.onnx is not None:
             print(f"onnx:      {o.onnx}")

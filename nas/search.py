@@ -133,7 +133,7 @@ def warn_many_jobs(jobs: int, trials: int) -> None:
 
 
 @contextmanager
-def _torch_threads_per_job(jobs: int) -> Iterator[None]:
+def threads_per_job(jobs: int) -> Iterator[None]:
     """Concurrent CPU training runs share the cores instead of each claiming all of them."""
     import torch
 
@@ -276,7 +276,7 @@ def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *
 
     dev = torch.device(config.device) if config.device is not None else default_device()
     hand = project(default_start(space), space, budget, config.tol)
-    with _torch_threads_per_job(config.jobs if dev.type == "cpu" else 1):
+    with threads_per_job(config.jobs if dev.type == "cpu" else 1):
         cal = calibrate(hand, recipe, dev)
     train_images = config.subset or (TRAIN_IMAGES - config.val_size)
     fin = finalist_fidelity(config, recipe)
@@ -371,7 +371,7 @@ def search(
     bar, on_outcome = _progress(run, quota, done, progress)
     train_noise = _noise_wanted(run, objective is None, bar)
     try:
-        with warnings.catch_warnings(), _torch_threads_per_job(run.config.jobs):
+        with warnings.catch_warnings(), threads_per_job(run.config.jobs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if train_noise:
                 bar.note(f"measuring the seed-to-seed noise of the score on {run.hand} (seeds {NOISE_SEEDS})")
@@ -419,7 +419,7 @@ def _checked_run(space, budget, config, recipe, storage, data_dir, data, objecti
     if objective is None and data is None:
         check_data(data_dir)  # last: the data folder holds CIFAR-100, or it is downloaded now
     deadline = time.time() + config.time_limit if config.time_limit is not None else None
-    return _Run(sp, budget, config, recipe or space_recipe(sp), hand, url, deadline)
+    return _Run(sp, budget, config, recipe or space_recipe(sp), hand, url, deadline, data=data)
 
 
 def _open_study(run: _Run) -> None:

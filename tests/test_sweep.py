@@ -44,7 +44,16 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(nas.data, "_read_split", lambda root, train: reads.append(train) or real_read(root, train))
     storage = f"sqlite:///{tmp_path}/sweep.db"
     runs = tmp_path / "runs"
-    outcomes = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir, runs_dir=runs, **OPTS)
+    outcomes = sweep(
+        "conv",
+        [3000, 8000],
+        final_epochs=2,
+        storage=storage,
+        data_dir=cifar_dir,
+        runs_dir=runs,
+        baselines=["hand"],
+        **OPTS,
+    )
     assert [o.budget for o in outcomes] == [3000, 8000]
     # two searches, four final trainings and two exports: the training and test files are read once
     assert reads == [True, False]
@@ -79,17 +88,35 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     trials_before = {s.study_name: s.n_trials for s in summaries}
 
     exported = {o.budget: o.onnx.stat().st_mtime_ns for o in outcomes}
-    again = sweep("conv", [3000, 8000], final_epochs=2, storage=storage, data_dir=cifar_dir, runs_dir=runs, **OPTS)
+    again = sweep(
+        "conv",
+        [3000, 8000],
+        final_epochs=2,
+        storage=storage,
+        data_dir=cifar_dir,
+        runs_dir=runs,
+        baselines=["hand"],
+        **OPTS,
+    )
     assert all(o.final_reused for o in again)
     assert reads[2:] in ([], [True, False])  # the rerun, too, reads the files at most once
     assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
     # a rerun with --time keeps the epochs the winners were trained for, however fast the machine
     # is now, so nothing is trained again
-    import nas.sweep
+    import nas.sweep_plan
 
-    monkeypatch.setattr(nas.sweep, "final_epochs_for", lambda *args: 7)
-    timed = sweep("conv", [3000, 8000], time_limit=600, storage=storage, data_dir=cifar_dir, runs_dir=runs, **OPTS)
+    monkeypatch.setattr(nas.sweep_plan, "equal_epochs", lambda *args: 7)
+    timed = sweep(
+        "conv",
+        [3000, 8000],
+        time_limit=600,
+        storage=storage,
+        data_dir=cifar_dir,
+        runs_dir=runs,
+        baselines=["hand"],
+        **OPTS,
+    )
     assert all(o.final_reused and o.final["epochs"] == 2 for o in timed)
 
     html = write_report(storage, tmp_path / "sweep.html").read_text()

@@ -1,0 +1,96 @@
+"""How a sweep spends its time (nas.sweep_plan): by cost per trial and per epoch, and baselines
+that train with their own family's recipe."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+import nas.runs
+import nas.sweep_plan
+from nas.plan import Calibration
+from nas.search import SearchConfig
+from nas.spaces import load_space
+from nas.sweep import sweep
+from nas.sweep_plan import baselines_for, equal_epochs, plan_sweep, split_by_cost
+from nas.training import TrainResult, space_recipe
+
+
+def test_a_budget_whose_epochs_cost_6x_gets_6x_the_final_training_time():
+    epoch_s = {1_000: 10.0, 1_000_000: 60.0}
+    shares = split_by_cost(700.0, epoch_s)
+    assert shares[1_000_000] == pytest.approx(6 * shares[1_000]) and sum(shares.values()) == pytest.approx(700)
+    assert equal_epochs(7000.0, epoch_s) == 100  # 7000 s / (10 + 60) s per epoch of both
+
+
+def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
+    """With a calibration in which a 1M model costs 6x a 1k one, every winner gets the same epochs
+    (so the 1M one 6x the time) and every search about the same trials."""
+    from nas.counting import count_params
+
+    def fake_calibrate(genome, recipe, device=None, **_):
+        rate = 6000.0 if count_params(genome) < 100_000 else 1000.0  # images/s
+        return Calibration(str(genome), count_params(genome), rate, 10 * rate, "cpu")
+
+    monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
+    space = load_space("conv-shape")
+    config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
+    recipe = space_recipe(space, epochs=4)
+    plan = plan_sweep(
+        space, [1_000, 1_000_000], config, recipe, time_limit=4 * 3600, final_epochs=None, baselines=(), device="cpu"
+    )
+    small, large = plan.budgets
+    assert small.final_epochs == large.final_epochs >= 30
+    assert large.final_s == pytest.approx(6 * small.final_s)
+    assert abs(small.expected_trials - large.expected_trials) <= 1
+    assert large.search_s == pytest.approx(6 * small.search_s, rel=0.01)
+    assert sum(b.search_s + b.final_s for b in plan.budgets) <= 4 * 3600
+    text = "\n".join(plan.lines())
+    assert "1,000,000" in text and "ETA" in text
+
+
+def test_baselines_train_with_their_own_family_recipe():
+    space = load_space("conv-shape")
+    found = {b.kind: b for b in baselines_for(space, 50_000, 0.1, ("hand", "resnet", "reference"), epochs=30)}
+    assert set(found) == {"hand", "resnet", "reference"}
+    assert found["hand"].recipe.lr == space_recipe(space).lr == 0.8
+    assert found["reference"].recipe.lr == 0.4 and found["reference"].genome.family == "mbconv"
+    assert found["resnet"].genome.family == "resnet" and len(set(found["resnet"].genome.genes["depth"])) == 1
+    assert all(b.recipe.epochs == 30 for b in found.values())
+
+
+def test_a_baseline_that_diverges_under_the_winners_recipe_trains_under_its_own(cifar_dir, tmp_path, monkeypatch):
+    """A stand-in trainer in which an MBConv model diverges above lr 0.5, as the reference models
+    did at the conv spaces' lr 0.8: the reference baseline trains (at mbconv's 0.4), and would not
+    have with the winner's recipe."""
+    real_train = nas.runs.train
+
+    def train(genome, data, recipe, *args, **kwargs):
+        if genome.family == "mbconv" and recipe.lr > 0.5:
+            return TrainResult([], 0.0, "failed", "loss became nan at epoch 1 step 3", 0, False, 0.0, 0.0, 0, "cpu", 0)
+        return real_train(genome, data, recipe, *args, **kwargs)
+
+    monkeypatch.setattr(nas.runs, "train", train)
+    space = load_space("conv-shape")
+    config = SearchConfig("random", trials=1, val_size=200, pruner="none", noise_seeds=False)
+    recipe = space_recipe(space, epochs=1)
+    ref = baselines_for(space, 50_000, 0.1, ("reference",), epochs=1)[0]
+    assert not train(ref.genome, None, replace(ref.recipe, lr=recipe.lr)).ok  # the winner's recipe fails
+    outcomes = sweep(
+        space,
+        [50_000],
+        config,
+        final_epochs=1,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        data_dir=cifar_dir,
+        recipe=recipe,
+        objective=lambda genome, trial: 0.1,
+        progress=False,
+        runs_dir=tmp_path / "runs",
+        baselines=["reference"],
+        export=False,
+    )
+    record = outcomes[0].baselines["seed"]
+    assert record["test_acc"] is not None and record["recipe"]["lr"] == 0.4
+    assert outcomes[0].final["recipe"]["lr"] == 0.8
