@@ -876,6 +876,18 @@ def add_report(sub) -> None:
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="output file (default reports/<storage name>.html)")
     p.add_argument("--title", help="page title")
+    p.add_argument(
+        "--previous",
+        metavar="STORAGE",
+        help="an earlier run's storage: its winners are drawn as 'previous run' in the picture and kept "
+        "in the JSON summary",
+    )
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also put the picture and the curve's table into FILE, between its "
+        "'<!-- curve:start -->' and '<!-- curve:end -->' lines",
+    )
 
 
 def cmd_report(args) -> int:
@@ -885,9 +897,12 @@ def cmd_report(args) -> int:
     storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
     out = write_report(storage, args.out or default_report_path(storage), title=args.title)
     print(out)
-    summary = write_summary_json(storage, out.with_suffix(".json"))
-    print(summary)
-    print(summary.with_suffix(".md"))
+    previous = resolve_storage(args.previous, create=False) if args.previous else None
+    summary = write_summary_json(storage, out.with_suffix(".json"), previous=previous, readme=args.readme)
+    for path in (summary, summary.with_suffix(".md"), summary.with_suffix(".svg")):
+        print(path)
+    if args.readme:
+        print(args.readme)
     return 0
 
 

@@ -93,8 +93,9 @@ class StudyView:
 
     @property
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """The sweep's baselines trained beside the winner: "hand" (the space's hand design) and
-        "seed" (the reference study's model), from user attrs `baseline:<kind>`."""
+        """The sweep's baselines trained beside the winner: "hand" (the space's hand design),
+        "resnet" (the CIFAR ResNet shape) and "seed" (the reference study's model), from user attrs
+        `baseline:<kind>`."""
         return {
             k.split(":", 1)[1]: v for k, v in self.attrs.items() if k.startswith("baseline:") and isinstance(v, dict)
         }
@@ -376,8 +377,9 @@ def scaling_fit(points: list[tuple[int, float]]) -> ScalingFit | None:
 
 
 def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
-    """Per budget, test accuracy of the winner, the hand design and the reference model, all
-    trained with the same final recipe: what the search added over a person's pick."""
+    """Per budget, test accuracy of the winner, the hand design, the ResNet shape and the reference
+    model, trained for the same epochs (each baseline with its own family's recipe): what the
+    search added over a person's pick."""
     rows = [s for s in studies if s.final and s.final.get("test_acc") is not None]
     if not rows:
         return None
@@ -386,6 +388,7 @@ def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
     for key, name, color in (
         ("final", "search winner", "#d62728"),
         ("hand", "hand design", "#1f77b4"),
+        ("resnet", "ResNet shape", "#2ca02c"),
         ("seed", "reference study's model", "#7f7f7f"),
     ):
         recs = [s.final if key == "final" else s.baselines.get(key) for s in rows]
@@ -400,7 +403,7 @@ def fig_search_added(studies: list[StudyView]) -> go.Figure | None:
         )
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="budget")
-    fig.update_yaxes(**_percent_axis("test accuracy (same final recipe and epochs)"))
+    fig.update_yaxes(**_percent_axis("test accuracy (same epochs)"))
     return _layout(fig, "What search added", 420)
 
 
@@ -514,21 +517,46 @@ def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
     return out
 
 
-def write_summary_json(storage: str, out: str | Path) -> Path:
-    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON, and the
-    curve as a Markdown table beside it (`curve_markdown`, same name with .md), for a README."""
-    studies = load_studies(storage)
-    rows = sweep_summary(studies)
+def write_summary_json(
+    storage: str, out: str | Path, *, previous: str | None = None, readme: str | Path | None = None
+) -> Path:
+    """Write `sweep_summary` of every study in `storage` (with the scaling fit) as JSON, and beside
+    it the curve as a Markdown table (`curve_markdown`, .md) and a picture (.svg). `previous`: a
+    storage holding an earlier run, whose winners the JSON and the picture keep as "previous".
+    `readme`: a README whose curve block (nas.curve_image markers) gets the picture and table."""
+    from nas.curve_image import update_readme, write_curve_image
+
+    rows = sweep_summary(load_studies(storage))
     fit = scaling_fit([(r["winner"]["params"], r["winner"]["test_acc"]) for r in rows])
-    doc = {
+    doc: dict[str, Any] = {
         "storage": storage,
         "budgets": rows,
         "scaling_fit": None
         if fit is None
         else {"form": "test error = a * params^-alpha", "a": fit.a, "alpha": fit.alpha},
     }
-    write_text_atomic(Path(out).with_suffix(".md"), curve_markdown(doc), "summary table")
+    if previous:
+        doc["previous_storage"] = previous
+        doc["previous"] = [
+            {
+                "budget": r["budget"],
+                "params": r["winner"]["params"],
+                "test_acc": r["winner"]["test_acc"],
+                "final_epochs": r["final_epochs"],
+                "genome_str": r["winner"]["genome_str"],
+            }
+            for r in sweep_summary(load_studies(previous))
+        ]
+    table = curve_markdown(doc)
+    write_text_atomic(Path(out).with_suffix(".md"), table, "summary table")
+    image = write_curve_image(doc, Path(out).with_suffix(".svg"))
+    if readme is not None:
+        update_readme(readme, image, table)
     return write_text_atomic(out, json.dumps(doc, indent=2) + "\n", "summary file")
+
+
+# What the curve aims at per budget (the curve issue's aims, set from the public points beside them).
+AIMS = {1_000: 0.16, 5_000: 0.32, 10_000: 0.40, 50_000: 0.57, 100_000: 0.62, 500_000: 0.70, 1_000_000: 0.73}
 
 
 def nearest_reference_model(budget: int) -> reference.RefPoint:
@@ -544,7 +572,7 @@ def best_public_point(budget: int) -> reference.RefPoint | None:
 
 def curve_markdown(doc: dict[str, Any]) -> str:
     """The summary (`write_summary_json`'s document) as a Markdown table: per budget the winner,
-    its test accuracy beside the baselines trained with the same recipe, the reference study's
+    its test accuracy beside the baselines trained for the same epochs, the reference study's
     published number and the best public point at or under the budget."""
 
     def cell(text: str) -> str:
@@ -553,23 +581,29 @@ def curve_markdown(doc: dict[str, Any]) -> str:
     def baseline(b: dict[str, Any] | None) -> str:
         if not b:
             return "—"
-        acc = pct(b["test_acc"]) if b.get("test_acc") is not None else "failed"
+        acc = pct(b["test_acc"]) if b.get("test_acc") is not None else f"failed: {cell(b.get('failure', '?'))}"
         return f"{acc} (`{cell(b['genome_str'])}`)" if not b.get("preset") else f"{acc} ({b['preset']})"
 
     lines = [
-        "| budget | winner (short form) | params | test acc | hand design, same recipe | "
-        "reference model, same recipe | reference study (published, 200 ep Adam) | "
+        "| budget | winner (short form) | params | test acc | aim | hand design | ResNet shape | "
+        "reference model | reference study (published, 200 ep Adam) | "
         "best public point at or under the budget | final epochs | search min | final-training min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in doc["budgets"]:
+    previous_acc = None
+    for r in sorted(doc["budgets"], key=lambda r: r["budget"]):
         w, ref, pub = r["winner"], nearest_reference_model(r["budget"]), best_public_point(r["budget"])
         public = f"{pct(pub.test_acc)} ({pub.model}, ~{count_str(pub.params)})" if pub else "—"
+        aim = AIMS.get(r["budget"])
+        met = "—" if aim is None else f"{pct(aim, 0)} ({'met' if (w['test_acc'] or 0) >= aim else 'not met'})"
+        drop = " ⚠ below the budget before" if previous_acc is not None and (w["test_acc"] or 0) < previous_acc else ""
+        previous_acc = w["test_acc"]
+        base = " | ".join(baseline(r["baselines"].get(k)) for k in ("hand", "resnet", "seed"))
         lines.append(
             f"| {count_str(r['budget'])} | `{cell(w['genome_str'])}` | {count_str(w['params'])} | "
-            f"**{pct(w['test_acc'])}** | {baseline(r['baselines'].get('hand'))} | "
-            f"{baseline(r['baselines'].get('seed'))} | {pct(ref.test_acc)} ({ref.model}, {count_str(ref.params)}) | "
-            f"{public} | {r['final_epochs']} | {r['search_minutes']:.1f} | {r['final_training_minutes']:.1f} |"
+            f"**{pct(w['test_acc'])}**{drop} | {met} | {base} | {pct(ref.test_acc)} ({ref.model}, "
+            f"{count_str(ref.params)}) | {public} | {r['final_epochs']} | {r['search_minutes']:.1f} | "
+            f"{r['final_training_minutes']:.1f} |"
         )
     fit = doc.get("scaling_fit")
     if fit:

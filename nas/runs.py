@@ -18,8 +18,9 @@ from nas.data import CifarData, load_cifar100
 from nas.errors import NasError
 from nas.families import build_model
 from nas.genome_args import parse_genome
+from nas.modules import FlipAverage
 from nas.spaces import Genome
-from nas.training import Recipe, default_device, evaluate, output_classes, predictor, recipe_options, train
+from nas.training import Recipe, default_device, evaluate, predictor, recipe_options, train
 
 
 def _new_run_dir(genome: Genome) -> Path:
@@ -141,8 +142,9 @@ def load_teacher(ref: str | Path, storage: str | None = None) -> tuple[Path, nn.
             f"teacher {ref} was trained on {spec.get('shape')} {spec.get('channels')} inputs, not 3x32x32 RGB images"
         )
     genome, model = load_trained(run)
-    output_classes(model)
-    return run, model
+    # The teacher answers on the student's augmented batch itself: its flip average would double
+    # its cost per student step.
+    return run, model.model if isinstance(model, FlipAverage) else model
 
 
 # ---------------------------------------------------------------- RUN as STUDY#N

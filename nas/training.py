@@ -350,7 +350,7 @@ def predictor(model: nn.Module, tta: str) -> nn.Module:
 
 
 @torch.no_grad()
-def whiten_first_conv(model: nn.Module, data: CifarData, samples: int = 1000, eps: float = 5e-4) -> bool:
+def whiten_first_conv(model: nn.Module, data: CifarData, samples: int = 256, eps: float = 5e-4) -> bool:
     """Initialise the first conv that reads the image (3 input channels, not grouped) with the
     principal components of the training images' patches of its kernel size, each scaled to unit
     variance, in +/- pairs so that the ReLU after it keeps both signs (airbench's whitening

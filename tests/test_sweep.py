@@ -155,8 +155,12 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     for row, o in zip(rows, outcomes):
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
         assert cells[1] == f"`{o.final['genome_str']}`".replace("|", "\\|")
-        assert cells[3] == f"**{100 * o.final['test_acc']:.2f}%**"
-        assert cells[4].startswith(f"{100 * o.baselines['hand']['test_acc']:.2f}%")
+        assert cells[3].startswith(f"**{100 * o.final['test_acc']:.2f}%**")
+        assert cells[4] == "—"  # no aim at 3k or 8k
+        assert cells[5].startswith(f"{100 * o.baselines['hand']['test_acc']:.2f}%")
+    # a winner that tests below the budget before it is flagged
+    falls = outcomes[1].final["test_acc"] < outcomes[0].final["test_acc"]
+    assert ("below the budget before" in rows[1]) == falls and "below the budget before" not in rows[0]
 
 
 def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
