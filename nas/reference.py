@@ -1,4 +1,4 @@
-"""Reference CIFAR-100 results from prior work (docs: /work/shared/docs/brief.md), for the report.
+"""Reference CIFAR-100 results from prior work (the reference study and public model zoos), for the report.
 
 Plain data: the report overlays these on our accuracy-vs-parameters curve so the page shows
 where a search stands. Accuracies are test top-1 in [0, 1], like everything in the studies.
@@ -20,7 +20,7 @@ class RefPoint:
     source: str
 
 
-REFERENCE_STUDY_SOURCE = "reference study (brief.md), 200 ep Adam, no aug"
+REFERENCE_STUDY_SOURCE = "reference study's Table 1 models, 200 ep Adam, no aug"
 
 # The reference study's curve to beat: models 1-3 hand-made plain/depthwise-separable convs,
 # models 4-8 simplified MBConv; all 200 epochs, Adam defaults, no augmentation.
@@ -46,7 +46,7 @@ _CHENYAOFO = "chenyaofo/pytorch-cifar-models"
 _REPDISTILLER = "HobbitLong/RepDistiller"
 
 # Other public small-model points; parameter counts are approximate ("~8.0k", "0.28M").
-# A recipe is given only where the brief states one.
+# A recipe is given only where its source states one.
 PUBLIC_POINTS: tuple[RefPoint, ...] = (
     RefPoint("ResNet10_xxxs", 8_000, 0.2821, "200 ep SGD", _DISK),
     RefPoint("ResNet10_xxs", 13_000, 0.3205, "", _DISK),

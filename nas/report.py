@@ -232,6 +232,7 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
 def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
     """All trials, the best per budget, the Pareto frontier, the final winners, the references."""
     fig = go.Figure()
+    several = len({s.series for s in studies}) > 1  # then a budget alone does not say which study
     placed = []  # (params, value) of every trial with a parameter count
     for s in studies:
         trials = [t for t in s.complete if t.user_attrs.get("params")]
@@ -242,7 +243,7 @@ def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
                     x=[t.user_attrs["params"] for t in trials],
                     y=[100 * t.value for t in trials],
                     mode="markers",
-                    name=f"{s.name}: trials",
+                    name=f"{budget_str(s.budget)} trials" + (f" ({s.series})" if several else ""),
                     legendgroup=s.name,
                     marker={"color": s.color, "size": 6, "opacity": 0.45},
                     hovertext=[trial_label(t) for t in trials],
@@ -827,6 +828,12 @@ def summary_line(studies: list[StudyView]) -> str:
         plural(len(studies), "study", "studies"),
         f"{plural(len(trials), 'trial')} ({state_counts(trials) or 'none'})",
     ]
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    if running:
+        parts.append(
+            f"{plural(running, 'trial')} still running: in a search that has ended, left by a process that "
+            "died; a rerun of the command retries them"
+        )
     several = len({s.series for s in studies}) > 1  # then a budget alone does not say which study
     best = [
         (f"{s.series} " if several else "")
@@ -848,6 +855,21 @@ def winner_record(s: StudyView) -> dict[str, Any] | None:
     if s.winner:
         return {**s.winner.user_attrs, "val_acc": s.winner.user_attrs.get("val_acc", s.winner.value)}
     return None
+
+
+def winners_rows(studies: list[StudyView]) -> list[tuple[StudyView, dict[str, Any] | None]]:
+    """(study, winner record) per study; a final-trained winner that tests below the winner of the
+    series' budget before it is marked `below_previous` (the table flags it)."""
+    rows, last = [], {}
+    for s in studies:  # ordered by space and budget
+        record = winner_record(s)
+        acc = (s.final or {}).get("test_acc")
+        if acc is not None:
+            if last.get(s.series) is not None and acc < last[s.series]:
+                record = {**record, "below_previous": True}
+            last[s.series] = acc
+        rows.append((s, record))
+    return rows
 
 
 def search_gain(s: StudyView) -> float | None:
@@ -891,7 +913,7 @@ def render_html(studies: list[StudyView], storage: str, title: str) -> str:
         plotly_js=Markup(get_plotlyjs()),
         summary=summary_line(studies),
         curve_plot=plot_div(fig_accuracy_vs_params(studies), "accuracy-vs-params"),
-        winners=[(s, winner_record(s)) for s in studies],
+        winners=winners_rows(studies),
         added=[(s, search_gain(s)) for s in studies if s.final],
         added_plot=plot_div(fig_search_added(studies), "search-added"),
         shapes_plot=plot_div(fig_winner_shapes(studies), "winner-shapes"),

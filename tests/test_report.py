@@ -21,6 +21,7 @@ from nas import reference
 from nas.counting import count_params
 from nas.errors import NasError
 from nas.report import (
+    budget_str,
     default_report_path,
     fig_accuracy_vs_params,
     fig_fdpg_path,
@@ -207,9 +208,8 @@ def test_winners_table(sweep):
         final = study.user_attrs["final"]
         assert f'<a href="#study-{study.study_name}">{study.study_name}</a>' in row
         assert f"<code>{html.escape(final['genome_str'])}</code>" in row
-        assert f"<td>{final['params']:,}</td><td>{final['flops']:,}</td>" in row
-        # no validation split in a final training: its val acc is empty
-        assert f"<td>—</td><td>{100 * final['test_acc']:.2f}%</td>" in row
+        # no always-empty val acc column (a final training holds no validation split out)
+        assert f"<td>{final['params']:,}</td><td>{final['flops']:,}</td><td>{100 * final['test_acc']:.2f}%" in row
         assert "<td>200</td><td>1 h 30 min</td><td>cpu</td>" in row
 
 
@@ -241,7 +241,9 @@ def test_accuracy_curve_traces(sweep):
     assert fig.layout.xaxis.type == "log"
     for s in studies:
         done = s.get_trials(states=(TrialState.COMPLETE,))
-        assert sorted(traces[f"{s.study_name}: trials"].x) == sorted(t.user_attrs["params"] for t in done)
+        # one series: the legend names a study by its budget ("5k trials"), not its 40-character name
+        label = f"{budget_str(s.user_attrs['budget'])} trials"
+        assert sorted(traces[label].x) == sorted(t.user_attrs["params"] for t in done)
     best = traces[f"{series(studies[0])}: best per budget (search score)"]
     assert list(best.y) == pytest.approx([100 * s.best_value for s in studies])
     assert list(best.x) == [s.best_trial.user_attrs["params"] for s in studies]
@@ -329,7 +331,10 @@ def test_study_without_completed_trials_renders_and_says_so(tmp_path, trials, sa
             ev.ask()  # a trial another process is still running
     page = write_report(storage, tmp_path / "empty.html").read_text()
     assert f'<p class="status">{html.escape(says)}</p>' in page
-    assert f'<td colspan="8" class="note">{html.escape(says)}</td>' in page  # winners table row
+    assert f'<td colspan="7" class="note">{html.escape(says)}</td>' in page  # winners table row
+    # a trial left RUNNING is counted and explained
+    running = TrialState.RUNNING in trials
+    assert ("still running: in a search that has ended, left by a process that died" in page) == running
     assert plot_ids(page) == ["accuracy-vs-params"]  # the reference curves still show
     assert ("<li>CUDA out of memory</li>" in page) == bool(trials.count(TrialState.FAIL))
 
@@ -368,6 +373,14 @@ ERROR_HOOK = """<script>(function () {
   var errors = [], root = document.documentElement;
   function note(msg) { errors.push(String(msg)); root.setAttribute("data-js-errors", JSON.stringify(errors)); }
   root.setAttribute("data-js-hook", "on");
+  // tables wider than the window (1300 px): their indices, once the page has laid out
+  window.addEventListener("load", function () {
+    var wide = [];
+    document.querySelectorAll("table").forEach(function (t, i) {
+      if (t.getBoundingClientRect().right > root.clientWidth + 1) { wide.push(i); }
+    });
+    root.setAttribute("data-wide-tables", JSON.stringify(wide));
+  });
   window.addEventListener("error", function (e) { note(e.message || e); });
   window.addEventListener("unhandledrejection", function (e) { note("unhandled rejection: " + e.reason); });
   var consoleError = console.error;
@@ -388,6 +401,7 @@ def chromium_args(tmp: Path) -> list[str]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--window-size=1300,900",
         f"--user-data-dir={tmp / 'chromium-profile'}",
     ]
 
@@ -421,6 +435,7 @@ def test_report_renders_in_browser(sweep, tmp_path):
     assert rendered_plots(dom) == plot_ids(sweep[2])
     assert dom.count('class="main-svg"') >= 2 * len(plot_ids(sweep[2]))  # plot svg + hover layer
     assert 'class="scatterlayer' in dom and "<table" in dom
+    assert 'data-wide-tables="[]"' in dom  # no table runs off the right edge of a 1300 px window
 
 
 @needs_chromium
@@ -437,6 +452,8 @@ def test_browser_check_catches_js_errors_and_unrendered_plots(sweep, tmp_path):
     broken = tmp_path / "broken.html"
     # a deliberate error, and one figure whose data is corrupted so plotly never draws it
     page = sweep[2].replace("</body>", "<script>undefinedFunction();</script></body>", 1)
+    wide = '<table><tr><td style="white-space: nowrap">' + "x" * 400 + "</td></tr></table>"
+    page = page.replace("</body>", wide + "</body>", 1)  # a table wider than the window
     page, n = re.subn(r'Plotly\.newPlot(\(\s*"accuracy-vs-params")', r"Plotly.newPlotX\1", page)
     assert n == 1
     broken.write_text(page, encoding="utf-8")
@@ -444,6 +461,7 @@ def test_browser_check_catches_js_errors_and_unrendered_plots(sweep, tmp_path):
     assert any("undefinedFunction" in e for e in errors)
     assert any("newPlotX" in e for e in errors)
     assert "accuracy-vs-params" not in rendered_plots(dom)
+    assert 'data-wide-tables="[]"' not in dom and "data-wide-tables" in dom
 
 
 def test_report_write_failure_leaves_nothing_behind(tmp_path, monkeypatch):
