@@ -888,6 +888,11 @@ def add_report(sub) -> None:
         help="also put the picture and the curve's table into FILE, between its "
         "'<!-- curve:start -->' and '<!-- curve:end -->' lines",
     )
+    p.add_argument(
+        "--models",
+        action="store_true",
+        help="also copy each budget's exported winner (ONNX + card) to <out without .html>/<budget>.onnx",
+    )
 
 
 def cmd_report(args) -> int:
@@ -903,6 +908,11 @@ def cmd_report(args) -> int:
         print(path)
     if args.readme:
         print(args.readme)
+    if args.models:
+        from nas.report import collect_models
+
+        for path in collect_models(storage, out.with_suffix("")):
+            print(path)
     return 0
 
 

@@ -560,6 +560,27 @@ def write_summary_json(
 AIMS = {1_000: 0.16, 5_000: 0.32, 10_000: 0.40, 50_000: 0.57, 100_000: 0.62, 500_000: 0.70, 1_000_000: 0.73}
 
 
+def collect_models(storage: str, folder: str | Path) -> list[Path]:
+    """Copy each study's exported winner (its ONNX file and model card, `final.onnx`) into
+    `folder` as `<budget>.onnx` and `<budget>.card.json`, so a reader can use the best model at any
+    budget without training it. Winners whose export is not on this machine are skipped."""
+    import shutil
+
+    from nas.export import card_path_for
+
+    out, copied = Path(folder), []
+    for s in load_studies(storage):
+        onnx = Path((s.final or {}).get("onnx") or "")
+        if not s.budget or not onnx.is_file() or not card_path_for(onnx).is_file():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{s.budget}.onnx"
+        shutil.copyfile(onnx, target)
+        shutil.copyfile(card_path_for(onnx), card_path_for(target))
+        copied.append(target)
+    return copied
+
+
 def nearest_reference_model(budget: int) -> reference.RefPoint:
     """The reference study's model whose parameter count is nearest the budget (by ratio)."""
     return min(reference.REFERENCE_STUDY, key=lambda p: abs(math.log(p.params / budget)))

@@ -139,6 +139,14 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     assert added["hand design"]["y"] == pytest.approx([100 * o.baselines["hand"]["test_acc"] for o in outcomes])
     assert [t["name"] for t in plotted(html, "winner-shapes") if t.get("showlegend", True)] == ["3k", "8k"]
 
+    # the exported winners, copied beside the report as <budget>.onnx with their cards
+    from nas.report import collect_models
+
+    models = collect_models(storage, tmp_path / "sweep")
+    assert [p.name for p in models] == ["3000.onnx", "8000.onnx"]
+    assert all(p.with_name(p.stem + ".card.json").is_file() for p in models)
+    assert models[0].read_bytes() == outcomes[0].onnx.read_bytes()
+
     summary = json.loads(write_summary_json(storage, tmp_path / "sweep.json").read_text())
     assert [b["budget"] for b in summary["budgets"]] == [3000, 8000]
     for b, o in zip(summary["budgets"], outcomes):
