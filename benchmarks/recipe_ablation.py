@@ -10,6 +10,8 @@ model (bf16 is for training only). The arms:
   whiten      first conv initialised by whitening 3x3 patches
   cutout      --cutout px squares cut out
   combo       --combo's fields together
+  default     the additions the conv spaces' [recipe] took from this benchmark: bn_lr 4 + whiten
+              (with flip TTA: the "last/flip" column)
 
 Equal wall-clock time: before training, each arm's step time is measured against base's in this
 process (alternating short runs), and an arm that is slower per step trains proportionally fewer
@@ -55,6 +57,7 @@ def arms(args: argparse.Namespace) -> dict[str, dict]:
         "whiten": {"whiten": True},
         "cutout": {"cutout": args.cutout},
         "combo": json.loads(args.combo),
+        "default": {"bn_lr": 4.0, "whiten": True},  # the conv spaces' [recipe] since this benchmark
     }
 
 
