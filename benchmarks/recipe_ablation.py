@@ -151,7 +151,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summarize(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    out = Path(args.out)
+    files = sorted(out.glob("*.jsonl")) if out.is_dir() else [out]  # a folder: one file per process
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     by: dict[tuple[int, str, str], list[float]] = defaultdict(list)
     for r in rows:
         for k, v in r["test"].items():
