@@ -10,7 +10,7 @@ the fidelity's score and the test accuracy, with the time a trial at that fideli
 one run. Each genome's numbers are appended to `<out>/results.jsonl` as they arrive, and
 `--summarize` prints the table from that file alone, so an interrupted run keeps what it did.
 
-    python benchmarks/fidelity.py --data-dir ../shared/data --storage studies/cifar100-cpu.log \
+    python benchmarks/fidelity.py --data-dir ../shared/data --storage studies/cifar100-cpu-2026-11.log \
         --budgets 10000,50000 --genomes 8 --fidelities 15000x4,45000x2,15000x8 --final-epochs 15
 """
 
@@ -93,7 +93,7 @@ def summarize(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
-    ap.add_argument("--storage", default="studies/cifar100-cpu.log", help="storage holding the searches' studies")
+    ap.add_argument("--storage", default="studies/cifar100-cpu-2026-11.log", help="storage holding the searches' studies")
     ap.add_argument("--budgets", default="10000,50000")
     ap.add_argument("--genomes", type=int, default=8)
     ap.add_argument("--fidelities", default="15000x4,45000x2,15000x8", help="IMAGESxEPOCHS,...")
