@@ -508,6 +508,7 @@ def sweep_summary(studies: list[StudyView]) -> list[dict[str, Any]]:
                         "params": b.get("params"),
                         "test_acc": b.get("test_acc"),
                         "preset": b.get("preset"),
+                        "failure": b.get("failure"),
                     }
                     for k, b in s.baselines.items()
                 },
