@@ -664,7 +664,7 @@ def cmd_search(args) -> int:
 
 def add_sweep(sub) -> None:
     from nas.sweep import DEFAULT_BUDGETS
-    from nas.sweep_plan import BASELINES, DEFAULT_FINAL_EPOCHS, MAX_FINAL_EPOCHS
+    from nas.sweep_plan import DEFAULT_FINAL_EPOCHS, FIT, MAX_FINAL_EPOCHS
 
     p = sub.add_parser(
         "sweep",
@@ -703,12 +703,13 @@ def add_sweep(sub) -> None:
     p.add_argument(
         "--baselines",
         type=_baselines,
-        default=BASELINES,
+        default=FIT,
         metavar="KINDS",
         help="designs trained beside each winner for its epochs, each with its own family's recipe, their "
         "time on top of --time and planned separately: any of hand (the space's hand design), resnet "
         "(the CIFAR ResNet shape projected to the budget), reference (the reference study's model near "
-        f"the budget), or none (default {','.join(BASELINES)})",
+        "the budget); fit (the default): those of them, in that order, whose training takes at most twice "
+        "the winner's at each budget; or none",
     )
     p.add_argument("--out", help="report file (default reports/<storage name>.html; the JSON summary goes beside it)")
     p.add_argument(

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nas.errors import NasError
+from nas.files import card_path_for
 
 if TYPE_CHECKING:
     from nas.data import CifarSource
@@ -46,12 +47,6 @@ class ExportResult:
     @property
     def max_abs_diff(self) -> float | None:
         return self.card["check"].get("max_abs_diff")
-
-
-def card_path_for(onnx_path: str | Path) -> Path:
-    """`model.onnx` -> `model.card.json`, in the same folder."""
-    p = Path(onnx_path)
-    return p.with_name(p.stem + ".card.json")
 
 
 # ---------------------------------------------------------------- the ONNX file

@@ -61,3 +61,9 @@ def write_text_atomic(path: str | Path, text: str, what: str = "file") -> Path:
     except OSError as e:
         raise NasError(f"cannot write {what} {path}: {e.strerror or e}") from None
     return path
+
+
+def card_path_for(onnx_path: str | Path) -> Path:
+    """`model.onnx` -> `model.card.json`, in the same folder: where an exported model's card lives."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".card.json")

@@ -567,7 +567,7 @@ def collect_models(storage: str, folder: str | Path) -> list[Path]:
     budget without training it. Winners whose export is not on this machine are skipped."""
     import shutil
 
-    from nas.export import card_path_for
+    from nas.files import card_path_for
 
     out, copied = Path(folder), []
     for s in load_studies(storage):

@@ -22,7 +22,7 @@ from nas.runs import train_genome_command
 from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
 from nas.study import Objective, open_storage, search_seconds, storage_url, study_name, trial_genome
-from nas.sweep_plan import BASELINES, DEFAULT_FINAL_EPOCHS, MAX_FINAL_EPOCHS, BudgetPlan  # noqa: F401
+from nas.sweep_plan import BASELINES, FIT, BudgetPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import plural
 from nas.training import Recipe, default_device, space_recipe
@@ -139,7 +139,7 @@ def sweep(
     objective: Objective | None = None,
     progress: bool = True,
     runs_dir: str | Path = "runs/final",
-    baselines: Sequence[str] | bool = BASELINES,
+    baselines: Sequence[str] | bool = FIT,
     export: bool = True,
 ) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner on all training images.
@@ -149,13 +149,14 @@ def sweep(
     (`nas.sweep_plan`): each budget's search gets a share proportional to its trial's cost (minus
     what its study has already used, so a rerun resumes), and every winner trains the same
     epochs, unless `final_epochs` is given. Winners of the budgets searched before are queued as
-    trials of the next (budget transfer). `baselines` (kinds of `nas.sweep_plan.BASELINES`, or
-    True/False for all/none) train for the winner's epochs, each with its own family's recipe,
-    on top of the time limit. `recipe` (default: the space's) trains the searches' trials, its
-    epochs included; the final trainings take it with their own epochs. `objective` replaces the
-    searches' training (tests). CIFAR-100 is read from disk once, when first needed. Work already
-    recorded in a study (a final training of the same genome and recipe) is not redone. With
-    `export`, each winner is exported to ONNX in its run folder right after its final training."""
+    trials of the next (budget transfer). `baselines` (kinds of `nas.sweep_plan.BASELINES`,
+    `FIT`: those that fit twice the winner's training, or True/False for all/none) train for the
+    winner's epochs, each with its own family's recipe, on top of the time limit. `recipe`
+    (default: the space's) trains the searches' trials, its epochs included; the final trainings
+    take it with their own epochs. `objective` replaces the searches' training (tests). CIFAR-100
+    is read from disk once, when first needed. Work already recorded in a study (a final
+    training of the same genome and recipe) is not redone. With `export`, each winner is
+    exported to ONNX in its run folder right after its final training."""
     budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
     config = config or SearchConfig()
     sp = load_space(space) if isinstance(space, (str, Path)) else space

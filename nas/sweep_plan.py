@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import torch
 
 BASELINES = ("hand", "resnet", "reference")
+FIT = ("fit",)  # --baselines fit: the kinds, in this order, that fit FIT_FACTOR x the winner's training time
+FIT_FACTOR = 2.0
 DEFAULT_FINAL_EPOCHS = 60
 MAX_FINAL_EPOCHS = 200
 # The reference study's models 4-8 (mbconv presets) stand for the budgets they were built near.
@@ -172,13 +174,17 @@ def baselines_for(space: Space, budget: int, tol: float, kinds: Sequence[str], e
 
 
 def check_baselines(text: str) -> tuple[str, ...]:
-    """`--baselines` as given: 'hand,resnet,reference' (any of them) or 'none'."""
+    """`--baselines` as given: 'hand,resnet,reference' (any of them), 'fit' or 'none'."""
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     if kinds == ("none",):
         return ()
+    if kinds == FIT:
+        return FIT
     unknown = [k for k in kinds if k not in BASELINES]
     if unknown or not kinds:
-        raise NasError(f"unknown baseline '{unknown[0] if unknown else text}' (known: {', '.join(BASELINES)}, or none)")
+        raise NasError(
+            f"unknown baseline '{unknown[0] if unknown else text}' (known: {', '.join(BASELINES)}, or fit, or none)"
+        )
     return kinds
 
 
@@ -209,12 +215,16 @@ def plan_sweep(
         search_s = split_by_cost(SWEEP_SEARCH_SHARE * time_limit, trial_s)
         final_epochs = final_epochs or equal_epochs((1 - SWEEP_SEARCH_SHARE) * time_limit, epoch_s)
     epochs = final_epochs or DEFAULT_FINAL_EPOCHS
+    fit = tuple(baselines) == FIT
     plans = []
     for b in budgets:
-        base = baselines_for(space, b, config.tol, baselines, epochs)
-        with threads_per_job(config.jobs):  # a shorter calibration: their time is only reported
-            base_s = sum(
-                TRAIN_IMAGES / calibrate(x.genome, x.recipe, device, images=512).train_images_per_s for x in base
-            )
+        base, base_s = [], 0.0
+        for x in baselines_for(space, b, config.tol, BASELINES if fit else baselines, epochs):
+            with threads_per_job(config.jobs):  # a shorter calibration: their time is only reported
+                cost = TRAIN_IMAGES / calibrate(x.genome, x.recipe, device, images=512).train_images_per_s
+            if fit and (base_s + cost) > FIT_FACTOR * epoch_s[b]:
+                continue  # 'fit': the baselines of a budget take at most FIT_FACTOR x its winner's training
+            base.append(x)
+            base_s += cost
         plans.append(BudgetPlan(b, hands[b], trial_s[b], epoch_s[b], search_s[b], epochs, base, base_s))
     return SweepPlan(plans, time_limit)

@@ -94,3 +94,28 @@ def test_a_baseline_that_diverges_under_the_winners_recipe_trains_under_its_own(
     record = outcomes[0].baselines["seed"]
     assert record["test_acc"] is not None and record["recipe"]["lr"] == 0.4
     assert outcomes[0].final["recipe"]["lr"] == 0.8
+
+
+def test_fit_keeps_the_baselines_that_take_at_most_twice_the_winners_training(monkeypatch):
+    from nas.counting import count_params
+
+    def fake_calibrate(genome, recipe, device=None, **_):
+        rate = 1000.0 if genome.family == "mbconv" else 6000.0  # the reference model costs 6x
+        return Calibration(str(genome), count_params(genome), rate, 10 * rate, "cpu")
+
+    monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
+    space = load_space("conv-shape")
+    config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
+    plan = plan_sweep(
+        space,
+        [50_000],
+        config,
+        space_recipe(space, epochs=4),
+        time_limit=3600,
+        final_epochs=None,
+        baselines=nas.sweep_plan.FIT,
+        device="cpu",
+    )
+    (b,) = plan.budgets
+    assert [x.kind for x in b.baselines] == ["hand", "resnet"]  # each as costly as the winner; the reference 6x
+    assert b.baseline_s == pytest.approx(2 * b.final_s)
