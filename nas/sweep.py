@@ -161,7 +161,7 @@ def sweep(
     config = config or SearchConfig()
     sp = load_space(space) if isinstance(space, (str, Path)) else space
     kinds = BASELINES if baselines is True else () if baselines is False else tuple(baselines)
-    url = _check_sweep(sp, budgets, config, storage, data_dir, objective)
+    url = _check_sweep(sp, budgets, config, storage, data_dir, objective, time_limit)
     recipe = recipe or space_recipe(sp)
     plan = sweep_plan(
         sp,
@@ -181,7 +181,7 @@ def sweep(
     for i, bp in enumerate(plan.budgets, 1):
         if progress:
             print(f"== budget {bp.budget:,} ({i} of {len(budgets)}) ==", flush=True)
-        result, study = _search_budget(sp, bp, config, recipe, url, cifar, winners, objective, progress)
+        result, study, bp = _search_budget(sp, bp, config, recipe, url, cifar, winners, objective, progress)
         if result.best is None:
             if progress:
                 print(f"budget {bp.budget:,}: no completed trial, nothing to train", flush=True)
@@ -205,10 +205,10 @@ def sweep(
     return outcomes
 
 
-def _check_sweep(sp: Space, budgets, config: SearchConfig, storage, data_dir, objective) -> str:
+def _check_sweep(sp: Space, budgets, config: SearchConfig, storage, data_dir, objective, time_limit) -> str:
     """Every argument checked before anything is written: the budgets the space must meet, the
     storage's name, and (last) the data folder."""
-    config.check()
+    replace(config, time_limit=config.time_limit if time_limit is None else time_limit).check()
     check_subset(config.subset)
     for budget in budgets:  # a budget the space cannot meet fails now, not after the searches before it
         project(config.start or default_start(sp), sp, budget, config.tol)
@@ -228,27 +228,43 @@ def _search_budget(
     winners: dict[int, Genome],
     objective,
     progress: bool,
-) -> tuple[SearchResult, optuna.Study]:
+) -> tuple[SearchResult, optuna.Study, BudgetPlan]:
     """The budget's search, with its share of the time (less what its study used before) and the
-    earlier budgets' winners projected here (budget transfer)."""
+    earlier budgets' winners projected here (budget transfer); and the budget's plan as kept."""
     transfer = []
     for b, g in winners.items():
         try:
             transfer.append((f"transfer:{b}", project(g, sp, bp.budget, config.tol)))
         except NasError:
             pass  # a shape that cannot be scaled into this budget
+    name = study_name(sp.name, bp.budget, recipe, config.score, config.subset, config.val_size)
+    try:
+        earlier = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        earlier = None
+    bp = _kept_plan(earlier, bp)
     limit = None
     if bp.search_s is not None:
-        name = study_name(sp.name, bp.budget, recipe, config.score, config.subset, config.val_size)
-        try:
-            earlier = optuna.load_study(study_name=name, storage=open_storage(url))
-            used = search_seconds(earlier.get_trials(deepcopy=False), earlier.user_attrs)
-        except KeyError:
-            used = 0.0
+        used = search_seconds(earlier.get_trials(deepcopy=False), earlier.user_attrs) if earlier else 0.0
         limit = max(0.0, bp.search_s - used)
     step = replace(config, time_limit=limit, transfer=transfer)
     result = search(sp, bp.budget, step, storage=url, data=cifar, recipe=recipe, objective=objective, progress=progress)
-    return result, optuna.load_study(study_name=result.study_name, storage=open_storage(url))
+    study = optuna.load_study(study_name=result.study_name, storage=open_storage(url))
+    if PLAN_ATTR not in study.user_attrs and bp.search_s is not None:
+        study.set_user_attr(PLAN_ATTR, {"search_s": bp.search_s, "final_epochs": bp.final_epochs})
+    return result, study, bp
+
+
+PLAN_ATTR = "sweep_plan"  # a budget's search seconds and final epochs, as its first timed sweep planned them
+
+
+def _kept_plan(study: optuna.Study | None, bp: BudgetPlan) -> BudgetPlan:
+    """A resumed timed sweep keeps what its first run planned for the budget (recorded in the
+    study), however fast the machine happens to be now, so the winners' epochs do not drift."""
+    kept = (study.user_attrs.get(PLAN_ATTR) if study is not None else None) or {}
+    if bp.search_s is None or not kept:
+        return bp
+    return replace(bp, search_s=kept["search_s"], final_epochs=kept["final_epochs"])
 
 
 def _final_trainings(

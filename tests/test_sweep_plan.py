@@ -119,3 +119,33 @@ def test_fit_keeps_the_baselines_that_take_at_most_twice_the_winners_training(mo
     (b,) = plan.budgets
     assert [x.kind for x in b.baselines] == ["hand", "resnet"]  # each as costly as the winner; the reference 6x
     assert b.baseline_s == pytest.approx(2 * b.final_s)
+
+
+def test_a_resumed_timed_sweep_keeps_what_its_first_run_planned(cifar_dir, tmp_path, monkeypatch):
+    """The first run is stopped after the 8k search, before its final training; on the rerun the
+    machine is faster (the plan would now give 9 epochs), but 8k keeps its recorded plan (3
+    epochs), as 3k does, so the curve's winners keep equal epochs."""
+    import optuna
+
+    space = load_space("conv")
+    config = SearchConfig("random", trials=None, val_size=200, pruner="none", noise_seeds=False, finalists=0)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = dict(
+        storage=storage,
+        data_dir=cifar_dir,
+        recipe=space_recipe(space, epochs=1),
+        objective=lambda genome, trial: 0.1,
+        progress=False,
+        runs_dir=tmp_path / "runs",
+        baselines=(),
+        export=False,
+        time_limit=30,
+    )
+    monkeypatch.setattr(nas.sweep_plan, "equal_epochs", lambda *args: 3)
+    first = sweep(space, [3000, 8000], config, **common)
+    assert [o.final["epochs"] for o in first] == [3, 3]
+    stopped = optuna.load_study(study_name=first[1].search.study_name, storage=storage)
+    stopped.set_user_attr("final", None)  # as if stopped before the 8k winner's final training
+    monkeypatch.setattr(nas.sweep_plan, "equal_epochs", lambda *args: 9)
+    again = sweep(space, [3000, 8000], config, **common)
+    assert [o.final["epochs"] for o in again] == [3, 3] and again[0].final_reused and not again[1].final_reused
