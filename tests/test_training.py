@@ -216,7 +216,7 @@ def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
     from nas.data import load_cifar100
 
     data = load_cifar100(cifar_dir, val_size=200, download=False)
-    assert evaluate(model, data.test_x, data.test_y, data) == s["test_acc"]
+    assert evaluate(model, data.test_x, data.test_y, data, bf16=False) == s["test_acc"]  # float32, as reported
 
 
 def test_train_command_failure_and_bad_run_dir(cifar_dir, tmp_path):
@@ -262,9 +262,9 @@ def test_space_recipe_table_sets_defaults_the_user_can_override(tmp_path):
     from nas.training import space_recipe
 
     conv = load_space("conv-shape")
-    assert conv.recipe == {"lr": 0.8} and space_recipe(conv).lr == 0.8
-    assert space_recipe(conv, lr=0.2, epochs=3) == Recipe(lr=0.2, epochs=3)
-    assert space_recipe(load_space("mbconv")) == Recipe() and space_recipe(None, epochs=2) == Recipe(epochs=2)
+    assert conv.recipe == {"lr": 0.8, "bn_lr": 4.0, "whiten": True, "tta": "flip"} and space_recipe(conv).lr == 0.8
+    assert space_recipe(conv, lr=0.2, epochs=3, tta="none") == Recipe(lr=0.2, epochs=3, bn_lr=4.0, whiten=True)
+    assert space_recipe(load_space("mbconv")) == Recipe(lr=0.4) and space_recipe(None, epochs=2) == Recipe(epochs=2)
     bad = tmp_path / "bad.toml"
     bad.write_text(
         'family = "conv"\n[recipe]\nlr = "fast"\n[genes]\ndepth = {low = 1, high = 2}\nwidth = {low = 2, high = 8}\n'
