@@ -148,33 +148,20 @@ class Recipe:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.tta not in TTA_MODES:
             problems.append(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        checks = (
-            ("lr", self.lr > 0),
-            ("warmup", 0 <= self.warmup < 1),
-            ("label_smoothing", 0 <= self.label_smoothing < 1),
-            ("weight_decay", self.weight_decay >= 0),
-            ("batch_size", self.batch_size >= 1),
-            ("epochs", self.epochs >= 1),
-            ("cutout", self.cutout >= 0),
-            ("ema", 0 <= self.ema < 1),
-            ("bn_lr", self.bn_lr > 0),
-            ("kd_alpha", 0 <= self.kd_alpha <= 1),
-            ("kd_temperature", self.kd_temperature > 0),
+        checks = (  # (field, whether its value is allowed, what is allowed)
+            ("lr", self.lr > 0, "> 0"),
+            ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("cutout", self.cutout >= 0, ">= 0"),
+            ("ema", 0 <= self.ema < 1, "in [0, 1)"),
+            ("bn_lr", self.bn_lr > 0, "> 0"),
+            ("kd_alpha", 0 <= self.kd_alpha <= 1, "in [0, 1]"),
+            ("kd_temperature", self.kd_temperature > 0, "> 0"),
         )
-        bounds = {
-            "ema": "in [0, 1)",
-            "bn_lr": "> 0",
-            "kd_alpha": "in [0, 1]",
-            "kd_temperature": "> 0",
-            "lr": "> 0",
-            "warmup": "in [0, 1)",
-            "label_smoothing": "in [0, 1)",
-            "weight_decay": ">= 0",
-            "batch_size": ">= 1",
-            "epochs": ">= 1",
-            "cutout": ">= 0",
-        }
-        problems += [f"{name} must be {bounds[name]}, got {getattr(self, name)!r}" for name, ok in checks if not ok]
+        problems += [f"{name} must be {bound}, got {getattr(self, name)!r}" for name, ok, bound in checks if not ok]
         if problems:
             raise NasError(f"recipe: {problems[0]}")
 
