@@ -93,7 +93,9 @@ def summarize(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
-    ap.add_argument("--storage", default="studies/cifar100-cpu-2026-11.log", help="storage holding the searches' studies")
+    ap.add_argument(
+        "--storage", default="studies/cifar100-cpu-2026-11.log", help="storage holding the searches' studies"
+    )
     ap.add_argument("--budgets", default="10000,50000")
     ap.add_argument("--genomes", type=int, default=8)
     ap.add_argument("--fidelities", default="15000x4,45000x2,15000x8", help="IMAGESxEPOCHS,...")

@@ -45,12 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         reported = card.get("test_acc")
         diff = None if reported is None else abs(acc - reported)
         worst = max(worst, diff or 0.0)
-        print(f"{path}: ONNX Runtime {100 * acc:.2f}% on {len(labels):,} test images, reported "
-              f"{'-' if reported is None else f'{100 * reported:.2f}%'}"
-              + ("" if diff is None else f", difference {100 * diff:.2f} points")
-              + f" (TTA: {card.get('test_time_augmentation', 'none')[:4]})")
-    print(f"largest difference {100 * worst:.2f} points: {'within' if worst <= args.tolerance else 'OUTSIDE'} "
-          f"the {100 * args.tolerance:.1f}-point tolerance")
+        print(
+            f"{path}: ONNX Runtime {100 * acc:.2f}% on {len(labels):,} test images, reported "
+            f"{'-' if reported is None else f'{100 * reported:.2f}%'}"
+            + ("" if diff is None else f", difference {100 * diff:.2f} points")
+            + f" (TTA: {card.get('test_time_augmentation', 'none')[:4]})"
+        )
+    print(
+        f"largest difference {100 * worst:.2f} points: {'within' if worst <= args.tolerance else 'OUTSIDE'} "
+        f"the {100 * args.tolerance:.1f}-point tolerance"
+    )
     return 0 if worst <= args.tolerance else 1
 
 
