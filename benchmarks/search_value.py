@@ -11,13 +11,19 @@ Per budget, arms:
   only complete trials become finalists;
 - `k-best`: the same with the k best trials as finalists (the default before the diverse pick);
 - `tpe`: TPE with Hyperband and no finalists (the best trial wins), same space, time and seeds;
-- `random`: Optuna's random sampler with Hyperband, no finalists (the textbook baseline);
+- `random`: Optuna's random sampler run exactly as the default is (same space, fidelity, time,
+  no pruning, the same diverse finalists), so that `default - random` is the sampler alone;
+- `random-hb`: the random sampler with Hyperband and no finalists (the textbook baseline, and
+  the `random` arm until 2026-12-04: its rows say `pruner` hyperband or nothing);
 - `hand`: the space's hand design (its default start projected to the budget), no search.
 The rows keep the arm names they were written with (`default` for the Hyperband searches,
 `unpruned` for the first searches without pruning); `arm_of` reads them as the arms above.
 Every search is its own study (one journal file per arm and seed under `--out`, so arms never
 share results). Each arm's winner is then trained on all 50,000 training images for
-`--final-epochs` with the same recipe and tested; the hand design is trained with each seed of
+`--final-epochs` with the same recipe and tested (`--recipe k=v,...` changes the space's recipe
+for searches and final trainings alike; `--recipe bn_lr=1,whiten=false,tta=none` is the recipe
+the rows before 2026-12 ran with, and the setup string names every recipe addition that is on);
+the hand design is trained with each seed of
 `--seeds` too (the recipe's seed), which gives the seed-to-seed spread of one genome. The script
 prints test accuracy per arm (mean ± std over seeds) and the differences, from one run. Results
 are appended to `<out>/results.jsonl` as they arrive; a rerun skips the arms already there, and
@@ -51,18 +57,23 @@ from nas.spaces import FAMILIES, Genome, load_space
 from nas.study import open_storage, trial_genome
 from nas.training import Recipe, evaluate, space_recipe, train
 
-ARMS = ("default", "hyperband", "k-best", "tpe", "random", "hand")
+# The recipe fields added on 2026-12-04 at their neutral values (every row before ran with these).
+ADDED_IN_2026_12 = {"ema": 0.0, "tta": "none", "alt_flip": False, "bn_lr": 1.0, "whiten": False, "kd_alpha": 0.0}
+
+ARMS = ("default", "hyperband", "k-best", "tpe", "random", "random-hb", "hand")
 # arm -> (searcher, finalist pick (None: no finalists), pruner, the stem of its study files)
 SEARCH_ARMS = {
     "default": ("tpe", "diverse", "none", "unpruned"),
     "hyperband": ("tpe", "diverse", "hyperband", "default-diverse"),
     "k-best": ("tpe", "best", "hyperband", "default"),
     "tpe": ("tpe", None, "hyperband", "tpe"),
-    "random": ("random", None, "hyperband", "random"),
+    "random": ("random", "diverse", "none", "random-fair"),
+    "random-hb": ("random", None, "hyperband", "random"),
 }
 COMPARED = (
     ("default", "hand"),
     ("default", "random"),
+    ("default", "random-hb"),
     ("default", "hyperband"),
     ("default", "k-best"),
     ("default", "tpe"),
@@ -74,6 +85,8 @@ COMPARED = (
     ("tpe", "hand"),
     ("tpe", "random"),
     ("random", "hand"),
+    ("random", "random-hb"),
+    ("random-hb", "hand"),
 )
 
 
@@ -94,6 +107,8 @@ def arm_of(row: dict) -> str:
         return "default"
     if row["arm"] == "default":
         return "hyperband" if row.get("finalist_pick") == "diverse" else "k-best"
+    if row["arm"] == "random" and row.get("pruner", "hyperband") == "hyperband":
+        return "random-hb"
     return row["arm"]
 
 
@@ -177,6 +192,25 @@ def pruned_by_depth(rows: list[dict], out: Path) -> None:
                 )
 
 
+def recipe_overrides(text: str) -> dict[str, object]:
+    """`bn_lr=1,whiten=false,tta=none` as Recipe fields (Recipe.from_dict checks names and types)."""
+    out: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, value = (part.strip() for part in item.partition("=")[::2])
+        try:
+            out[key] = json.loads(value)  # numbers and true/false
+        except json.JSONDecodeError:
+            out[key] = value  # words: tta=flip
+    return out
+
+
+def additions_on(recipe: Recipe) -> str:
+    """The recipe additions of 2026-12 that are on, for the setup string: empty for the recipe
+    all rows before them ran with, so those rows stay comparable with reruns of that recipe."""
+    on = {k: v for k, v in recipe.to_dict().items() if k in ADDED_IN_2026_12 and v != ADDED_IN_2026_12[k]}
+    return "".join(f", {k} {v}" for k, v in sorted(on.items()))
+
+
 def final_tester(cifar: CifarSource, final_recipe: Recipe) -> Callable[[Genome, int], float]:
     """Test accuracy of a genome after the final training (every training image, `final_recipe`
     with the given seed): how every arm's winner is judged."""
@@ -196,6 +230,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="search time per arm and seed")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--final-epochs", type=int, default=15)
+    ap.add_argument(
+        "--recipe",
+        default="",
+        help="recipe fields over the space's, e.g. bn_lr=1,whiten=false,tta=none (the rows before 2026-12)",
+    )
     ap.add_argument("--out", default="benchmarks/results/search_value", help="folder for the studies and results")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default {','.join(ARMS)})")
     ap.add_argument("--summarize", action="store_true", help="print the tables from <out>/results.jsonl and stop")
@@ -215,11 +254,13 @@ def main() -> None:
     if set(arms) - set(ARMS):
         raise SystemExit(f"unknown arms {sorted(set(arms) - set(ARMS))} (known: {', '.join(ARMS)})")
     out.mkdir(parents=True, exist_ok=True)
-    search_recipe = space_recipe(space, epochs=d.epochs)  # the space's measured lr, as nas search uses
+    # the space's measured recipe, as nas search uses, with --recipe over it
+    search_recipe = space_recipe(space, epochs=d.epochs, **recipe_overrides(args.recipe))
     final_recipe = replace(search_recipe, epochs=args.final_epochs)
     # Rows of another setup in the same file are never mixed with this one's (nor skipped for it).
     setup = (
         f"{space.name}, {d.subset} images x {d.epochs} epochs, {args.minutes:g} min, final {args.final_epochs} epochs"
+        + additions_on(search_recipe)
     )
     cifar = CifarSource(args.data_dir, "cpu")
     print(
