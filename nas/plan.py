@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nas.errors import NasError
-from nas.text import duration  # noqa: F401  (nas.plan.duration, as before)
+from nas.text import duration, plural
 
 if TYPE_CHECKING:
     import torch
@@ -242,6 +242,13 @@ def hyperband_rungs(epochs: int, reduction: int = 3) -> list[int]:
     return [*rungs, epochs]
 
 
+# A search trial's training time grows with its FLOPs more slowly than in proportion (per-layer
+# costs do not shrink with the layer): in the 2026-12 sweep's studies at 1k-50k, the median trial
+# time over the hand design's was 1.00, 1.37, 1.40, 1.26 where the FLOPs ratio was 0.86, 1.61,
+# 1.54, 1.25, which FLOPs ratio ** 0.75 matches within 0.1.
+TIME_PER_FLOPS_EXPONENT = 0.75
+
+
 @dataclass
 class Plan:
     """A search, described before it runs."""
@@ -258,16 +265,28 @@ class Plan:
     pruner: str
     trials: int | None  # None: as many as the time limit allows
     time_limit_s: float | None
-    calibration: Calibration  # of one trial, on the threads one job gets
+    calibration: Calibration  # of one trial of the hand design, on the threads one job gets
     done: int = 0  # trials already in the study
     jobs: int = 1  # trials trained at once
     finalists: int = 0  # best genomes retrained at the end (see nas.finalists)
     finalist_images: int = 0  # ... on this many training images
     finalist_epochs: int = 0  # ... for this many epochs
+    finalist_pick: str = "diverse"  # ... which (nas.finalists.pick)
+    # a typical trial's training time over the hand design's (TIME_PER_FLOPS_EXPONENT): the
+    # calibration times the hand design, and the search's genomes are mostly larger in FLOPs
+    cost_factor: float = 1.0
+    noise_trials: int = 0  # hand-design trainings with other seeds first (nas.search.measure_noise)
 
     @property
     def seconds_per_finalist(self) -> float:
-        return self.calibration.seconds(self.finalist_images, self.finalist_epochs, self.val_images)
+        return self.cost_factor * self.calibration.seconds(self.finalist_images, self.finalist_epochs, self.val_images)
+
+    @property
+    def finalist_scale(self) -> float:
+        """A finalist's training time over its trial's (the same genome at the two fidelities)."""
+        return self.calibration.seconds(
+            self.finalist_images, self.finalist_epochs, self.val_images
+        ) / self.calibration.seconds(self.train_images, self.epochs, self.val_images)
 
     @property
     def finalists_s(self) -> float:
@@ -275,23 +294,33 @@ class Plan:
         return math.ceil(self.finalists / self.jobs) * self.seconds_per_finalist
 
     @property
+    def noise_s(self) -> float:
+        """The hand design's trainings that measure the score's noise, one after the other."""
+        return self.noise_trials * self.calibration.seconds(self.train_images, self.epochs, self.val_images)
+
+    @property
     def reserve_s(self) -> float:
         """Of the time limit, what is kept for the finalists: no trial starts after the rest."""
         return self.reserve_for(1.0)
 
-    def reserve_for(self, slowdown: float) -> float:
-        """The finalists' time when trainings run `slowdown` times slower than calibrated (other
-        work on the machine), with the time of the trials still running when the search stops,
-        at most half the time limit (a short search still searches)."""
+    def reserve_for(self, slowdown: float, finalist_s: list[float] | None = None) -> float:
+        """The finalists' time: `finalist_s` (each finalist's estimated seconds; default the
+        calibrated ones, `slowdown` times slower), `jobs` at a time, longest first, with the time
+        of the trials still running when the search stops (they run on every job at once: one
+        trial's time, `slowdown` times the calibrated), at most half the time limit (a short
+        search still searches)."""
         if not self.finalists or self.time_limit_s is None:
             return 0.0
-        # the trials started last run on every job at once: one trial's time
-        return min((self.finalists_s + self.seconds_per_job_trial) * slowdown, self.time_limit_s / 2)
+        each = finalist_s if finalist_s is not None else [self.seconds_per_finalist * slowdown] * self.finalists
+        jobs = [0.0] * self.jobs
+        for s in sorted(each, reverse=True):  # longest first onto the least loaded job
+            jobs[jobs.index(min(jobs))] += s
+        return min(max(jobs) + self.seconds_per_job_trial * slowdown, self.time_limit_s / 2)
 
     @property
     def seconds_per_job_trial(self) -> float:
-        """Wall seconds of one trial trained to its last epoch, on the threads of one job."""
-        return self.calibration.seconds(self.train_images, self.epochs, self.val_images)
+        """Wall seconds of one typical trial trained to its last epoch, on the threads of one job."""
+        return self.cost_factor * self.calibration.seconds(self.train_images, self.epochs, self.val_images)
 
     @property
     def seconds_per_trial(self) -> float:
@@ -301,21 +330,26 @@ class Plan:
 
     @property
     def expected_trials(self) -> int:
+        """Trials that fit the time limit once the noise measurement and the finalists have theirs."""
         left = None if self.trials is None else max(0, self.trials - self.done)
         if self.time_limit_s is None:
             return left or 0
-        fit = max(1, int((self.time_limit_s - self.reserve_s) // self.seconds_per_trial))
+        fit = max(1, int((self.time_limit_s - self.reserve_s - self.noise_s) // self.seconds_per_trial))
         return fit if left is None else min(left, fit)
 
     @property
     def eta_s(self) -> float:
         """Upper bound of the run's length: every trial to its last epoch, and a time limit may be
         overrun by the epoch running when it passes."""
-        full = self.expected_trials * self.seconds_per_trial + self.finalists_s
+        full = self.expected_trials * self.seconds_per_trial + self.noise_s + self.finalists_s
         if self.time_limit_s is None:
             return full
         until_deadline = self.time_limit_s + self.seconds_per_trial / self.epochs
         return until_deadline if self.trials is None else min(full, until_deadline)  # no count: runs to the end
+
+    @property
+    def finalist_choice(self) -> str:
+        return "the best trial of each topology first" if self.finalist_pick == "diverse" else "the best trials"
 
     def lines(self) -> list[str]:
         rungs = (
@@ -339,8 +373,8 @@ class Plan:
             f"  trials:   {count}" + (f", {self.jobs} at a time" if self.jobs > 1 else ""),
             *(
                 [
-                    f"  winner:   the best of the {self.finalists} best genomes retrained on {self.finalist_images:,} "
-                    f"images x {self.finalist_epochs} epoch{'s' * (self.finalist_epochs != 1)} with a fresh seed "
+                    f"  winner:   the best of {self.finalists} finalists ({self.finalist_choice}) retrained on "
+                    f"{self.finalist_images:,} images x {plural(self.finalist_epochs, 'epoch')} with a fresh seed "
                     f"(~{self.seconds_per_finalist:.0f} s each"
                     f"{f', {self.reserve_s:.0f} s kept for them' if self.reserve_s else ''})"
                 ]
@@ -348,6 +382,7 @@ class Plan:
                 else []
             ),
             f"  speed:    ~{self.seconds_per_trial:.0f} s per full trial ({cal.train_images_per_s:,.0f} train "
-            f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''})",
+            f"img/s, measured on {cal.genome}{', cached' if cal.cached else ''}"
+            f"{f'; a typical genome here trains {self.cost_factor:.2f}x as long' if self.cost_factor != 1 else ''})",
             f"  ETA:      {duration(self.eta_s)}",
         ]

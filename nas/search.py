@@ -42,7 +42,7 @@ from nas.study import (
     top_trials,
 )
 from nas.text import plural
-from nas.trials import TrialQuota, enqueue_genomes, run_trials
+from nas.trials import TrialQuota, enqueue_genomes, run_trials, typical_flops_ratio
 
 if TYPE_CHECKING:
     from nas.data import CifarSource
@@ -202,12 +202,14 @@ def measure_noise(study: optuna.Study, genome: Genome, objective: TrainingObject
 
 class FinalistTime:
     """Keeps the end of a time-limited search for its finalists: no trial starts in the last
-    `plan.reserve_for(slowdown)` seconds. The slowdown starts at 1 (the calibration) and follows
-    the trials: the median wall time of those trained to their last epoch over the calibrated
-    time of one, since whatever else runs on the machine slows trials and finalists alike."""
+    `plan.reserve_for(...)` seconds. After each trial the reserve is made from the genomes that
+    would be the finalists now (`candidates()`): each one's measured trial time times the
+    finalist fidelity's (`plan.finalist_scale`), the calibrated time for those not yet there;
+    the slowdown (the median trial's wall time over the plan's typical trial) scales what is
+    estimated, since whatever else runs on the machine slows trials and finalists alike."""
 
-    def __init__(self, plan: Plan, deadline: float, quota: TrialQuota):
-        self.plan, self.deadline, self.quota = plan, deadline, quota
+    def __init__(self, plan: Plan, deadline: float, quota: TrialQuota, candidates: Callable[[], list[FrozenTrial]]):
+        self.plan, self.deadline, self.quota, self.candidates = plan, deadline, quota, candidates
         self.trial_seconds: list[float] = []
         self.quota.deadline = deadline - plan.reserve_s
 
@@ -216,10 +218,21 @@ class FinalistTime:
             return 1.0
         return statistics.median(self.trial_seconds) / self.plan.seconds_per_job_trial
 
+    def finalist_seconds(self, slowdown: float) -> list[float]:
+        """Each finalist's estimated training time, the genomes chosen now first."""
+        plan = self.plan
+        measured = [
+            t.user_attrs["wall_time_s"] * plan.finalist_scale
+            for t in self.candidates()
+            if t.user_attrs.get("wall_time_s")
+        ]
+        return measured + [plan.seconds_per_finalist * slowdown] * max(0, plan.finalists - len(measured))
+
     def outcome(self, out: Outcome) -> None:
         if out.ok and out.reused_from is None and out.seconds:
             self.trial_seconds.append(out.seconds)
-            self.quota.deadline = self.deadline - self.plan.reserve_for(self.slowdown())
+            slowdown = self.slowdown()
+            self.quota.deadline = self.deadline - self.plan.reserve_for(slowdown, self.finalist_seconds(slowdown))
 
 
 def run_finalists(
@@ -266,12 +279,16 @@ def run_finalists(
     )
 
 
-def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *, done: int = 0) -> Plan:
+def make_plan(
+    space: Space, budget: int, config: SearchConfig, recipe: Recipe, *, done: int = 0, noise_trials: int | None = None
+) -> Plan:
     """The plan of a search (see nas.plan), calibrated on the budget's hand design with the
-    threads one of `config.jobs` concurrent trials gets."""
+    threads one of `config.jobs` concurrent trials gets, a typical trial's time scaled from it by
+    FLOPs (`typical_flops_ratio`). `noise_trials`: the noise measurement's trainings still to
+    run (default: all of them when `config.noise_seeds`)."""
     import torch
 
-    from nas.plan import Plan, calibrate
+    from nas.plan import TIME_PER_FLOPS_EXPONENT, Plan, calibrate
     from nas.training import bf16_autocast, default_device
 
     dev = torch.device(config.device) if config.device is not None else default_device()
@@ -299,6 +316,9 @@ def make_plan(space: Space, budget: int, config: SearchConfig, recipe: Recipe, *
         finalists=config.finalists,
         finalist_images=TRAIN_IMAGES - config.val_size,
         finalist_epochs=fin.epochs if fin else 0,
+        finalist_pick=config.finalist_pick,
+        cost_factor=typical_flops_ratio(space, budget, config.tol, hand) ** TIME_PER_FLOPS_EXPONENT,
+        noise_trials=(len(NOISE_SEEDS) if config.noise_seeds else 0) if noise_trials is None else noise_trials,
     )
 
 
@@ -489,7 +509,7 @@ def _print_plan(run: _Run, own_objective: bool, done: int, progress: bool) -> Pl
     timed = c.time_limit is not None and (c.noise_seeds or run.fidelity is not None)
     if not own_objective or _out_of_time(c) or not (show or timed):
         return None
-    plan = make_plan(run.space, run.budget, c, run.recipe, done=done)
+    plan = make_plan(run.space, run.budget, c, run.recipe, done=done, noise_trials=len(_noise_seeds_left(run)))
     if show and progress:
         for line in plan.lines():
             print(line, file=sys.stderr, flush=True)
@@ -515,7 +535,7 @@ def _progress(run: _Run, quota: TrialQuota, done: int, progress: bool) -> tuple[
     bar.note(f"study '{run.study.study_name}' in {run.url} ({plural(done, 'trial')} done)")
     if run.deadline is None or plan is None or not plan.reserve_s:
         return bar, bar.outcome
-    keeper = FinalistTime(plan, run.deadline, quota)
+    keeper = FinalistTime(plan, run.deadline, quota, lambda: _finalist_candidates(run))
 
     def on_outcome(out: Outcome) -> None:
         bar.outcome(out)
@@ -524,13 +544,19 @@ def _progress(run: _Run, quota: TrialQuota, done: int, progress: bool) -> tuple[
     return bar, on_outcome
 
 
+def _noise_seeds_left(run: _Run) -> list[int]:
+    """The noise seeds whose hand-design training the study does not hold yet (none unless asked)."""
+    if not run.config.noise_seeds:
+        return []
+    noise = run.study.user_attrs.get(NOISE_ATTR) or {}
+    values = noise.get("values", {}) if noise.get("genome") == run.hand.to_json() else {}
+    return [seed for seed in NOISE_SEEDS if str(seed) not in values]
+
+
 def _noise_wanted(run: _Run, own_objective: bool, bar: SearchProgress) -> bool:
     """Whether to train the hand design with the noise seeds now: not yet measured, and the time
     limit leaves room for it."""
-    if not (own_objective and run.config.noise_seeds) or _out_of_time(run.config):
-        return False
-    values = (run.study.user_attrs.get(NOISE_ATTR) or {}).get("values", {})
-    if all(str(seed) in values for seed in NOISE_SEEDS):
+    if not (own_objective and _noise_seeds_left(run)) or _out_of_time(run.config):
         return False
     plan = run.plan
     if (
@@ -549,16 +575,20 @@ def _noise_wanted(run: _Run, own_objective: bool, bar: SearchProgress) -> bool:
 def _finalists(run: _Run, progress: bool, note: Callable[[str], None]) -> list[Finalist]:
     if run.fidelity is None:
         return []
-    c = run.config
-    candidates = pick(top_trials(run.study, run.budget, None), c.finalists, c.finalist_pick == "diverse")
     return run_finalists(
         run.study,
-        candidates,
+        _finalist_candidates(run),
         run.fidelity,
         run.recipe,
-        c,
+        run.config,
         run.data,
         deadline=run.deadline,
         progress=progress,
         note=note,
     )
+
+
+def _finalist_candidates(run: _Run) -> list[FrozenTrial]:
+    """The trials whose genomes would be the finalists if the search stopped now."""
+    c = run.config
+    return pick(top_trials(run.study, run.budget, None), c.finalists, c.finalist_pick == "diverse")

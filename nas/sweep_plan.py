@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from nas.budget import project
 from nas.errors import NasError
-from nas.plan import SWEEP_SEARCH_SHARE, calibrate
-from nas.search import TRAIN_IMAGES, SearchConfig, default_start, threads_per_job
+from nas.plan import SWEEP_SEARCH_SHARE, Plan, calibrate
+from nas.search import TRAIN_IMAGES, SearchConfig, default_start, make_plan, threads_per_job
 from nas.spaces import Genome, Space, load_space
 from nas.text import duration, plural
 from nas.training import Recipe, space_recipe
@@ -62,7 +62,7 @@ class BudgetPlan:
 
     budget: int
     hand: Genome
-    trial_s: float  # one search trial at the search fidelity, on the threads a trial gets
+    search: Plan  # the budget's search, as `nas search` plans it (its time limit unset)
     epoch_s: float  # one final epoch over all training images (the hand design, all threads)
     search_s: float | None  # None: the search runs by its trial count
     final_epochs: int
@@ -70,8 +70,14 @@ class BudgetPlan:
     baseline_epoch_s: float  # one epoch of all the baselines together
 
     @property
+    def trial_s(self) -> float:
+        """One typical search trial at the search fidelity, `jobs` at a time."""
+        return self.search.seconds_per_trial
+
+    @property
     def expected_trials(self) -> int | None:
-        return None if self.search_s is None else int(self.search_s // self.trial_s)
+        """What the search's own plan expects in `search_s`: its noise measurement and finalists first."""
+        return None if self.search_s is None else replace(self.search, time_limit_s=self.search_s).expected_trials
 
     @property
     def final_s(self) -> float:
@@ -203,13 +209,14 @@ def plan_sweep(
     Without `time_limit` the searches run by their trial count and the winners train
     `final_epochs` (default DEFAULT_FINAL_EPOCHS)."""
     hands = {b: project(config.start or default_start(space), space, b, config.tol) for b in budgets}
-    train_images = config.subset or (TRAIN_IMAGES - config.val_size)
     # One calibration per model, on the threads a search trial gets; a final training, with all of
     # them, is at least as fast, so the plan errs on the long side.
-    with threads_per_job(config.jobs):
-        cals = {b: calibrate(g, recipe, device) for b, g in hands.items()}
-    trial_s = {b: c.seconds(train_images, recipe.epochs, config.val_size) / config.jobs for b, c in cals.items()}
-    epoch_s = {b: TRAIN_IMAGES / c.train_images_per_s for b, c in cals.items()}
+    searches = {
+        b: make_plan(space, b, replace(config, time_limit=None, device=device or config.device), recipe)
+        for b in budgets
+    }
+    trial_s = {b: p.seconds_per_trial for b, p in searches.items()}
+    epoch_s = {b: TRAIN_IMAGES / p.calibration.train_images_per_s for b, p in searches.items()}
     search_s: dict[int, float | None] = dict.fromkeys(budgets)
     if time_limit is not None:
         search_s = split_by_cost(SWEEP_SEARCH_SHARE * time_limit, trial_s)
@@ -226,5 +233,5 @@ def plan_sweep(
                 continue  # 'fit': the baselines of a budget take at most FIT_FACTOR x its winner's training
             base.append(x)
             base_s += cost
-        plans.append(BudgetPlan(b, hands[b], trial_s[b], epoch_s[b], search_s[b], epochs, base, base_s))
+        plans.append(BudgetPlan(b, hands[b], searches[b], epoch_s[b], search_s[b], epochs, base, base_s))
     return SweepPlan(plans, time_limit)

@@ -7,6 +7,7 @@ needs from it, it says itself (`nas.study.SamplerNeeds`).
 from __future__ import annotations
 
 import random
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,22 @@ def suggest_genome(trial: optuna.Trial, space: Space) -> Genome:
         else:
             values.append(trial.suggest_int(name, gene.low, gene.high_on_grid, step=gene.step, log=gene.log))
     return space.from_vector(values)
+
+
+def typical_flops_ratio(space: Space, budget: int, tol: float, hand: Genome, samples: int = 16) -> float:
+    """The median FLOPs of `samples` random genomes of `space` projected to `budget` over the
+    hand design's: how much more a search's trials compute than the hand design the plan times
+    (seeded, so a plan is the same each time it is made)."""
+    from nas.counting import count_flops
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a scratch study
+    try:
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna.logging.set_verbosity(level)
+    ratios = [count_flops(project(suggest_genome(draws.ask(), space), space, budget, tol)) for _ in range(samples)]
+    return statistics.median(ratios) / count_flops(hand)
 
 
 def propose(trial: optuna.Trial, space: Space, budget: int, tol: float) -> Genome:

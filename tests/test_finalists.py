@@ -276,7 +276,7 @@ def test_the_plan_keeps_time_for_the_finalists():
     # 3 finalists, 2 at a time: two rounds, after the trials running when the search stops
     assert plan.reserve_s == pytest.approx(2 * per + trial)
     assert plan.expected_trials == int((1200 - 2 * per - trial) // plan.seconds_per_trial) < plain.expected_trials
-    assert any(line.split()[:6] == ["winner:", "the", "best", "of", "the", "3"] for line in plan.lines())
+    assert any("winner:   the best of 3 finalists (the best trial of each topology first)" in x for x in plan.lines())
     # never more than half the time: a short search still searches
     short = Plan(**{**common, "time_limit_s": 60}, finalists=3, finalist_images=45_000, finalist_epochs=4)
     assert short.reserve_s == 30
@@ -288,10 +288,13 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
     class Slow(RanksFlipOnAllImages):
         def __call__(self, *a, **kw):
             time.sleep(0.4)  # the calibrated time of one trial below
-            return super().__call__(*a, **kw)
+            result = super().__call__(*a, **kw)
+            result.wall_time_s += 0.4  # as the training would measure it
+            return result
 
     planted = Slow(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
+    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)  # trials cost what the hand design does
     # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s and a
     # trial (600 + 200) 0.4 s, as the trials take: a 3-second search keeps its last 1.4 s for the
     # finalist and the trial running when the search stops
@@ -352,7 +355,7 @@ def test_the_time_kept_follows_how_long_trials_really_take():
         deadline = None
 
     budget = Budget()
-    keeper = FinalistTime(plan, 1000.0, budget)
+    keeper = FinalistTime(plan, 1000.0, budget, lambda: [])  # no trial is a candidate yet
     assert budget.deadline == 1000 - 120  # at the calibrated speed
     genome = None
     keeper.outcome(Outcome(1, TrialState.PRUNED, 0.1, genome, seconds=5))  # pruned: not a full trial
@@ -363,6 +366,75 @@ def test_the_time_kept_follows_how_long_trials_really_take():
     for n in range(4, 8):  # many slow trials: never more than half the time limit
         keeper.outcome(Outcome(n, TrialState.COMPLETE, 0.2, genome, seconds=400))
     assert budget.deadline == 1000 - 300
+
+
+def test_the_time_kept_is_that_of_the_genomes_that_will_be_the_finalists():
+    """The finalists are rarely the hand design the plan was calibrated on: the reserve is made of
+    the chosen genomes' own trial times, scaled to the finalist fidelity."""
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
+    plan = Plan(
+        space="conv-shape",
+        searcher="tpe",
+        budget=10_000,
+        band=(9000, 10_000),
+        device="cpu",
+        bf16=False,
+        train_images=15_000,
+        val_images=5_000,
+        epochs=1,
+        pruner="none",
+        trials=None,
+        time_limit_s=1000,
+        calibration=cal,
+        jobs=1,
+        finalists=3,
+        finalist_images=45_000,
+        finalist_epochs=1,
+    )
+    assert plan.finalist_scale == 2.5  # (45,000 + 5,000) / (15,000 + 5,000) images
+    chosen = [SimpleNamespace(user_attrs={"wall_time_s": s}) for s in (40.0, 10.0)]
+
+    class Quota:
+        deadline = None
+
+    quota = Quota()
+    keeper = FinalistTime(plan, 2000.0, quota, lambda: chosen)
+    keeper.outcome(Outcome(1, TrialState.COMPLETE, 0.2, None, seconds=20))  # as calibrated: slowdown 1
+    # two chosen: 2.5 x (40 + 10) s; the third not chosen yet: the calibrated 50 s; one trial running: 20 s
+    assert quota.deadline == 2000 - (100 + 25 + 50 + 20)
+    plan.jobs = 2  # two at a time, longest first: (100) and (25 + 50)
+    keeper.outcome(Outcome(2, TrialState.COMPLETE, 0.2, None, seconds=20))
+    assert quota.deadline == 2000 - (100 + 2 * 20 / 2)
+
+
+def test_the_plan_counts_the_noise_measurement_and_the_genomes_typical_cost():
+    cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
+    common = dict(
+        space="conv-shape",
+        searcher="tpe",
+        budget=10_000,
+        band=(9000, 10_000),
+        device="cpu",
+        bf16=False,
+        train_images=15_000,
+        val_images=5_000,
+        epochs=1,
+        pruner="none",
+        trials=None,
+        time_limit_s=1000,
+        calibration=cal,
+    )
+    hand_only = Plan(**common)
+    assert hand_only.expected_trials == 50  # 1,000 s of 20 s trials
+    typical = Plan(**common, cost_factor=1.25, noise_trials=2)
+    # two hand-design trainings at 20 s first; then trials of 1.25 x 20 s
+    assert typical.noise_s == 40 and typical.seconds_per_trial == 25
+    assert typical.expected_trials == int((1000 - 40) // 25)
+    assert any("a typical genome here trains 1.25x as long" in line for line in typical.lines())
 
 
 def test_diverse_finalists_are_the_best_of_each_topology_then_the_next_best():

@@ -34,6 +34,8 @@ def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
         return Calibration(str(genome), count_params(genome), rate, 10 * rate, "cpu")
 
     monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
+    monkeypatch.setattr("nas.plan.calibrate", fake_calibrate)  # the searches' own plans
+    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)
     space = load_space("conv-shape")
     config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
     recipe = space_recipe(space, epochs=4)
@@ -104,6 +106,8 @@ def test_fit_keeps_the_baselines_that_take_at_most_twice_the_winners_training(mo
         return Calibration(str(genome), count_params(genome), rate, 10 * rate, "cpu")
 
     monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
+    monkeypatch.setattr("nas.plan.calibrate", fake_calibrate)  # the searches' own plans
+    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)
     space = load_space("conv-shape")
     config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
     plan = plan_sweep(
