@@ -53,6 +53,26 @@ class Conv:
 
 
 @dataclass(frozen=True)
+class SeparableConv:
+    """Depthwise-separable conv: a 3x3 depthwise conv, then a 1x1 conv, each followed by
+    BatchNorm and the activation (MobileNet's block, without the expansion of MBConv)."""
+
+    c_in: int
+    c_out: int
+    bias: bool
+    act: str
+
+    def params(self) -> int:
+        depthwise = conv_params(self.c_in, self.c_in, 3, self.bias, groups=self.c_in) + batchnorm_params(self.c_in)
+        return depthwise + conv_params(self.c_in, self.c_out, 1, self.bias) + batchnorm_params(self.c_out)
+
+    def build(self) -> nn.Module:
+        from nas.modules import separable_conv
+
+        return separable_conv(self.c_in, self.c_out, self.act, self.bias)
+
+
+@dataclass(frozen=True)
 class MBConv:
     """Inverted residual: 1x1 expand, depthwise kxk, optional squeeze-excitation, 1x1 project.
 

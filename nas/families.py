@@ -1,4 +1,4 @@
-"""The model families: the registry `FAMILIES`, and the built-in conv and mbconv families.
+"""The model families: the registry `FAMILIES`, and the built-in conv, mixed and mbconv families.
 
 A family (see `nas.family.Family`) turns a genome into an architecture, a list of block specs
 (`nas.blocks`), each of which counts its parameters and builds its module. A new family is one
@@ -7,9 +7,10 @@ module with its Family subclass (and any new block spec), plus one line in `FAMI
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from nas.blocks import BlockSpec, Conv, Head, MaxPool, MBConv, downsampling
+from nas.blocks import BlockSpec, Conv, Head, MaxPool, MBConv, SeparableConv, downsampling
 from nas.errors import NasError
 from nas.family import (
     ACTIVATIONS,
@@ -21,12 +22,12 @@ from nas.family import (
     segment,
     split_body,
 )
-from nas.resnet import ResNetFamily
+from nas.resnet import BasicBlock, ResNetFamily
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from nas.spaces import Genome
+    from nas.spaces import Genome, Space
 
 
 class ConvFamily(WidthDepthFamily):
@@ -55,6 +56,88 @@ class ConvFamily(WidthDepthFamily):
                 c = w
         blocks.append(Head(c, o["num_classes"]))
         return blocks
+
+
+# The mixed family's block types: the `block` gene's values, and their letters in a short form.
+BLOCK_TYPES = {1: "plain", 2: "residual", 3: "separable"}
+BLOCK_LETTERS = {1: "p", 2: "r", 3: "s"}
+
+
+class MixedFamily(ConvFamily):
+    """Conv stages whose block type is a gene: per stage `depth` blocks of `width` channels, each
+    a plain 3x3 conv (1), a ResNet basic block (2: two 3x3 convs and a shortcut, torchvision's,
+    ReLU) or a depthwise-separable conv (3), so that the search decides where residual
+    connections or cheap separable convs pay. Stages are joined by 2x2 max-pooling, as in conv.
+    Short-form body: per stage `<width>x<depth><p|r|s>`, e.g. 16x1p|32x2r|64x1s|128x1p."""
+
+    name = "mixed"
+    per_stage = frozenset({"depth", "width", "block"})
+    gene_roles = {"depth": "depth", "width": "width", "block": "other"}
+    gene_choices = {"block": tuple(BLOCK_TYPES)}
+
+    def gene_names(self, options: dict[str, Any]) -> list[str]:
+        return ["depth", "width", "block"]
+
+    def start_genes(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {**super().start_genes(options), "block": [1] * options["stages"]}  # the plain conv hand design
+
+    # Block types by parameter count at equal widths: a separable conv counts fewer than a plain
+    # one (9c + c*w against 9c*w), a residual block more (two convs).
+    BY_COUNT = (3, 1, 2)
+
+    def smallest(self, space: Space, options: dict[str, Any]) -> Genome:
+        """Every other coordinate at its minimum, each stage's block the type with the fewest parameters."""
+        kind = min(space.genes["block"].values(), key=self.BY_COUNT.index)
+        return self._blocks_at(space.extreme("min", options), kind)
+
+    def largest(self, space: Space, options: dict[str, Any]) -> Genome:
+        """Every other coordinate at its maximum, each stage's block the type with the most parameters."""
+        kind = max(space.genes["block"].values(), key=self.BY_COUNT.index)
+        return self._blocks_at(space.extreme("max", options), kind)
+
+    @staticmethod
+    def _blocks_at(genome: Genome, kind: int) -> Genome:
+        return replace(genome, genes={**genome.genes, "block": [kind] * len(genome.genes["block"])})
+
+    def stage_block(self, kind: int, c_in: int, c_out: int, options: dict[str, Any]) -> BlockSpec:
+        if kind == 2:
+            return BasicBlock(c_in, c_out, 1)
+        if kind == 3:
+            return SeparableConv(c_in, c_out, options["bias"], options["activation"])
+        residual = options["residual"] and c_in == c_out
+        return Conv(c_in, c_out, 3, options["bias"], options["activation"], residual=residual)
+
+    def architecture(self, genome: Genome) -> list[BlockSpec]:
+        o, g = genome.options, genome.genes
+        blocks: list[BlockSpec] = []
+        c = 3
+        for s in range(o["stages"]):
+            if s > 0:
+                blocks.append(MaxPool())
+            for _ in range(g["depth"][s]):
+                blocks.append(self.stage_block(g["block"][s], c, g["width"][s], o))
+                c = g["width"][s]
+        blocks.append(Head(c, o["num_classes"]))
+        return blocks
+
+    def short_body(self, genes: dict[str, Any], options: dict[str, Any]) -> str:
+        return "|".join(
+            f"{w}x{d}{BLOCK_LETTERS.get(b, f'b{b}')}" for d, w, b in zip(genes["depth"], genes["width"], genes["block"])
+        )
+
+    def parse_body(self, body: str, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        code = {letter: kind for kind, letter in BLOCK_LETTERS.items()}
+        form = "<width>x<depth><block: p plain, r residual, s separable>, e.g. 32x2r"
+        genes: dict[str, list[int]] = {"depth": [], "width": [], "block": []}
+        for part in split_body(body, where):
+            letter = part[-1:] if part[-1:].isalpha() else ""
+            if letter not in code:
+                raise NasError(f"{where}: '{part}' is not of the form {form}")
+            width, depth = segment(r"(\d+)x(\d+)", part[:-1], form, where)
+            genes["depth"].append(depth)
+            genes["width"].append(width)
+            genes["block"].append(code[letter])
+        return genes, {"stages": len(genes["depth"])}
 
 
 class MBConvFamily(Family):
@@ -182,7 +265,7 @@ class MBConvFamily(Family):
         return genes, implied
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (ConvFamily(), MBConvFamily(), ResNetFamily())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (ConvFamily(), MixedFamily(), MBConvFamily(), ResNetFamily())}
 
 
 def architecture(genome: Genome) -> list[BlockSpec]:

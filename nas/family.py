@@ -101,6 +101,7 @@ class Family:
     default_options: dict[str, Any]
     option_checks: dict[str, Any]
     zero_genes: frozenset[str] = frozenset()  # genes that may be 0; every other gene is >= 1
+    gene_choices: dict[str, tuple[int, ...]] = {}  # genes that only some values mean anything for
 
     def gene_names(self, options: dict[str, Any]) -> list[str]:
         raise NotImplementedError
@@ -136,6 +137,11 @@ class Family:
         """The genome of `space` with the fewest parameters under `options`: every coordinate at
         its minimum, right for a family whose count never falls when a gene grows."""
         return space.extreme("min", options)
+
+    def largest(self, space: Space, options: dict[str, Any]) -> Genome:
+        """The genome of `space` with the most parameters under `options` (every coordinate at
+        its maximum, for a family whose count never falls when a gene grows)."""
+        return space.extreme("max", options)
 
     def stage_widths(self, genes: dict[str, Any], options: dict[str, Any]) -> list[int]:
         """The output width of every stage."""
@@ -238,6 +244,9 @@ class Family:
             for x in items:
                 if not isinstance(x, int) or isinstance(x, bool) or x < lowest:
                     raise NasError(f"{where}: genes.{name} must hold integers >= {lowest}, got {x!r}")
+                if name in self.gene_choices and x not in self.gene_choices[name]:
+                    allowed = ", ".join(map(str, self.gene_choices[name]))
+                    raise NasError(f"{where}: genes.{name} must hold one of {allowed}, got {x!r}")
             out[name] = list(v) if name in self.per_stage else v
         return out
 

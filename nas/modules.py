@@ -35,6 +35,11 @@ class ConvLayer(nn.Module):
         return x + y if self.residual else y
 
 
+def separable_conv(c_in: int, c_out: int, act: str, bias: bool) -> nn.Sequential:
+    """3x3 depthwise conv, then 1x1 pointwise conv, each with BatchNorm and the activation."""
+    return nn.Sequential(conv_bn_act(c_in, c_in, 3, act, bias, groups=c_in), conv_bn_act(c_in, c_out, 1, act, bias))
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduced: int, act: str):
         super().__init__()

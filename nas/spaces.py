@@ -430,6 +430,12 @@ def _read_space_file(path: Path) -> Space:
         genes[name] = _parse_gene(
             name, genes_data[name], family.gene_roles.get(name, "other"), family.lowest(name), f"{where}: genes.{name}"
         )
+        meaningful = family.gene_choices.get(name)
+        if meaningful is not None and not set(genes[name].values()) <= set(meaningful):
+            raise NasError(
+                f"{where}: genes.{name} allows {genes[name].values()}; family '{family.name}' knows only "
+                f"{', '.join(map(str, meaningful))}"
+            )
     recipe = data.get("recipe", {})
     if not isinstance(recipe, dict):
         raise NasError(f"{where}: field 'recipe' must be a table of training recipe fields, e.g. lr = 0.8")

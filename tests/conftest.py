@@ -193,7 +193,8 @@ def random_genome(space_name: str, rng, options: dict | None = None, max_width: 
     genes = {}
     for name in family.gene_names(options):
         high = max_width if family.gene_roles[name] == "width" else max_other
-        values = [rng.randint(family.lowest(name), high) for _ in range(stages if name in family.per_stage else 1)]
+        allowed = family.gene_choices.get(name) or range(family.lowest(name), high + 1)
+        values = [rng.choice(allowed) for _ in range(stages if name in family.per_stage else 1)]
         genes[name] = values if name in family.per_stage else values[0]
     return Genome.from_dict({"space": sp.name, "family": family.name, "genes": genes, "options": options})
 
