@@ -109,8 +109,8 @@ def min_params(space: Space, options: dict | None = None) -> int:
 
 
 def max_params(space: Space, options: dict | None = None) -> int:
-    """The parameter count with every gene at its maximum."""
-    return architecture_params(space.extreme("max", options or space.options))
+    """The largest parameter count any genome of the space reaches (its family says which genome)."""
+    return architecture_params(space.family.largest(space, options or space.options))
 
 
 def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL) -> Genome:
@@ -130,17 +130,6 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
     v = [g.snap(x) for g, x in zip(genes, space.vector(genome))]  # clip into the space's ranges
     if lo <= count(v) <= hi:
         return count.genome(v)
-
-    widths = [i for i, g in enumerate(genes) if g.role == "width"]
-    depths = [i for i, g in enumerate(genes) if g.role == "depth"]
-    others = [i for i, g in enumerate(genes) if g.role == "other"]
-
-    def at(v: list[int], idx: list[int], which: str) -> list[int]:
-        out = list(v)
-        for i in idx:
-            out[i] = getattr(genes[i], which)
-        return out
-
     smallest = min_params(space, options)
     if smallest > hi:
         raise NasError(
@@ -153,49 +142,78 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
             f"budget {budget:,} is above what space '{space.name}' can meet with tolerance "
             f"{tol}: its largest model has {largest:,} parameters"
         )
-
+    fit = _WidthFit(space, genes, count, lo, hi)
     # Structure first, only as far as needed: shrink depth (deepest stage first, later stages on
     # ties), then the other genes, while even the narrowest widths overshoot; grow symmetrically.
-    while count(at(v, widths, "minimum")) > hi:
-        v = _step_structure(v, genes, depths, others, -1)
-    while count(at(v, widths, "maximum")) < lo:
-        v = _step_structure(v, genes, depths, others, +1)
+    while count(fit.widths_at(v, "minimum")) > hi:
+        v = _step_structure(v, genes, fit.depths, fit.others, -1)
+    while count(fit.widths_at(v, "maximum")) < lo:
+        v = _step_structure(v, genes, fit.depths, fit.others, +1)
+    # A structure whose width grid jumps over the band gives way to the next smaller structure
+    # (one depth step, else one other gene), as when even the narrowest widths overshoot.
+    start = list(v)
+    while (fitted := fit(v)) is None:
+        try:
+            v = _step_structure(v, genes, fit.depths, fit.others, -1)
+        except NasError:
+            raise NasError(f"cannot land in [{lo:,}, {hi:,}] from {count.genome(start)}; try a larger --tol") from None
+    return count.genome(fitted)
 
-    scales = {i for i, c in enumerate(space.coords) if space.is_scale(c)}
 
-    def fit(base: list) -> list | None:
+class _WidthFit:
+    """The widths of one structure fitted into the band [lo, hi]: bisection on the width scale,
+    then single steps into the band (see `__call__`)."""
+
+    def __init__(self, space: Space, genes: list, count: _Counter, lo: int, hi: int):
+        self.genes, self.count, self.lo, self.hi = genes, count, lo, hi
+        self.widths = [i for i, g in enumerate(genes) if g.role == "width"]
+        self.depths = [i for i, g in enumerate(genes) if g.role == "depth"]
+        self.others = [i for i, g in enumerate(genes) if g.role == "other"]
+        self.scales = {i for i, c in enumerate(space.coords) if space.is_scale(c)}
+
+    def widths_at(self, v: list, which: str) -> list:
+        """`v` with every width at its gene's 'minimum' or 'maximum'."""
+        out = list(v)
+        for i in self.widths:
+            out[i] = getattr(self.genes[i], which)
+        return out
+
+    def scaled(self, base: list, alpha: float) -> list:
+        out = list(base)
+        for i in self.widths:
+            # A scale coordinate stays fractional, so the widths derived from it round one by one
+            # and the count moves in steps of one channel of one stage, not of every stage at once.
+            out[i] = base[i] * alpha if i in self.scales else self.genes[i].snap(base[i] * alpha)
+        return out
+
+    def __call__(self, base: list) -> list | None:
         """Bisection on the width scale from `base`, then single steps into the band; None if the
         grid has no point in the band near this structure."""
-
-        def scaled(alpha: float) -> list[float]:
-            out = list(base)
-            for i in widths:
-                # A scale coordinate stays fractional, so the widths derived from it round one by one
-                # and the count moves in steps of one channel of one stage, not of every stage at once.
-                out[i] = base[i] * alpha if i in scales else genes[i].snap(base[i] * alpha)
-            return out
-
+        count, hi = self.count, self.hi
         # Bisection on log(alpha): the count is monotone in alpha.
         a_lo, a_hi = math.log(1e-4), math.log(1e4)
-        if count(scaled(math.exp(a_lo))) > hi:  # widths already at their minimum are the floor
+        if count(self.scaled(base, math.exp(a_lo))) > hi:  # widths already at their minimum are the floor
             a_lo = -math.inf
         for _ in range(40):
             mid = (a_lo + a_hi) / 2 if math.isfinite(a_lo) else a_hi - 20
-            if count(scaled(math.exp(mid))) <= hi:
+            if count(self.scaled(base, math.exp(mid))) <= hi:
                 a_lo = mid
             else:
                 a_hi = mid
             if a_hi - a_lo < 1e-4:
                 break
-        v = scaled(math.exp(a_lo)) if math.isfinite(a_lo) else at(base, widths, "minimum")
+        v = self.scaled(base, math.exp(a_lo)) if math.isfinite(a_lo) else self.widths_at(base, "minimum")
+        return self.fill(v, base, math.exp(a_hi))
+
+    def fill(self, v: list, base: list, target: float) -> list | None:
+        """Rounding can leave the count under the band: add single width steps, always to the width
+        furthest below its ideal scaled value (`base` times `target`), so proportions stay as
+        close as the grid allows; the other genes only when no width step fits."""
+        genes, count, lo, hi = self.genes, self.count, self.lo, self.hi
         n = count(v)
-        # Rounding can leave the count under the band: add single width steps, always to the width
-        # furthest below its ideal scaled value, so proportions stay as close as the grid allows.
-        target = math.exp(a_hi)
         while n < lo:
             best = None
-            # widths first; the other genes only when no width step fits (counting them is the cost)
-            for group in (widths, others + depths):
+            for group in (self.widths, self.others + self.depths):  # counting the other genes is the cost
                 for i in group:
                     nxt = genes[i].shift(v[i], +1)
                     if nxt is None:
@@ -216,17 +234,6 @@ def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL)
                 return None
             _, v, n = best
         return v
-
-    # A structure whose width grid jumps over the band gives way to the next smaller structure
-    # (one depth step, else one other gene), as when even the narrowest widths overshoot.
-    start = list(v)
-    while (fitted := fit(v)) is None:
-        try:
-            v = _step_structure(v, genes, depths, others, -1)
-        except NasError:
-            raise NasError(f"cannot land in [{lo:,}, {hi:,}] from {count.genome(start)}; try a larger --tol") from None
-    v = fitted
-    return count.genome(v)
 
 
 def _exchange_step(v: list, genes: list, count: _Counter, lo: int, hi: int) -> tuple | None:
