@@ -447,6 +447,112 @@ def _check_teacher(teacher: nn.Module, data: CifarData) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+def _prepared_model(
+    model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe, dev: torch.device
+) -> nn.Module:
+    """The model to train: built from the genome with the recipe's seed (without touching the
+    caller's RNG), its first conv whitened if asked, channels_last on `dev`; NasError if its head
+    does not predict the data's classes (else a CUDA assert or a silent mismatch, deep in the loop)."""
+    if isinstance(model_or_genome, Genome):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            model = build_model(model_or_genome)
+    else:
+        model = model_or_genome
+    if recipe.whiten:
+        whiten_first_conv(model, data)
+    # channels_last on the CPU too: oneDNN's NHWC kernels trained these small nets ~1.3-1.7x faster.
+    model = model.to(dev, memory_format=torch.channels_last)
+    classes = output_classes(model)
+    if classes != data.num_classes:
+        what = model_or_genome if isinstance(model_or_genome, Genome) else "the model"
+        raise NasError(f"{what} has a {classes}-class head but the data has {data.num_classes} classes")
+    return model
+
+
+def _prepared_teacher(
+    teacher: nn.Module | None, data: CifarData, recipe: Recipe, dev: torch.device
+) -> nn.Module | None:
+    """The teacher in eval mode on `dev` when the recipe distils (None when it does not)."""
+    if recipe.kd_alpha > 0 and teacher is None:
+        raise NasError("recipe: kd_alpha > 0 needs a teacher (nas train --teacher RUN)")
+    if teacher is None or recipe.kd_alpha <= 0:
+        return None
+    teacher = teacher.to(dev, memory_format=torch.channels_last).eval()
+    _check_teacher(teacher, data)
+    return teacher
+
+
+class _Loop:
+    """The optimisation of one training run, an epoch at a time: the optimizer, the learning
+    rate of every step (set directly, no scheduler), the batch order and augmentation drawn from
+    one seeded generator, the weight average, and the loss check."""
+
+    CHECK_EVERY = 32  # the loss check waits for the device: every 32 steps, not every step
+
+    def __init__(self, model: nn.Module, data: CifarData, recipe: Recipe, dev: torch.device, teacher: nn.Module | None):
+        self.model, self.data, self.recipe, self.dev, self.teacher = model, data, recipe, dev, teacher
+        self.forward = torch.compile(model) if recipe.compile and dev.type == "cuda" else model
+        self.amp = bf16_autocast(dev, recipe.bf16)
+        self.average = WeightAverage(model, recipe.ema) if recipe.ema > 0 else None
+        self.optimizer = make_optimizer(model, recipe)
+        self.n = len(data.train_y)
+        self.steps_per_epoch = math.ceil(self.n / recipe.batch_size)
+        total = self.steps_per_epoch * recipe.epochs
+        self.lrs = [recipe.lr * lr_factor(s, total, recipe.schedule, recipe.warmup) for s in range(total)]
+        self.step = 0
+        self.gen = torch.Generator(device=dev).manual_seed(recipe.seed)
+        # Alternating flip (airbench): each image is mirrored in every other epoch, from a random start.
+        alt = recipe.alt_flip and recipe.flip
+        self.flip_start = torch.rand(self.n, device=dev, generator=self.gen) < 0.5 if alt else None
+
+    def epoch(self, epoch: int, bar) -> float:
+        """One pass over the training images; its mean loss. Raises _Diverged at a NaN or infinite loss."""
+        data, recipe = self.data, self.recipe
+        self.model.train()
+        losses = torch.zeros(self.steps_per_epoch, device=self.dev)
+        checked = 0
+        for i, idx in enumerate(batches(self.n, recipe.batch_size, self.gen, self.dev), 1):
+            flip = recipe.flip if self.flip_start is None else self.flip_start[idx] ^ bool(epoch % 2)
+            x = augment(
+                data.train_x[idx],
+                data.mean,
+                data.std,
+                crop=recipe.crop,
+                flip=flip,
+                cutout_size=recipe.cutout,
+                generator=self.gen,
+            )
+            x = x.contiguous(memory_format=torch.channels_last)
+            set_lr(self.optimizer, self.lrs[self.step])
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.forward(x)
+                with torch.no_grad():
+                    soft = self.teacher(x) if self.teacher is not None else None
+                loss = training_loss(logits, data.train_y[idx], recipe, soft)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            if self.average:
+                self.average.update(self.step)
+            losses[i - 1] = loss.detach()
+            bar.update(1)
+            if i % self.CHECK_EVERY == 0 or i == self.steps_per_epoch:
+                bad = (~torch.isfinite(losses[checked:i])).nonzero()
+                if len(bad):
+                    s = checked + int(bad[0])
+                    raise _Diverged(epoch, s + 1, losses[s].item())
+                checked = i
+        return losses.mean().item()
+
+    def release(self) -> None:
+        """After a failed run on CUDA: drop the optimizer state and gradients, return the cached blocks."""
+        self.optimizer.state.clear()
+        self.model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+
+
 def train(
     model_or_genome: nn.Module | Genome,
     data: CifarData,
@@ -472,96 +578,24 @@ def train(
     dev = torch.device(device) if device is not None else default_device()
     if data.device != dev:
         data = data.to(dev)
-    cuda = dev.type == "cuda"
-    amp = bf16_autocast(dev, recipe.bf16)
-    if isinstance(model_or_genome, Genome):
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-            torch.manual_seed(recipe.seed)
-            model = build_model(model_or_genome)
-    else:
-        model = model_or_genome
-    if recipe.whiten:
-        whiten_first_conv(model, data)
-    # channels_last on the CPU too: oneDNN's NHWC kernels trained these small nets ~1.3-1.7x faster.
-    model = model.to(dev, memory_format=torch.channels_last)
-    classes = output_classes(model)
-    if classes != data.num_classes:  # else a CUDA assert or a silent mismatch, deep in the loop
-        what = model_or_genome if isinstance(model_or_genome, Genome) else "the model"
-        raise NasError(f"{what} has a {classes}-class head but the data has {data.num_classes} classes")
-    distill = teacher is not None and recipe.kd_alpha > 0
-    if recipe.kd_alpha > 0 and teacher is None:
-        raise NasError("recipe: kd_alpha > 0 needs a teacher (nas train --teacher RUN)")
-    if distill:
-        teacher = teacher.to(dev, memory_format=torch.channels_last).eval()
-        _check_teacher(teacher, data)
-    forward = torch.compile(model) if recipe.compile and cuda else model
+    model = _prepared_model(model_or_genome, data, recipe, dev)
+    loop = _Loop(model, data, recipe, dev, _prepared_teacher(teacher, data, recipe, dev))
     params = sum(p.numel() for p in model.parameters())
-    average = WeightAverage(model, recipe.ema) if recipe.ema > 0 else None
-    final = average.model if average else model  # what is evaluated, saved and exported
+    final = loop.average.model if loop.average else model  # what is evaluated, saved and exported
     answer = predictor(final, recipe.tta)
-
-    optimizer = make_optimizer(model, recipe)
-    n, bs = len(data.train_y), recipe.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = steps_per_epoch * recipe.epochs
-    lrs = [recipe.lr * lr_factor(s, total_steps, recipe.schedule, recipe.warmup) for s in range(total_steps)]
-    gen = torch.Generator(device=dev).manual_seed(recipe.seed)
-    # Alternating flip (airbench): each image is mirrored in every other epoch, from a random start.
-    flip_start = torch.rand(n, device=dev, generator=gen) < 0.5 if recipe.alt_flip and recipe.flip else None
-    check_every = 32  # the loss check waits for the device: every 32 steps, not every step
 
     curve: list[dict[str, float]] = []
     status, failure, stopped_early = "ok", None, False
-    train_time, images_seen, epoch, step = 0.0, 0, 0, 0
+    train_time, images_seen, epoch = 0.0, 0, 0
     start = time.perf_counter()
     # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
-    with progress_bar(
-        total_steps,
-        progress,
-        unit="batch",
-        leave=False,
-        desc=desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train"),
-    ) as bar:
+    desc = desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")
+    with progress_bar(loop.steps_per_epoch * recipe.epochs, progress, unit="batch", leave=False, desc=desc) as bar:
         try:
             for epoch in range(1, recipe.epochs + 1):
-                model.train()
                 t0 = time.perf_counter()
-                losses = torch.zeros(steps_per_epoch, device=dev)
-                checked = 0
-                for i, idx in enumerate(batches(n, bs, gen, dev), 1):
-                    flip = recipe.flip if flip_start is None else flip_start[idx] ^ bool(epoch % 2)
-                    x = augment(
-                        data.train_x[idx],
-                        data.mean,
-                        data.std,
-                        crop=recipe.crop,
-                        flip=flip,
-                        cutout_size=recipe.cutout,
-                        generator=gen,
-                    )
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    set_lr(optimizer, lrs[step])
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                        logits = forward(x)
-                        with torch.no_grad():
-                            soft = teacher(x) if distill else None
-                        loss = training_loss(logits, data.train_y[idx], recipe, soft)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    if average:
-                        average.update(step)
-                    losses[i - 1] = loss.detach()
-                    bar.update(1)
-                    if i % check_every == 0 or i == steps_per_epoch:
-                        bad = (~torch.isfinite(losses[checked:i])).nonzero()
-                        if len(bad):
-                            s = checked + int(bad[0])
-                            raise _Diverged(epoch, s + 1, losses[s].item())
-                        checked = i
-                images_seen += n
-                train_loss = losses.mean().item()  # also waits for the device, for train_time
+                train_loss = loop.epoch(epoch, bar)  # waits for the device, for train_time
+                images_seen += len(data.train_y)
                 train_time += time.perf_counter() - t0
                 # No validation split (a final training on every image): nothing to measure per epoch.
                 val_acc = evaluate(answer, data.val_x, data.val_y, data, bf16=recipe.bf16) if len(data.val_y) else None
@@ -578,13 +612,9 @@ def train(
             status, failure = "failed", str(e)
         except torch.cuda.OutOfMemoryError:
             status = "failed"
-            failure = f"CUDA out of memory at epoch {epoch} (batch size {bs}, {params} parameters)"
-    if status == "failed" and cuda:
-        # Drop this run's tensors before returning the cached blocks, so the next run has them.
-        x = loss = losses = logits = None  # noqa: F841
-        optimizer.state.clear()
-        model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+            failure = f"CUDA out of memory at epoch {epoch} (batch size {recipe.batch_size}, {params} parameters)"
+    if status == "failed" and dev.type == "cuda":
+        loop.release()  # this run's tensors and cached blocks, so the next run has them
     return TrainResult(
         curve=curve,
         val_acc=curve[-1]["val_acc"] if curve else 0.0,
