@@ -32,6 +32,7 @@ from nas.files import card_path_for
 
 if TYPE_CHECKING:
     from nas.data import CifarSource
+    from nas.spaces import Genome
 
 CHECK_IMAGES = 100
 CHECK_TOLERANCE = 1e-4  # max abs difference of logits, ONNX Runtime vs PyTorch
@@ -174,40 +175,18 @@ def _tta_note(tta: str) -> str:
 # ---------------------------------------------------------------- runs and trials
 
 
-def export_run(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    *,
-    check: bool = True,
-    data_dir: str | Path | None = None,
-    source: dict[str, Any] | None = None,
-    data: CifarSource | None = None,
-) -> ExportResult:
-    """Export the training run in `run_dir` to `out` (default `run_dir/model.onnx`) and write the
-    model card next to it. With `check`, the file is compared with PyTorch on CHECK_IMAGES images
-    and not written unless the logits agree within CHECK_TOLERANCE. `data`: CIFAR-100 as the
-    caller already read it (a sweep), else it is read from `data_dir`."""
-    import onnx
-    import onnxruntime
-
-    from nas import __version__
-    from nas.counting import count_flops, count_params
-    from nas.runs import load_trained, run_summary
-    from nas.training import output_classes
-
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise NasError(
-            f"{run}: no such training run folder (RUN is a folder written by nas train, or STUDY#N with --storage)"
-        )
-    genome, model = load_trained(run)
-    summary = run_summary(run)
-    spec = input_spec_of(summary, data_dir)
-    num_classes = output_classes(model)
-    out_path = Path(out) if out else run / "model.onnx"
-    if out_path.suffix.lower() != ".onnx":
-        raise NasError(f"output file must end in .onnx, got {out_path}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+def _write_checked_onnx(
+    model: torch.nn.Module,
+    genome: Genome,
+    spec: dict[str, Any],
+    out_path: Path,
+    check: bool,
+    data_dir: str | Path | None,
+    data: CifarSource | None,
+) -> tuple[int, dict[str, Any]]:
+    """Export `model` with nas's metadata to `out_path` through a temporary file, which with
+    `check` must first give PyTorch's logits on the check batch (else NasError, nothing written).
+    Returns the opset and what the check found."""
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         export_onnx(model, tmp)
@@ -235,8 +214,31 @@ def export_run(
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
-    card = {
-        "model": out_path.name,
+    return opset, checked
+
+
+def model_card(
+    model: torch.nn.Module,
+    genome: Genome,
+    summary: dict[str, Any],
+    spec: dict[str, Any],
+    file_name: str,
+    opset: int,
+    checked: dict[str, Any],
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """What a user of the exported file needs: the architecture, how it was trained and how well
+    it tests, the input it expects and the output it gives, the export check, the versions."""
+    import onnx
+    import onnxruntime
+
+    from nas import __version__
+    from nas.counting import count_flops, count_params
+    from nas.training import output_classes
+
+    num_classes = output_classes(model)
+    return {
+        "model": file_name,
         "format": "onnx",
         "opset": opset,
         "genome": genome.to_dict(),
@@ -266,7 +268,7 @@ def export_run(
             "classes": spec.get("classes"),
         },
         "check": checked,
-        "source": {"run_dir": str(run), **(source or {})},
+        "source": source,
         "exported": {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "nas": __version__,
@@ -275,6 +277,39 @@ def export_run(
             "onnxruntime": onnxruntime.__version__,
         },
     }
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    check: bool = True,
+    data_dir: str | Path | None = None,
+    source: dict[str, Any] | None = None,
+    data: CifarSource | None = None,
+) -> ExportResult:
+    """Export the training run in `run_dir` to `out` (default `run_dir/model.onnx`) and write the
+    model card next to it. With `check`, the file is compared with PyTorch on CHECK_IMAGES images
+    and not written unless the logits agree within CHECK_TOLERANCE. `data`: CIFAR-100 as the
+    caller already read it (a sweep), else it is read from `data_dir`."""
+    from nas.runs import load_trained, run_summary
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise NasError(
+            f"{run}: no such training run folder (RUN is a folder written by nas train, or STUDY#N with --storage)"
+        )
+    genome, model = load_trained(run)
+    summary = run_summary(run)
+    spec = input_spec_of(summary, data_dir)
+    out_path = Path(out) if out else run / "model.onnx"
+    if out_path.suffix.lower() != ".onnx":
+        raise NasError(f"output file must end in .onnx, got {out_path}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    opset, checked = _write_checked_onnx(model, genome, spec, out_path, check, data_dir, data)
+    card = model_card(
+        model, genome, summary, spec, out_path.name, opset, checked, {"run_dir": str(run), **(source or {})}
+    )
     card_file = card_path_for(out_path)
     tmp_card = card_file.with_name(f".{card_file.name}.{os.getpid()}.tmp")
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
