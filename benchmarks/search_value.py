@@ -55,7 +55,7 @@ from nas.plan import device_defaults
 from nas.search import SearchConfig, default_start, search
 from nas.spaces import FAMILIES, Genome, load_space
 from nas.study import open_storage, trial_genome
-from nas.training import Recipe, evaluate, space_recipe, train
+from nas.training import Recipe, evaluate, recipe_for, space_recipe, train
 
 # The recipe fields added on 2026-12-04 at their neutral values (every row before ran with these).
 ADDED_IN_2026_12 = {"ema": 0.0, "tta": "none", "alt_flip": False, "bn_lr": 1.0, "whiten": False, "kd_alpha": 0.0}
@@ -217,7 +217,7 @@ def final_tester(cifar: CifarSource, final_recipe: Recipe) -> Callable[[Genome, 
     full = cifar.split(val_size=0)
 
     def final_test(genome: Genome, seed: int) -> float:
-        r = train(genome, full, replace(final_recipe, seed=seed), "cpu")
+        r = train(genome, full, recipe_for(genome, replace(final_recipe, seed=seed)), "cpu")
         return evaluate(r.model, full.test_x, full.test_y, full)
 
     return final_test

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from dataclasses import replace
 from decimal import Decimal
 
 from nas.counting import architecture_params
@@ -114,7 +115,10 @@ def max_params(space: Space, options: dict | None = None) -> int:
 
 
 def project(genome: Genome, space: Space, budget: int, tol: float = DEFAULT_TOL) -> Genome:
-    """The genome nearest to `genome` whose parameter count is in [(1 - tol) * budget, budget]."""
+    """The genome nearest to `genome` whose parameter count is in [(1 - tol) * budget, budget]
+    (its training genes kept)."""
+    if genome.recipe:
+        return replace(project(genome.architecture_only(), space, budget, tol), recipe=genome.recipe)
     budget = check_budget(budget)
     if not 0 <= tol < 1:
         raise NasError(f"tolerance must be in [0, 1), got {tol}")

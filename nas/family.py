@@ -176,19 +176,25 @@ class Family:
         raise NotImplementedError
 
     def short_string(self, genome: Genome, prefix: str, base_options: dict[str, Any]) -> str:
-        """`prefix:body`, then `;key=value,...` for the options that differ from `base_options`."""
+        """`prefix:body`, then `;key=value,...` for the options that differ from `base_options`
+        and for the genome's training genes (e.g. `lr=0.6`)."""
         diff = [
             f"{k}={_format_option(v)}"
             for k, v in genome.options.items()
             if k not in self.body_options and json.dumps(v) != json.dumps(base_options.get(k))
         ]
+        diff += [f"{k}={_format_option(v)}" for k, v in sorted(genome.recipe.items())]
         return f"{prefix}:{self.short_body(genome.genes, genome.options)}" + (";" + ",".join(diff) if diff else "")
 
-    def parse_short(self, text: str, base_options: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(genes, options) of a short form without its `prefix:`; options not in the text come
-        from `base_options` (the options of the space the prefix names). Genes are not checked."""
+    def parse_short(
+        self, text: str, base_options: dict[str, Any], where: str, recipe_keys: tuple[str, ...] = ()
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(genes, options, training genes) of a short form without its `prefix:`; options not in
+        the text come from `base_options` (the options of the space the prefix names); a key of
+        `recipe_keys` after ';' is a training gene. Genes are not checked."""
         body, _, suffix = text.partition(";")
         options = dict(base_options)
+        recipe: dict[str, Any] = {}
         given: set[str] = set()
         for item in suffix.split(",") if suffix else []:
             key, eq, value = item.partition("=")
@@ -202,9 +208,9 @@ class Family:
             if key in given:
                 raise NasError(f"{where}: option '{key}' is given twice")
             given.add(key)
-            options[key] = _parse_option(value.strip())
+            (recipe if key in recipe_keys else options)[key] = _parse_option(value.strip())
         genes, implied = self.parse_body(body, where)
-        return genes, self.check_options({**options, **implied}, where)
+        return genes, self.check_options({**options, **implied}, where), recipe
 
     def check_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         if not isinstance(options, dict):

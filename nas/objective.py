@@ -17,7 +17,7 @@ from nas.curves import fit_asymptote
 from nas.data import CifarData, CifarSource
 from nas.spaces import Genome
 from nas.study import DEFAULT_VAL_SIZE, DeadlineReached, EvaluationFailed
-from nas.training import Recipe, default_device, train
+from nas.training import Recipe, default_device, recipe_for, train
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainingObjective:
         result = train(
             genome,
             self.data,
-            self.recipe,
+            recipe_for(genome, self.recipe),
             self.device,
             callback=on_epoch,
             progress=self.progress,

@@ -20,7 +20,7 @@ from nas.families import build_model
 from nas.genome_args import parse_genome
 from nas.modules import FlipAverage
 from nas.spaces import Genome
-from nas.training import Recipe, default_device, evaluate, predictor, recipe_options, train
+from nas.training import Recipe, default_device, evaluate, predictor, recipe_for, recipe_options, train
 
 
 def _new_run_dir(genome: Genome) -> Path:
@@ -69,6 +69,7 @@ def train_genome_command(
     whose model teaches this one (`recipe.kd_alpha` weighs it). Returns the summary written to
     result.json; a failed run still writes result.json, then raises NasError with the reason."""
     g = parse_genome(genome, storage=storage) if isinstance(genome, str) else genome
+    recipe = recipe_for(g, recipe)  # the training genes a search chose for it, if any
     dev = torch.device(device) if device else default_device()
     teacher_run, teacher_model = load_teacher(teacher, storage) if teacher else (None, None)
     if data is None:  # a caller training several genomes passes the data it loaded once

@@ -13,9 +13,10 @@ the options the string does not list, so `parse_short(str(g)) == g`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +93,23 @@ class Genome:
     family: str
     genes: dict[str, Any]
     options: dict[str, Any]
+    # Training genes (RECIPE_GENES) a space that searches them chose for this point, trained over
+    # the recipe (nas.training.recipe_for); empty for every other genome, whose JSON and key
+    # then stay as they were before training genes existed.
+    recipe: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "space": self.space,
             "family": self.family,
             "genes": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.genes.items()},
             "options": dict(self.options),
         }
+        return {**out, "recipe": dict(self.recipe)} if self.recipe else out
+
+    def architecture_only(self) -> Genome:
+        """The genome without its training genes: what is counted, built and projected."""
+        return replace(self, recipe={}) if self.recipe else self
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -119,17 +129,17 @@ class Genome:
             raise NasError(f"{where}: field 'options' must be an object")
         options = family.check_options({**family.default_options, **d.get("options", {})}, where)
         genes = family.check_genes(genes, options, where)
-        return cls(space=str(d.get("space", d["family"])), family=family.name, genes=genes, options=options)
+        recipe = check_recipe_genes(d.get("recipe", {}), where)
+        return cls(str(d.get("space", d["family"])), family.name, genes, options, recipe)
 
     @classmethod
     def from_json(cls, text: str, where: str = "genome") -> Genome:
         return cls.from_dict(_load_json(text, where), where)
 
     def key(self) -> str:
-        """Identity for de-duplication: the same architecture gives the same key."""
-        return json.dumps(
-            {"family": self.family, "genes": self.to_dict()["genes"], "options": self.options}, sort_keys=True
-        )
+        """Identity for de-duplication: the same architecture (and training genes) gives the same key."""
+        key = {"family": self.family, "genes": self.to_dict()["genes"], "options": self.options}
+        return json.dumps({**key, "recipe": self.recipe} if self.recipe else key, sort_keys=True)
 
     def topology(self) -> str:
         """The architecture without its widths (genes of role "width"): the genomes that budget
@@ -147,6 +157,34 @@ class Genome:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Genome) and self.key() == other.key()
+
+
+# Recipe fields a space may search with the architecture (`[search_recipe]` in a space file).
+RECIPE_GENES = ("lr", "weight_decay")
+
+
+def check_recipe_genes(values: Any, where: str) -> dict[str, float]:
+    """A genome's training genes: positive numbers, named in RECIPE_GENES."""
+    if not isinstance(values, dict):
+        raise NasError(f"{where}: field 'recipe' must be an object like {{\"lr\": 0.6}}")
+    for k, v in values.items():
+        if k not in RECIPE_GENES:
+            raise NasError(
+                f"{where}: recipe.{k} is not a searchable recipe field (searchable: {', '.join(RECIPE_GENES)})"
+            )
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise NasError(f"{where}: recipe.{k} must be a number >= 0, got {v!r}")
+    return {k: float(v) for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class RecipeGene:
+    """A recipe field searched with the architecture: a float in [low, high], on a log scale if `log`."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
 
 
 def _load_json(text: str, where: str) -> Any:
@@ -177,6 +215,7 @@ class Space:
     path: Path | None = None
     widths: str = "absolute"  # how the searcher sees the stage widths, see WIDTH_MODES
     recipe: dict[str, Any] = field(default_factory=dict)  # recipe defaults measured for this family
+    recipe_genes: dict[str, RecipeGene] = field(default_factory=dict)  # recipe fields searched per trial
 
     @property
     def stages(self) -> int:
@@ -395,7 +434,7 @@ def _read_space_file(path: Path) -> Space:
         raise NasError(f"{where}: malformed TOML ({e})") from None
     except RecursionError:
         raise NasError(f"{where}: TOML nested too deeply") from None
-    known = {"family", "description", "widths", "options", "genes", "presets", "recipe"}
+    known = {"family", "description", "widths", "options", "genes", "presets", "recipe", "search_recipe"}
     for key in data:
         if key not in known:
             raise NasError(f"{where}: unknown field '{key}' (expected: {', '.join(sorted(known))})")
@@ -451,6 +490,7 @@ def _read_space_file(path: Path) -> Space:
         path=path,
         widths=widths,
         recipe=dict(recipe),
+        recipe_genes=_parse_recipe_genes(data.get("search_recipe", {}), f"{where}: search_recipe"),
     )
     presets = data.get("presets", {})
     if not isinstance(presets, dict):
@@ -465,6 +505,25 @@ def _read_space_file(path: Path) -> Space:
         g = Genome.from_dict({"space": space.name, "family": family.name, "genes": pgenes, "options": opts}, pwhere)
         space.presets[pname] = space.check(g, pwhere)
     return space
+
+
+def _parse_recipe_genes(table: Any, where: str) -> dict[str, RecipeGene]:
+    """`[search_recipe]`: per searched recipe field `{low = 0.2, high = 1.6, log = true}`."""
+    if not isinstance(table, dict):
+        raise NasError(f"{where} must be a table like lr = {{low = 0.2, high = 1.6, log = true}}")
+    out = {}
+    for name, spec in table.items():
+        if name not in RECIPE_GENES:
+            raise NasError(f"{where}.{name}: not a searchable recipe field (searchable: {', '.join(RECIPE_GENES)})")
+        ok = isinstance(spec, dict) and set(spec) <= {"low", "high", "log"} and {"low", "high"} <= set(spec)
+        low, high = (spec.get("low"), spec.get("high")) if ok else (None, None)
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high))
+        if not (ok and numbers and 0 < low < high and isinstance(spec.get("log", False), bool)):
+            raise NasError(
+                f"{where}.{name} must be a table like {{low = 0.2, high = 1.6, log = true}} with 0 < low < high"
+            )
+        out[name] = RecipeGene(name, float(low), float(high), spec.get("log", False))
+    return out
 
 
 def _parse_gene(name: str, spec: Any, role: str, lowest: int, where: str) -> Gene:
@@ -549,8 +608,10 @@ def parse_short(text: str, where: str | None = None) -> Genome:
         known = sorted({*list_spaces(), *FAMILIES})
         raise NasError(f"{where}: unknown space '{clip(prefix)}' (known: {', '.join(known)})")
     family, options, name = base
-    genes, options = family.parse_short(rest, options, where)
-    return Genome.from_dict({"space": name, "family": family.name, "genes": genes, "options": options}, where)
+    genes, options, recipe = family.parse_short(rest, options, where, RECIPE_GENES)
+    return Genome.from_dict(
+        {"space": name, "family": family.name, "genes": genes, "options": options, "recipe": recipe}, where
+    )
 
 
 # ---------------------------------------------------------------- reading a GENOME argument

@@ -25,7 +25,7 @@ from nas.study import Objective, open_storage, search_seconds, storage_url, stud
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import plural
-from nas.training import Recipe, default_device, space_recipe
+from nas.training import Recipe, default_device, recipe_for, space_recipe
 
 if TYPE_CHECKING:
     from nas.data import CifarData
@@ -288,7 +288,7 @@ def _final_trainings(
             "final",
             "winner",
             winner,
-            replace(recipe, epochs=epochs),
+            recipe_for(winner, replace(recipe, epochs=epochs)),  # with the lr its search chose, if it searched one
             {"trial": best.number, "search_val_acc": best.value},
         )
     ]

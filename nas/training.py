@@ -229,6 +229,12 @@ def space_recipe(space: Space | None = None, **given: Any) -> Recipe:
     return Recipe.from_dict({**table, **given})
 
 
+def recipe_for(genome: Genome, recipe: Recipe) -> Recipe:
+    """The recipe `genome` trains with: `recipe` with the genome's training genes over it (the
+    values a space with `[search_recipe]` chose for it; none for every other genome)."""
+    return dataclasses.replace(recipe, **genome.recipe) if genome.recipe else recipe
+
+
 @dataclass
 class TrainResult:
     """What one training run produced. `curve` has one entry per completed epoch;

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import optuna
@@ -89,7 +90,32 @@ def propose(trial: optuna.Trial, space: Space, budget: int, tol: float) -> Genom
     with the start's options) still supplies its genes as the params, and that genome is kept."""
     genes = suggest_genome(trial, space)
     chosen = trial_proposal(trial)
-    return Genome.from_json(chosen["genome"]) if chosen else project(genes, space, budget, tol)
+    if chosen:
+        return Genome.from_json(chosen["genome"])
+    return replace(project(genes, space, budget, tol), recipe=suggest_recipe_genes(trial, space))
+
+
+def base_recipe_value(space: Space, name: str) -> float:
+    """A recipe field's value in the space's [recipe] table, else Recipe's default, inside the searched range."""
+    from nas.training import Recipe
+
+    gene = space.recipe_genes[name]
+    value = float(space.recipe.get(name, getattr(Recipe(), name)))
+    return min(max(value, gene.low), gene.high)
+
+
+def recipe_param(name: str) -> str:
+    """The trial param of a searched recipe field, e.g. recipe_lr."""
+    return f"recipe_{name}"
+
+
+def suggest_recipe_genes(trial: optuna.Trial, space: Space) -> dict[str, float]:
+    """The values of the recipe fields the space searches (`[search_recipe]`), suggested through
+    the trial, to 3 significant digits (what a short form shows is what was trained)."""
+    return {
+        name: float(f"{trial.suggest_float(recipe_param(name), g.low, g.high, log=g.log):.3g}")
+        for name, g in space.recipe_genes.items()
+    }
 
 
 def trial_role(trial: optuna.Trial) -> tuple[str, int | None]:
@@ -333,6 +359,8 @@ def enqueue_genomes(study: optuna.Study, space: Space, genomes: list[tuple[str, 
         if label in held:
             continue
         params = {space.coord_name(c): v for c, v in zip(space.coords, space.vector(genome)) if not space.is_scale(c)}
+        # a searched recipe field: the genome's value, else the space's measured one (the hand design's)
+        params |= {recipe_param(n): genome.recipe.get(n, base_recipe_value(space, n)) for n in space.recipe_genes}
         study.enqueue_trial(params, user_attrs={"seed": label, "role": label.split(":", 1)[0]})
         held.add(label)
         queued += 1

@@ -296,8 +296,9 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
     monkeypatch.setattr("nas.objective.train", planted)
     monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)  # trials cost what the hand design does
     # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s and a
-    # trial (600 + 200) 0.4 s, as the trials take: a 3-second search keeps its last 1.4 s for the
-    # finalist and the trial running when the search stops
+    # trial (600 + 200) 0.4 s, as the trials take: a 6-second search keeps at least its last 1.4 s
+    # for the finalist and the trial running when the search stops (more when the trials, measured
+    # on a busy machine, take longer)
     monkeypatch.setattr(
         "nas.plan.calibrate",
         lambda *a, **k: Calibration(
@@ -308,7 +309,7 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
     config = SearchConfig(
         "random",
         trials=None,
-        time_limit=3.0,
+        time_limit=6.0,
         val_size=200,
         subset=600,
         pruner="none",
@@ -321,7 +322,7 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     starts = [t.datetime_start.timestamp() for t in study.trials]
     assert len(starts) >= 2
-    assert max(starts) < t0 + 1.6 + 0.1  # none after the search's share (timestamps in whole ms, some slack)
+    assert max(starts) < t0 + 4.6 + 0.1  # none after the search's share (timestamps in whole ms, some slack)
     assert len(result.finalists) == 1 and planted.sizes.count(1800) == 1
 
 
