@@ -145,8 +145,8 @@ def summarize(rows: list[dict]) -> None:
                 by_seed = [{r["seed"]: r["test_acc"] for r in arms[arm]} for arm in (a, b)]
                 shared = sorted(by_seed[0].keys() & by_seed[1].keys())
                 # the same seeds only, paired (not the hand design: its seed is its final training's)
-                if "hand" not in (a, b) and 1 < len(shared) < max(len(acc[a]), len(acc[b])):
-                    line += f"; at the {len(shared)} seeds both ran: " + difference(
+                if "hand" not in (a, b) and 1 < len(shared):
+                    line += f"; at the {len(shared)} seeds both ran, paired: " + difference(
                         [by_seed[0][s] for s in shared], [by_seed[1][s] for s in shared], sigma, paired=True
                     )
                 print(line)
