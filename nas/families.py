@@ -43,6 +43,12 @@ class ConvFamily(WidthDepthFamily):
         "num_classes": int_range(2, 100000),
     }
 
+    def stage_block(self, genes: dict[str, Any], stage: int, c_in: int, options: dict[str, Any]) -> BlockSpec:
+        """One block of stage `stage`, reading `c_in` channels: a 3x3 conv."""
+        c_out = genes["width"][stage]
+        residual = options["residual"] and c_in == c_out
+        return Conv(c_in, c_out, 3, options["bias"], options["activation"], residual=residual)
+
     def architecture(self, genome: Genome) -> list[BlockSpec]:
         o, g = genome.options, genome.genes
         blocks: list[BlockSpec] = []
@@ -51,9 +57,8 @@ class ConvFamily(WidthDepthFamily):
             if s > 0:
                 blocks.append(MaxPool())
             for _ in range(g["depth"][s]):
-                w = g["width"][s]
-                blocks.append(Conv(c, w, 3, o["bias"], o["activation"], residual=o["residual"] and c == w))
-                c = w
+                blocks.append(self.stage_block(g, s, c, o))
+                c = g["width"][s]
         blocks.append(Head(c, o["num_classes"]))
         return blocks
 
@@ -99,26 +104,14 @@ class MixedFamily(ConvFamily):
     def _blocks_at(genome: Genome, kind: int) -> Genome:
         return replace(genome, genes={**genome.genes, "block": [kind] * len(genome.genes["block"])})
 
-    def stage_block(self, kind: int, c_in: int, c_out: int, options: dict[str, Any]) -> BlockSpec:
+    def stage_block(self, genes: dict[str, Any], stage: int, c_in: int, options: dict[str, Any]) -> BlockSpec:
+        """One block of stage `stage`, of the stage's type (`block` gene)."""
+        kind, c_out = genes["block"][stage], genes["width"][stage]
         if kind == 2:
             return BasicBlock(c_in, c_out, 1)
         if kind == 3:
             return SeparableConv(c_in, c_out, options["bias"], options["activation"])
-        residual = options["residual"] and c_in == c_out
-        return Conv(c_in, c_out, 3, options["bias"], options["activation"], residual=residual)
-
-    def architecture(self, genome: Genome) -> list[BlockSpec]:
-        o, g = genome.options, genome.genes
-        blocks: list[BlockSpec] = []
-        c = 3
-        for s in range(o["stages"]):
-            if s > 0:
-                blocks.append(MaxPool())
-            for _ in range(g["depth"][s]):
-                blocks.append(self.stage_block(g["block"][s], c, g["width"][s], o))
-                c = g["width"][s]
-        blocks.append(Head(c, o["num_classes"]))
-        return blocks
+        return super().stage_block(genes, stage, c_in, options)
 
     def short_body(self, genes: dict[str, Any], options: dict[str, Any]) -> str:
         return "|".join(

@@ -248,3 +248,25 @@ class PlantedTraining:
             device="cpu",
             params=count_params(genome),
         )
+
+
+def plan_for_tests(calibration, **fields):
+    """A search plan (nas.plan.Plan) of conv-shape at 10k, 15,000 training images x 4 epochs, 5,000
+    validated, a 20-minute limit, with `calibration` and any fields given over these."""
+    from nas.plan import Plan
+
+    base = dict(
+        space="conv-shape",
+        searcher="tpe",
+        budget=10_000,
+        band=(9000, 10_000),
+        device="cpu",
+        bf16=False,
+        train_images=15_000,
+        val_images=5_000,
+        epochs=4,
+        pruner="none",
+        trials=None,
+        time_limit_s=1200,
+    )
+    return Plan(**{**base, **fields}, calibration=calibration)

@@ -4,11 +4,11 @@ of the time limit."""
 
 import optuna
 import pytest
-from conftest import PlantedTraining
+from conftest import PlantedTraining, plan_for_tests
 
 from nas.cli import main
 from nas.finalists import ATTR_PREFIX, pick, recorded
-from nas.plan import Calibration, Plan
+from nas.plan import Calibration
 from nas.report import write_report
 from nas.search import FinalistTime, SearchConfig, search
 from nas.spaces import parse_genome
@@ -252,24 +252,8 @@ def test_the_plan_keeps_time_for_the_finalists():
         eval_images_per_s=20_000,
         device="cpu",
     )
-    common = dict(
-        space="conv-shape",
-        searcher="tpe",
-        budget=10_000,
-        band=(9000, 10_000),
-        device="cpu",
-        bf16=False,
-        train_images=15_000,
-        val_images=5_000,
-        epochs=4,
-        pruner="hyperband",
-        trials=None,
-        time_limit_s=1200,
-        calibration=cal,
-        jobs=2,
-    )
-    plain = Plan(**common)
-    plan = Plan(**common, finalists=3, finalist_images=45_000, finalist_epochs=4)
+    plain = plan_for_tests(cal, jobs=2)
+    plan = plan_for_tests(cal, jobs=2, finalists=3, finalist_images=45_000, finalist_epochs=4)
     per = 4 * (45_000 / 5_000 + 5_000 / 20_000)
     assert plan.seconds_per_finalist == pytest.approx(per)
     trial = 4 * (15_000 / 5_000 + 5_000 / 20_000)  # one trial on one job
@@ -278,7 +262,7 @@ def test_the_plan_keeps_time_for_the_finalists():
     assert plan.expected_trials == int((1200 - 2 * per - trial) // plan.seconds_per_trial) < plain.expected_trials
     assert any("winner:   the best of 3 finalists (the best trial of each topology first)" in x for x in plan.lines())
     # never more than half the time: a short search still searches
-    short = Plan(**{**common, "time_limit_s": 60}, finalists=3, finalist_images=45_000, finalist_epochs=4)
+    short = plan_for_tests(cal, jobs=2, time_limit_s=60, finalists=3, finalist_images=45_000, finalist_epochs=4)
     assert short.reserve_s == 30
 
 
@@ -331,25 +315,7 @@ def test_the_time_kept_follows_how_long_trials_really_take():
     from optuna.trial import TrialState
 
     cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
-    plan = Plan(
-        space="conv-shape",
-        searcher="tpe",
-        budget=10_000,
-        band=(9000, 10_000),
-        device="cpu",
-        bf16=False,
-        train_images=15_000,
-        val_images=5_000,
-        epochs=1,
-        pruner="none",
-        trials=None,
-        time_limit_s=600,
-        calibration=cal,
-        jobs=1,
-        finalists=2,
-        finalist_images=45_000,
-        finalist_epochs=1,
-    )
+    plan = plan_for_tests(cal, epochs=1, time_limit_s=600, finalists=2, finalist_images=45_000, finalist_epochs=1)
     assert plan.seconds_per_trial == 20 and plan.seconds_per_finalist == 50  # reserve: 2 x 50 + 20
 
     class Budget:
@@ -377,25 +343,7 @@ def test_the_time_kept_is_that_of_the_genomes_that_will_be_the_finalists():
     from optuna.trial import TrialState
 
     cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
-    plan = Plan(
-        space="conv-shape",
-        searcher="tpe",
-        budget=10_000,
-        band=(9000, 10_000),
-        device="cpu",
-        bf16=False,
-        train_images=15_000,
-        val_images=5_000,
-        epochs=1,
-        pruner="none",
-        trials=None,
-        time_limit_s=1000,
-        calibration=cal,
-        jobs=1,
-        finalists=3,
-        finalist_images=45_000,
-        finalist_epochs=1,
-    )
+    plan = plan_for_tests(cal, epochs=1, time_limit_s=1000, finalists=3, finalist_images=45_000, finalist_epochs=1)
     assert plan.finalist_scale == 2.5  # (45,000 + 5,000) / (15,000 + 5,000) images
     chosen = [SimpleNamespace(user_attrs={"wall_time_s": s}) for s in (40.0, 10.0)]
 
@@ -414,24 +362,9 @@ def test_the_time_kept_is_that_of_the_genomes_that_will_be_the_finalists():
 
 def test_the_plan_counts_the_noise_measurement_and_the_genomes_typical_cost():
     cal = Calibration(genome="g", params=1, train_images_per_s=1000, eval_images_per_s=1000, device="cpu")
-    common = dict(
-        space="conv-shape",
-        searcher="tpe",
-        budget=10_000,
-        band=(9000, 10_000),
-        device="cpu",
-        bf16=False,
-        train_images=15_000,
-        val_images=5_000,
-        epochs=1,
-        pruner="none",
-        trials=None,
-        time_limit_s=1000,
-        calibration=cal,
-    )
-    hand_only = Plan(**common)
+    hand_only = plan_for_tests(cal, epochs=1, time_limit_s=1000)
     assert hand_only.expected_trials == 50  # 1,000 s of 20 s trials
-    typical = Plan(**common, cost_factor=1.25, noise_trials=2)
+    typical = plan_for_tests(cal, epochs=1, time_limit_s=1000, cost_factor=1.25, noise_trials=2)
     # two hand-design trainings at 20 s first; then trials of 1.25 x 20 s
     assert typical.noise_s == 40 and typical.seconds_per_trial == 25
     assert typical.expected_trials == int((1000 - 40) // 25)

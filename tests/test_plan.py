@@ -4,13 +4,14 @@ import time
 
 import optuna
 import pytest
+from conftest import plan_for_tests
 from optuna.trial import TrialState
 
 from nas.budget import project
 from nas.cli import main
 from nas.errors import NasError
 from nas.objective import TrainingObjective
-from nas.plan import CPU_DEFAULTS, Plan, calibrate, duration, hyperband_rungs, parse_duration
+from nas.plan import CPU_DEFAULTS, calibrate, duration, hyperband_rungs, parse_duration
 from nas.search import SearchConfig, default_start, search
 from nas.spaces import load_space
 from nas.study import Evaluator, counts_as_done, open_study
@@ -139,21 +140,7 @@ def test_plan_arithmetic():
     g = project(default_start(space), space, 10_000)
     cal = calibrate(g, Recipe(epochs=1, batch_size=64), "cpu", images=256)
     assert cal.train_images_per_s > 0 and cal.eval_images_per_s > 0 and cal.params > 9000
-    plan = Plan(
-        space="conv-shape",
-        searcher="tpe",
-        budget=10_000,
-        band=(9000, 10_000),
-        device="cpu",
-        bf16=False,
-        train_images=10_000,
-        val_images=5_000,
-        epochs=4,
-        pruner="hyperband",
-        trials=None,
-        time_limit_s=600,
-        calibration=cal,
-    )
+    plan = plan_for_tests(cal, train_images=10_000, pruner="hyperband", time_limit_s=600)
     per = 4 * (10_000 / cal.train_images_per_s + 5_000 / cal.eval_images_per_s)
     assert plan.seconds_per_trial == pytest.approx(per)
     assert plan.expected_trials == max(1, int(600 // per))
