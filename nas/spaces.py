@@ -492,7 +492,13 @@ def _read_space_file(path: Path) -> Space:
         recipe=dict(recipe),
         recipe_genes=_parse_recipe_genes(data.get("search_recipe", {}), f"{where}: search_recipe"),
     )
-    presets = data.get("presets", {})
+    space.presets.update(_read_presets(space, data.get("presets", {}), where))
+    return space
+
+
+def _read_presets(space: Space, presets: Any, where: str) -> dict[str, Genome]:
+    """A space file's named genomes (`[presets.NAME]`: genes, and options of their own), checked against the space."""
+    out: dict[str, Genome] = {}
     if not isinstance(presets, dict):
         raise NasError(f"{where}: field 'presets' must be a table")
     for pname, pdata in presets.items():
@@ -501,10 +507,12 @@ def _read_space_file(path: Path) -> Space:
             raise NasError(f"{pwhere} must be a table")
         popts = pdata.get("options", {})
         pgenes = {k: v for k, v in pdata.items() if k != "options"}
-        opts = {**options, **popts}
-        g = Genome.from_dict({"space": space.name, "family": family.name, "genes": pgenes, "options": opts}, pwhere)
-        space.presets[pname] = space.check(g, pwhere)
-    return space
+        opts = {**space.options, **popts}
+        g = Genome.from_dict(
+            {"space": space.name, "family": space.family.name, "genes": pgenes, "options": opts}, pwhere
+        )
+        out[pname] = space.check(g, pwhere)
+    return out
 
 
 def _parse_recipe_genes(table: Any, where: str) -> dict[str, RecipeGene]:
