@@ -144,7 +144,21 @@ class TrialQuota:
         self._mine: set[int] = set()  # trials this process asked for
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.time() >= self.deadline
+        """Whether no trial should start now: the deadline has passed, or the time left is shorter
+        than the quickest trial this searcher has completed (it would only be cut at the deadline,
+        as when a resumed sweep has seconds of a budget's share left)."""
+        if self.deadline is None:
+            return False
+        left = self.deadline - time.time()
+        return left <= 0 or left < self._quickest_trial_s()
+
+    def _quickest_trial_s(self) -> float:
+        times = [
+            t.duration.total_seconds()
+            for t in self.ev.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("searcher") == self.ev.searcher and t.duration is not None
+        ]
+        return min(times, default=0.0)
 
     def done(self) -> int:
         return sum(counts_as_done(t) for t in searcher_trials(self.ev.study, self.ev.searcher))

@@ -69,6 +69,28 @@ def test_time_limit_starts_no_trial_after_the_deadline(tmp_path):
     assert r.trials == len(slow.started)
 
 
+def test_a_search_resumed_with_less_time_than_its_quickest_trial_starts_none(tmp_path):
+    # A resumed sweep gives a budget what is left of its share: seconds, where a trial takes
+    # minutes. Such a trial would only be cut at the deadline and recorded as failed.
+    storage = f"sqlite:///{tmp_path}/q.db"
+    first = search(
+        "conv-shape", 20_000, SearchConfig("random", trials=2), storage=storage, objective=Slow(0.8), progress=False
+    )
+    assert first.trials == 2
+    again = Slow(0.8)
+    r = search(
+        "conv-shape",
+        20_000,
+        SearchConfig("random", trials=None, time_limit=0.4),
+        storage=storage,
+        objective=again,
+        progress=False,
+    )
+    assert again.started == [] and r.trials == 2 and r.stopped == "time limit reached"
+    states = [t.state for t in optuna.load_study(study_name=r.study_name, storage=storage).trials]
+    assert states == [TrialState.COMPLETE] * 2
+
+
 def test_a_trial_running_at_the_deadline_stops_at_an_epoch_and_is_retried(cifar_data, tmp_path):
     space = load_space("conv")
     recipe = Recipe(epochs=3, batch_size=128)
