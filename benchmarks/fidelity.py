@@ -29,7 +29,8 @@ from nas.budget import parse_budgets
 from nas.data import CifarSource
 from nas.plan import device_defaults
 from nas.spaces import Genome, load_space
-from nas.study import in_budget, open_storage, trial_genome
+from nas.storage import open_storage
+from nas.study import in_budget, trial_genome
 from nas.training import evaluate, space_recipe, train
 
 

@@ -54,7 +54,8 @@ from nas.data import CifarSource
 from nas.plan import device_defaults
 from nas.search import SearchConfig, default_start, search
 from nas.spaces import FAMILIES, Genome, load_space
-from nas.study import open_storage, trial_genome
+from nas.storage import open_storage
+from nas.study import trial_genome
 from nas.training import Recipe, evaluate, recipe_for, space_recipe, train
 
 # The recipe fields added on 2026-12-04 at their neutral values (every row before ran with these).

@@ -118,7 +118,7 @@ def _print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def _print_dashboard_and_report(storage: str, out: str | None = None) -> None:
     """The closing lines of search and sweep: how to browse the study, and the refreshed report."""
     from nas.report import default_report_path, write_report
-    from nas.study import dashboard_command
+    from nas.storage import dashboard_command
 
     print(f"dashboard: {dashboard_command(storage)}")
     print(f"report:    {write_report(storage, out or default_report_path(storage))}")
@@ -726,7 +726,7 @@ def cmd_sweep(args) -> int:
     from nas.budget import parse_budgets
     from nas.report import default_report_path, write_summary_json
     from nas.spaces import load_space
-    from nas.study import storage_url
+    from nas.storage import storage_url
     from nas.sweep import sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -898,7 +898,7 @@ def add_report(sub) -> None:
 
 def cmd_report(args) -> int:
     from nas.report import default_report_path, write_report, write_summary_json
-    from nas.study import resolve_storage
+    from nas.storage import resolve_storage
 
     storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
     out = write_report(storage, args.out or default_report_path(storage), title=args.title)

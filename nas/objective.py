@@ -2,7 +2,7 @@
 search's split of CIFAR-100, reported to its Optuna trial epoch by epoch.
 
 It sits between the training loop (which knows nothing of Optuna) and the study records
-(`nas.study.Evaluator`, which calls any `Objective` and knows nothing of training).
+(`nas.evaluator.Evaluator`, which calls any `Objective` and knows nothing of training).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import optuna
 
 from nas.curves import fit_asymptote
 from nas.data import CifarData, CifarSource
+from nas.evaluator import DeadlineReached, EvaluationFailed
 from nas.spaces import Genome
-from nas.study import DEFAULT_VAL_SIZE, DeadlineReached, EvaluationFailed
+from nas.study import DEFAULT_VAL_SIZE
 from nas.training import Recipe, default_device, recipe_for, train
 
 

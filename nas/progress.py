@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from nas.text import duration, plural
 
 if TYPE_CHECKING:
-    from nas.study import Outcome
+    from nas.evaluator import Outcome
 
 
 def progress_bar(total: int, enabled: bool, **options: Any) -> tqdm:

@@ -33,7 +33,8 @@ from nas.files import check_file_target, write_text_atomic
 from nas.finalists import Finalist, recorded
 from nas.finalists import winner as finalist_winner
 from nas.spaces import Genome
-from nas.study import failure_reason, open_storage, search_seconds, storage_database
+from nas.storage import open_storage, storage_database
+from nas.study import failure_reason, search_seconds
 from nas.text import plural
 
 TOP_CURVES = 5  # learning curves drawn per budget

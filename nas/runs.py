@@ -193,7 +193,7 @@ def trial_run_dir(study_name: str, number: int, storage: str | None = None) -> t
     NasError otherwise, with the commands that make a run and export it."""
     import optuna
 
-    from nas.study import open_storage, resolve_storage
+    from nas.storage import open_storage, resolve_storage
 
     st = open_storage(storage)
     try:

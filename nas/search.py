@@ -2,7 +2,7 @@
 (`nas.samplers`), the trial loop (`nas.trials`) and the finalists (`nas.finalists`).
 
 Every evaluation is a trial of the study of (space, budget, recipe), evaluated through
-`nas.study.Evaluator`; only genomes inside the budget band [(1 - tol) * B, B] are evaluated.
+`nas.evaluator.Evaluator`; only genomes inside the budget band [(1 - tol) * B, B] are evaluated.
 Its settings are a `SearchConfig`; what it leaves is a `SearchResult`.
 """
 
@@ -25,22 +25,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.budget import DEFAULT_TOL, band, check_budget, project
 from nas.errors import NasError, warn
+from nas.evaluator import Evaluator, Outcome
 from nas.finalists import FINALIST_PICKS, Finalist, FinalistFidelity, pick, retrain_finalists
 from nas.finalists import winner as finalist_winner
 from nas.progress import SearchProgress
 from nas.samplers import SEARCHERS, make_pruner, make_searcher, searcher_needs
 from nas.spaces import Genome, Space, load_space
-from nas.study import (
-    DEFAULT_VAL_SIZE,
-    Evaluator,
-    Objective,
-    Outcome,
-    open_storage,
-    open_study,
-    sampler_needs,
-    storage_url,
-    top_trials,
-)
+from nas.storage import open_storage, storage_url
+from nas.study import DEFAULT_VAL_SIZE, Objective, open_study, sampler_needs, top_trials
 from nas.text import plural
 from nas.trials import TrialQuota, enqueue_genomes, run_trials, typical_flops_ratio
 
@@ -249,8 +241,8 @@ def run_finalists(
 ) -> list[Finalist]:
     """Retrain the search's best `candidates` at `fidelity` (see nas.finalists), the trials' recipe
     with the finalists' epochs and seed, scored by validation accuracy; none start after `deadline`."""
+    from nas.evaluator import EvaluationFailed
     from nas.objective import training_objective
-    from nas.study import EvaluationFailed
 
     objective = _LazyObjective(
         lambda: training_objective(

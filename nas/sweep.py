@@ -21,7 +21,8 @@ from nas.errors import NasError
 from nas.runs import train_genome_command
 from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
-from nas.study import Objective, open_storage, search_seconds, storage_url, study_name, trial_genome
+from nas.storage import open_storage, storage_url
+from nas.study import Objective, search_seconds, study_name, trial_genome
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import plural

@@ -1,5 +1,5 @@
 """The trial loop: workers claim trials from a quota, ask the sampler for a genome, project it into
-the budget band and evaluate it (`nas.study.Evaluator`), until the quota is spent, the time is up
+the budget band and evaluate it (`nas.evaluator.Evaluator`), until the quota is spent, the time is up
 or the sampler has nothing new to propose. The same loop runs every searcher; what a searcher
 needs from it, it says itself (`nas.study.SamplerNeeds`).
 """
@@ -20,18 +20,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.budget import project
 from nas.errors import NasError
+from nas.evaluator import Evaluator, Outcome
+from nas.liveness import fail_stale_trials
 from nas.spaces import Genome, Space
-from nas.study import (
-    Evaluator,
-    NothingToPropose,
-    Outcome,
-    counts_as_done,
-    fail_stale_trials,
-    heartbeat_seconds,
-    sampler_needs,
-    searcher_trials,
-    trial_proposal,
-)
+from nas.storage import heartbeat_seconds
+from nas.study import NothingToPropose, counts_as_done, sampler_needs, searcher_trials, trial_proposal
 
 SCALE_PLACEHOLDER = 16  # the value a sampler leaves in a scale coordinate before projection
 

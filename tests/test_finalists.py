@@ -7,12 +7,13 @@ import pytest
 from conftest import PlantedTraining, plan_for_tests
 
 from nas.cli import main
+from nas.evaluator import Outcome
 from nas.finalists import ATTR_PREFIX, pick, recorded
 from nas.plan import Calibration
 from nas.report import write_report
 from nas.search import FinalistTime, SearchConfig, search
 from nas.spaces import parse_genome
-from nas.study import Outcome, top_trials, trial_genome
+from nas.study import top_trials, trial_genome
 from nas.training import Recipe
 
 RECIPE = Recipe(epochs=1)

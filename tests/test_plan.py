@@ -10,11 +10,12 @@ from optuna.trial import TrialState
 from nas.budget import project
 from nas.cli import main
 from nas.errors import NasError
+from nas.evaluator import Evaluator
 from nas.objective import TrainingObjective
 from nas.plan import CPU_DEFAULTS, calibrate, duration, hyperband_rungs, parse_duration
 from nas.search import SearchConfig, default_start, search
 from nas.spaces import load_space
-from nas.study import Evaluator, counts_as_done, open_study
+from nas.study import counts_as_done, open_study
 from nas.training import Recipe
 
 

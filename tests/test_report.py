@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from nas import reference
 from nas.counting import count_params
 from nas.errors import NasError
+from nas.evaluator import EvaluationFailed, Evaluator
 from nas.report import (
     budget_str,
     default_report_path,
@@ -34,7 +35,7 @@ from nas.report import (
 )
 from nas.search import SearchConfig, search
 from nas.spaces import load_space
-from nas.study import EvaluationFailed, Evaluator, open_study, trial_genome
+from nas.study import open_study, trial_genome
 from nas.sweep import record_final_training
 from nas.training import Recipe
 

@@ -28,7 +28,8 @@ from nas.fdpg import (
 from nas.samplers import SAMPLERS, make_sampler, worker_seed
 from nas.search import SearchConfig, search
 from nas.spaces import Genome, load_space
-from nas.study import counts_as_done, open_storage
+from nas.storage import open_storage
+from nas.study import counts_as_done
 from nas.trials import enqueue_genomes, propose
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -315,7 +316,8 @@ def test_a_resumed_sampler_continues_instead_of_replaying(name, small, tmp_path)
 def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, monkeypatch):
     """Two workers count one trial left and both ask one: the later trial is given back (failed,
     not counted) instead of training one genome more than --trials."""
-    from nas.study import Evaluator, counts_as_done, open_study
+    from nas.evaluator import Evaluator
+    from nas.study import counts_as_done, open_study
     from nas.training import Recipe
     from nas.trials import SURPLUS
     from nas.trials import TrialQuota as TrialBudget
@@ -344,7 +346,8 @@ def test_workers_claiming_the_last_trial_at_once_train_it_once(small, tmp_path, 
 def _racing_budget(small, tmp_path, monkeypatch, other_asks):
     """A study at budget 1 whose worker, between counting and asking, sees `other_asks(study)`
     run: another process claiming the last trial at that moment."""
-    from nas.study import Evaluator, open_study
+    from nas.evaluator import Evaluator
+    from nas.study import open_study
     from nas.training import Recipe
     from nas.trials import TrialQuota as TrialBudget
 

@@ -10,25 +10,12 @@ from optuna.trial import TrialState
 
 from nas.budget import project
 from nas.errors import NasError
+from nas.evaluator import EvaluationFailed, Evaluator
+from nas.liveness import HEARTBEAT_ATTR, fail_stale_trials, heartbeat
 from nas.objective import TrainingObjective
 from nas.spaces import load_space
-from nas.study import (
-    DIED,
-    HEARTBEAT_ATTR,
-    INTERRUPTED,
-    EvaluationFailed,
-    Evaluator,
-    counts_as_done,
-    dashboard_command,
-    fail_stale_trials,
-    failure_reason,
-    heartbeat,
-    open_storage,
-    open_study,
-    optuna_heartbeat,
-    resolve_storage,
-    study_name,
-)
+from nas.storage import dashboard_command, open_storage, optuna_heartbeat, resolve_storage
+from nas.study import DIED, INTERRUPTED, counts_as_done, failure_reason, open_study, study_name
 from nas.training import Recipe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

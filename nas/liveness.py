@@ -1,0 +1,111 @@
+"""Liveness of running trials: a trial sends a heartbeat every `NAS_HEARTBEAT_SECONDS` (default
+30); one silent for twice that belongs to a dead process, and `fail_stale_trials` marks it FAIL and
+queues a retry with the same parameters. RDB storages use Optuna's heartbeat and retry callback
+(`nas.storage`); journal files, which have none in Optuna, get nas's own here: a system attr with
+the writer's wall-clock time, and the same retry records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.storage import MAX_RETRY, heartbeat_seconds, optuna_heartbeat, trial_id
+from nas.study import DIED, IDENTITY_ATTRS, PROPOSAL_ATTR
+
+HEARTBEAT_ATTR = "nas:heartbeat"
+
+
+def beat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """One heartbeat of a running trial: Optuna's where the storage has one, else nas's attr."""
+    if optuna_heartbeat(storage):
+        storage.record_heartbeat(trial_id)
+    else:
+        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: float | None = None) -> Iterator[None]:
+    """Send the trial's heartbeat now and every `interval` seconds (default: the storage's, else
+    NAS_HEARTBEAT_SECONDS) until the block ends."""
+    if interval is None:
+        interval = storage.get_heartbeat_interval() if optuna_heartbeat(storage) else heartbeat_seconds()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                beat(storage, trial_id)
+            except UpdateFinishedTrialError:
+                return
+            except Exception:  # a database hiccup: a missed beat is harmless, a dead thread is not
+                continue
+
+    beat(storage, trial_id)
+    thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> list[int]:
+    """Mark RUNNING trials whose heartbeat stopped as FAIL and queue a retry of each (at most
+    MAX_RETRY per original trial); returns the failed trial numbers. RDB storages: Optuna's
+    `fail_stale_trials` and retry callback; journal files: nas's own (`failure` = DIED)."""
+    storage = study._storage  # the storage API is the only way to write another process's trial
+    if optuna_heartbeat(storage):
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if not running:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return sorted(
+            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running
+        )
+    grace = 2 * (interval or heartbeat_seconds())
+    now, failed = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = t.system_attrs.get(HEARTBEAT_ATTR)
+        if not isinstance(last, (int, float)) or now - last <= grace:
+            continue  # alive, or not a nas trial
+        try:
+            storage.set_trial_user_attr(trial_id(t), "failure", DIED)
+            if not storage.set_trial_state_values(trial_id(t), TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another process got there first
+        failed.append(t.number)
+        enqueue_retry(study, t)
+    return failed
+
+
+def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
+    """A WAITING copy of `t` (params, identity attrs and proposal), marked like Optuna's retry
+    callback's (which copies every system attr)."""
+    history = [*t.system_attrs.get("retry_history", []), t.number]
+    if len(history) > MAX_RETRY:
+        return
+    proposal = {PROPOSAL_ATTR: t.system_attrs[PROPOSAL_ATTR]} if PROPOSAL_ATTR in t.system_attrs else {}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs={k: t.user_attrs[k] for k in IDENTITY_ATTRS if k in t.user_attrs},
+            system_attrs={
+                "failed_trial": t.system_attrs.get("failed_trial", t.number),
+                "retry_history": history,
+                **proposal,
+            },
+        )
+    )
