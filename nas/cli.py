@@ -16,25 +16,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.errors import NasError
-from nas.finalists import FINALIST_PICKS
+from nas.options import (
+    BUDGET_HELP,
+    DATA_DIR_HELP,
+    DEVICE_HELP,
+    STORAGE_HELP,
+    SUBSET_HELP,
+    VAL_SIZE_HELP,
+    add_genome_argument,
+    add_recipe_options,
+    add_search_options,
+    baselines_arg,
+    budget_arg,
+    duration_arg,
+    positive_arg,
+    recipe_from_args,
+    search_config,
+    search_settings,
+    space_of,
+    sweep_settings,
+    tol_arg,
+)
 from nas.plan import CPU_DEFAULTS, CUDA_DEFAULTS, SWEEP_SEARCH_SHARE
 from nas.text import plural
 
 if TYPE_CHECKING:
-    from nas.search import SearchConfig
-    from nas.spaces import Genome
+    pass
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like NasError
         self.exit(2, f"nas: error: {message} (see '{self.prog} --help')\n")
-
-
-GENOME_HELP = (
-    "a preset (seed-m4, mbconv:seed-m4), a short form as nas prints it (conv:16x1|32x2|64x1|128x1), "
-    "STUDY#N (trial N of a study in --storage), a .json file, or inline JSON"
-)
-STORAGE_HELP = "Optuna storage URL or journal file (default sqlite:///studies/nas.db)"
 
 
 # One line per command for `nas --help`, also where a command's parser is not built (see build_parser).
@@ -48,63 +60,6 @@ COMMAND_HELP = {
     "report": "write the HTML report of every study in a storage",
     "export": "export a trained model to ONNX, checked against PyTorch, with a model card",
 }
-
-
-def add_genome_argument(p: argparse.ArgumentParser) -> None:
-    """GENOME, and the --storage its STUDY#N form reads trials from."""
-    p.add_argument("genome", metavar="GENOME", help=GENOME_HELP)
-    p.add_argument("--storage", help=f"where a STUDY#N genome is looked up: {STORAGE_HELP}")
-
-
-def _budget(text: str) -> int:
-    from nas.budget import check_budget
-
-    try:
-        return check_budget(text)
-    except NasError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-BUDGET_HELP = "parameter budget: 50000, 50_000, 50k, 1.5k, 1e5, 1M"
-
-
-def _baselines(text: str) -> tuple[str, ...]:
-    from nas.sweep_plan import check_baselines
-
-    try:
-        return check_baselines(text)
-    except NasError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _tol(text: str) -> float:
-    try:
-        tol = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tolerance must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= tol < 1:
-        raise argparse.ArgumentTypeError(f"tolerance must be in [0, 1), got {text!r}")
-    return tol
-
-
-def _whole(text: str, minimum: int, what: str) -> int:
-    """`text` as a whole number of at least `minimum`, else argparse's one-line error."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = minimum - 1
-    if n < minimum:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return n
-
-
-def _positive(text: str) -> int:
-    return _whole(text, 1, "a positive whole number")
-
-
-def _count(text: str) -> int:
-    """A whole number, 0 included (0: none)."""
-    return _whole(text, 0, "a whole number, 0 or more")
 
 
 def _print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -184,8 +139,8 @@ def add_project(sub) -> None:
         "so that its parameter count lands in [(1 - tol) * B, B]. Never exceeds B.",
     )
     add_genome_argument(p)
-    p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help=BUDGET_HELP)
-    p.add_argument("--tol", type=_tol, default=0.1, help="relative band under the budget (default 0.1)")
+    p.add_argument("--budget", "-b", type=budget_arg, required=True, metavar="B", help=BUDGET_HELP)
+    p.add_argument("--tol", type=tol_arg, default=0.1, help="relative band under the budget (default 0.1)")
     p.add_argument("--space", help="space whose ranges to use (default: the genome's own space)")
     p.add_argument("--json", action="store_true", help="print one JSON object (params, flops, genome)")
 
@@ -269,62 +224,6 @@ def cmd_space(args) -> int:
 
 # ---------------------------------------------------------------- options of train, search and sweep
 
-DATA_DIR_HELP = "folder holding cifar-100-python/ (default: $NAS_DATA_DIR, else a per-user cache)"
-DEVICE_HELP = "cuda, cpu, cuda:1 ... (default: cuda if available)"
-VAL_SIZE_HELP = "validation images carved from the training set (default 5000)"
-SUBSET_HELP = "train on only this many training images, at least 500 (5 per class): quick runs"
-
-
-def add_recipe_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
-    """One option per Recipe field, as its metadata describes it (nas.training `_field`), so a
-    new field is an option of train, search and sweep without an edit here. Defaults, but
-    --epochs', are None: what the user did not set comes from the space file's [recipe] table
-    (values measured for that family, e.g. conv-shape's lr), else from Recipe's defaults."""
-    from nas.training import recipe_options
-
-    g = p.add_argument_group("training recipe")
-    # First, and by hand: the one option whose default depends on the command.
-    g.add_argument(
-        "--epochs",
-        "-e",
-        type=_positive,
-        default=epochs_default,
-        help=f"epochs per training (default {epochs_default})"
-        if epochs_default
-        else f"epochs per trial (default: {CPU_DEFAULTS.epochs} on a CPU, {CUDA_DEFAULTS.epochs} on CUDA)",
-    )
-    for f, flag in recipe_options():
-        if f.name == "epochs":
-            continue
-        text = (f.metadata.get("help") or "default {default}").format(default=f.default).replace("%", "%%")
-        if isinstance(f.default, bool) and f.metadata.get("flag"):  # a flag that sets the other value
-            g.add_argument(flag, dest=f.name, action="store_const", const=not f.default, help=text)
-        elif isinstance(f.default, bool):  # --x / --no-x: a space's [recipe] may have turned it on
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            g.add_argument(flag, dest=f.name, type=type(f.default), choices=f.metadata.get("choices"), help=text)
-
-
-def space_of(genome):
-    """The space a genome names, or None when that file is not found (a genome from elsewhere)."""
-    from nas.spaces import load_space
-
-    try:
-        return load_space(genome.space)
-    except NasError:
-        return None
-
-
-def recipe_from_args(args, epochs: int | None = None, space=None):
-    """The recipe: the options given (`epochs` over --epochs), over the space's [recipe] table,
-    over Recipe's defaults."""
-    from nas.training import recipe_options, space_recipe
-
-    given = {f.name: getattr(args, f.name) for f, _ in recipe_options() if getattr(args, f.name) is not None}
-    if epochs:
-        given["epochs"] = epochs
-    return space_recipe(space, **given)
-
 
 # ---------------------------------------------------------------- nas train
 
@@ -342,8 +241,8 @@ def add_train(sub) -> None:
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="output folder (default runs/<genome>-<time>/)")
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
-    p.add_argument("--subset", type=_positive, help=SUBSET_HELP)
+    p.add_argument("--val-size", type=positive_arg, default=5000, help=VAL_SIZE_HELP)
+    p.add_argument("--subset", type=positive_arg, help=SUBSET_HELP)
     p.add_argument(
         "--teacher",
         metavar="RUN",
@@ -407,7 +306,7 @@ def add_search(sub) -> None:
         "the accuracy gradient projected onto N(q) = budget); tpe, cmaes, gp, random, nsga2: Optuna "
         "samplers with pruning on epochs. Open the study with: optuna-dashboard STORAGE.",
     )
-    p.add_argument("--budget", "-b", type=_budget, required=True, metavar="B", help=BUDGET_HELP)
+    p.add_argument("--budget", "-b", type=budget_arg, required=True, metavar="B", help=BUDGET_HELP)
     p.add_argument(
         "--start",
         metavar="GENOME",
@@ -416,10 +315,10 @@ def add_search(sub) -> None:
         "per stage, widths doubling per stage, expansion 4), projected "
         "to the budget",
     )
-    p.add_argument("--top", type=_positive, default=10, help="rows of the final table (default 10)")
+    p.add_argument("--top", type=positive_arg, default=10, help="rows of the final table (default 10)")
     p.add_argument(
         "--time",
-        type=_duration,
+        type=duration_arg,
         metavar="DURATION",
         help="stop the search after this long (90s, 30m, 2h): no trial starts after it and the "
         "running one stops at its next epoch boundary (it is retried on a rerun)",
@@ -432,153 +331,6 @@ def add_search(sub) -> None:
         "otherwise the error gives the 'nas train' command to run first",
     )
     add_search_options(p)
-
-
-def add_search_options(p: argparse.ArgumentParser) -> None:
-    """Options of `nas search` that `nas sweep` passes on to every budget's search."""
-    from nas.samplers import PRUNERS, SEARCHERS
-
-    p.add_argument(
-        "--space",
-        help=f"search space name or .toml file (default: {CPU_DEFAULTS.space} on a CPU, {CUDA_DEFAULTS.space} on CUDA)",
-    )
-    p.add_argument("--searcher", choices=SEARCHERS, default="tpe", help="default tpe")
-    p.add_argument(
-        "--trials",
-        type=_positive,
-        help="evaluations of this searcher in the study, including earlier runs' (default: as many as "
-        f"--time allows on a CPU, {CUDA_DEFAULTS.trials} on CUDA)",
-    )
-    p.add_argument(
-        "--plan",
-        action="store_true",
-        help="print what the run would do (device, space, fidelity, trials, seconds per trial from a "
-        "short calibration on this machine, ETA) and exit without training or creating trials",
-    )
-    p.add_argument(
-        "--jobs",
-        "-j",
-        type=_positive,
-        help=f"trials trained at once, the CPU threads split between them (fdpg: a step's probes) "
-        f"(default: {CPU_DEFAULTS.jobs} on a CPU with at least {CPU_DEFAULTS.jobs} threads, measured "
-        f"faster than one trial on all threads; 1 on CUDA)",
-    )
-    p.add_argument(
-        "--storage",
-        help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
-        "path ending in .log (default sqlite:///studies/nas.db)",
-    )
-    p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument(
-        "--score",
-        choices=["val", "asymptote"],
-        default="val",
-        help="trial value: last-epoch val accuracy, or the fitted learning-curve asymptote",
-    )
-    p.add_argument(
-        "--pruner",
-        choices=PRUNERS,
-        help=f"stop trials that are behind after some epochs (samplers only; default: "
-        f"{CPU_DEFAULTS.pruner} on a CPU, where pruning 4-epoch trials steers the search away "
-        f"from deeper genomes, {CUDA_DEFAULTS.pruner} on CUDA)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument(
-        "--finalists",
-        type=_count,
-        metavar="K",
-        help=f"at the end, retrain the K best genomes on every training image of the split (the "
-        f"validation images held out as before) with a seed no trial used, and make the best of "
-        f"them the winner: a short trial's score ranks genomes only roughly, and the best of many "
-        f"noisy scores is lucky. Their time comes out of --time. 0: the best trial wins "
-        f"(default {CPU_DEFAULTS.finalists})",
-    )
-    p.add_argument(
-        "--finalist-epochs",
-        type=_positive,
-        metavar="E",
-        help="epochs of the finalists' training (default: the trials' --epochs)",
-    )
-    p.add_argument(
-        "--finalist-pick",
-        choices=FINALIST_PICKS,
-        default=FINALIST_PICKS[0],
-        help="which genomes are the finalists: 'diverse', the best trial of each topology (the genome "
-        "without its widths) in turn, then the next best; 'best', the K best trials "
-        f"(default {FINALIST_PICKS[0]})",
-    )
-    p.add_argument("--tol", type=_tol, default=0.1, help="budget band [(1 - tol) * B, B] (default 0.1)")
-    p.add_argument(
-        "--subset",
-        type=_subset,
-        metavar="N|all",
-        help=f"train each trial on N of the training images (at least 5 per class), or 'all' "
-        f"(default: {CPU_DEFAULTS.subset:,} on a CPU, all on CUDA)",
-    )
-    p.add_argument("--val-size", type=_positive, default=5000, help=VAL_SIZE_HELP)
-    p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output, only the final table")
-    add_recipe_options(p, epochs_default=None)
-
-
-def _duration(text: str) -> float:
-    from nas.plan import parse_duration
-
-    try:
-        return parse_duration(text)
-    except NasError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _subset(text: str) -> int:
-    """--subset N or 'all' (0 stands for all)."""
-    return 0 if text.strip().lower() == "all" else _positive(text)
-
-
-def search_settings(args) -> dict[str, Any]:
-    """The search's space, fidelity, trials and time limit: what the user gave, the device's
-    defaults (nas.plan.device_defaults) for the rest."""
-    from nas.plan import device_defaults
-
-    d = device_defaults(args.device)
-    limit = getattr(args, "time", None)
-    trials = args.trials
-    if trials is None and limit is None:
-        trials, limit = (None, d.time_limit_s) if d.time_limit_s is not None else (d.trials, None)
-    subset = d.subset if args.subset is None else (args.subset or None)
-    return {
-        "space": args.space or d.space,
-        "trials": trials,
-        "time_limit": limit,
-        "subset": subset,
-        "epochs": args.epochs or d.epochs,
-        "jobs": args.jobs or d.jobs,
-        "finalists": d.finalists if args.finalists is None else args.finalists,
-        "pruner": args.pruner or d.pruner,
-    }
-
-
-def search_config(args, settings: dict[str, Any], start: Genome | None = None) -> SearchConfig:
-    """The SearchConfig of `nas search` and `nas sweep` options (`settings`: see search_settings)."""
-    from nas.search import SearchConfig
-
-    return SearchConfig(
-        searcher=args.searcher,
-        trials=settings["trials"],
-        jobs=settings["jobs"],
-        score=args.score,
-        pruner=settings["pruner"],
-        seed=args.seed,
-        tol=args.tol,
-        subset=settings["subset"],
-        val_size=args.val_size,
-        start=start,
-        device=args.device,
-        time_limit=settings["time_limit"],
-        finalists=settings["finalists"],
-        finalist_epochs=args.finalist_epochs,
-        finalist_pick=args.finalist_pick,
-    )
 
 
 def cmd_search(args) -> int:
@@ -612,12 +364,24 @@ def cmd_search(args) -> int:
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
-        print(
-            f"nas: interrupted: finished trials are kept in {args.storage or 'sqlite:///studies/nas.db'}; "
-            f"rerun the same command to continue",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted("finished trials are", args.storage or "sqlite:///studies/nas.db")
+    _print_search_result(result, args.top)
+    _print_dashboard_and_report(result.storage)
+    if args.export:
+        if result.best is None:
+            raise NasError("nothing to export: no completed trial within the budget")
+        _export_and_print(f"{result.study_name}#{result.best.number}", args.export, storage=result.storage)
+    return 0
+
+
+def _interrupted(kept: str, storage: str) -> int:
+    """After Ctrl-C: what is kept where, and how to go on; exit status 130."""
+    print(f"nas: interrupted: {kept} kept in {storage}; rerun the same command to continue", file=sys.stderr)
+    return 130
+
+
+def _print_search_result(result, top: int) -> None:
+    """The search's closing table: its `top` best trials, then its finalists and the winner."""
     score = "asymptote" if result.score == "asymptote" else "val acc"
     print(
         f"\nstudy {result.study_name}: {plural(result.trials, result.searcher + ' trial')} "
@@ -633,7 +397,7 @@ def cmd_search(args) -> int:
                 f"{t.user_attrs['flops']:,}",
                 f"{t.value:.2%}",
             )
-            for i, t in enumerate(result.top[: args.top], 1)
+            for i, t in enumerate(result.top[:top], 1)
         ]
         _print_table(("rank", "trial", "genome", "params", "FLOPs", score), rows)
     else:
@@ -651,12 +415,6 @@ def cmd_search(args) -> int:
         _print_table(("rank", "trial", "genome", score, "finalist val acc"), rows)
     if result.best is not None:
         print(f"winner: #{result.best.number} {result.best.user_attrs.get('genome_str', '?')}")
-    _print_dashboard_and_report(result.storage)
-    if args.export:
-        if result.best is None:
-            raise NasError("nothing to export: no completed trial within the budget")
-        _export_and_print(f"{result.study_name}#{result.best.number}", args.export, storage=result.storage)
-    return 0
 
 
 # ---------------------------------------------------------------- nas sweep
@@ -687,7 +445,7 @@ def add_sweep(sub) -> None:
     )
     p.add_argument(
         "--time",
-        type=_duration,
+        type=duration_arg,
         metavar="DURATION",
         help=f"the time for the searches and the winners (e.g. 4h), spent by cost: {SWEEP_SEARCH_SHARE * 100:.0f}%% "
         "goes to the searches, in proportion to each budget's cost per trial (so each search gets about "
@@ -697,12 +455,12 @@ def add_sweep(sub) -> None:
     )
     p.add_argument(
         "--final-epochs",
-        type=_positive,
+        type=positive_arg,
         help=f"epochs of each final training (default: from --time, else {DEFAULT_FINAL_EPOCHS})",
     )
     p.add_argument(
         "--baselines",
-        type=_baselines,
+        type=baselines_arg,
         default=FIT,
         metavar="KINDS",
         help="designs trained beside each winner for its epochs, each with its own family's recipe, their "
@@ -732,12 +490,7 @@ def cmd_sweep(args) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budgets = parse_budgets(args.budgets)
     storage = storage_url(args.storage)
-    settings = search_settings(args)
-    if args.time is not None and args.trials is None:
-        settings["trials"] = None  # the sweep's --time decides, budget by budget
-    if args.time is None and args.trials is None and settings["time_limit"] is not None:
-        # the device's search time for every budget, and as much again for the final trainings
-        settings["time_limit"] = settings["time_limit"] * len(budgets) / SWEEP_SEARCH_SHARE
+    settings = sweep_settings(args, len(budgets))
     space = load_space(settings["space"])
     recipe = recipe_from_args(args, settings["epochs"], space)
     config = search_config(args, settings)
@@ -771,12 +524,17 @@ def cmd_sweep(args) -> int:
             export=not args.no_export,
         )
     except KeyboardInterrupt:
-        print(
-            f"nas: interrupted: finished trials and final trainings are kept in {storage}; "
-            f"rerun the same command to continue",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted("finished trials and final trainings are", storage)
+    _print_sweep_outcomes(outcomes)
+    out = args.out or str(default_report_path(storage))
+    _print_dashboard_and_report(storage, out)
+    summary = write_summary_json(storage, Path(out).with_suffix(".json"))
+    print(f"summary:   {summary} (the curve as a Markdown table: {summary.with_suffix('.md')})")
+    return 0
+
+
+def _print_sweep_outcomes(outcomes) -> None:
+    """Per budget the winner's test accuracy beside the baselines', then the exported models."""
 
     def acc(record: dict | None) -> str:
         return "-" if not record or record.get("test_acc") is None else f"{record['test_acc']:.2%}"
@@ -800,11 +558,6 @@ def cmd_sweep(args) -> int:
     for o in outcomes:
         if o.onnx is not None:
             print(f"onnx:      {o.onnx}")
-    out = args.out or str(default_report_path(storage))
-    _print_dashboard_and_report(storage, out)
-    summary = write_summary_json(storage, Path(out).with_suffix(".json"))
-    print(f"summary:   {summary} (the curve as a Markdown table: {summary.with_suffix('.md')})")
-    return 0
 
 
 # ---------------------------------------------------------------- nas export

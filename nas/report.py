@@ -233,8 +233,35 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
 def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
     """All trials, the best per budget, the Pareto frontier, the final winners, the references."""
     fig = go.Figure()
+    placed = _add_trial_traces(fig, studies)
+    front = pareto_front(placed)
+    if front:
+        fig.add_trace(
+            go.Scatter(
+                x=[p for p, _ in front],
+                y=[100 * a for _, a in front],
+                mode="lines",
+                line_shape="hv",
+                name="Pareto frontier (all trials)",
+                line={"color": "#444", "width": 1.5},
+            )
+        )
+    for i, (series, members) in enumerate(_by_series(studies).items()):
+        _add_best_trace(fig, series, members, SERIES_COLORS[i % len(SERIES_COLORS)])
+        _add_winner_traces(fig, series, members)
+        _add_noise_trace(fig, series, members)
+    _add_reference_traces(fig)
+    top = 1.1 * max(y for t in fig.data for y in t.y if y is not None)
+    _add_budget_guides(fig, sorted({s.budget for s in studies if s.budget}), top)
+    fig.update_xaxes(type="log", title="parameters (log scale)")
+    fig.update_yaxes(**_percent_axis("CIFAR-100 accuracy"), range=[0, top])
+    return _layout(fig, "Accuracy vs parameters", 620)
+
+
+def _add_trial_traces(fig: go.Figure, studies: list[StudyView]) -> list[tuple[int, float]]:
+    """Every completed trial, one trace per study; returns their (params, score) points."""
     several = len({s.series for s in studies}) > 1  # then a budget alone does not say which study
-    placed = []  # (params, value) of every trial with a parameter count
+    placed = []
     for s in studies:
         trials = [t for t in s.complete if t.user_attrs.get("params")]
         placed += [(t.user_attrs["params"], t.value) for t in trials]
@@ -251,86 +278,88 @@ def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
                     hoverinfo="text",
                 )
             )
-    front = pareto_front(placed)
-    if front:
+    return placed
+
+
+def _add_best_trace(fig: go.Figure, series: str, members: list[StudyView], color: str) -> None:
+    """The best trial's search score per budget of one series, joined."""
+    best = [(s, s.best) for s in members if s.best and s.best.user_attrs.get("params")]
+    if best:
         fig.add_trace(
             go.Scatter(
-                x=[p for p, _ in front],
-                y=[100 * a for _, a in front],
-                mode="lines",
-                line_shape="hv",
-                name="Pareto frontier (all trials)",
-                line={"color": "#444", "width": 1.5},
+                x=[b.user_attrs["params"] for _, b in best],
+                y=[100 * b.value for _, b in best],
+                mode="lines+markers",
+                name=f"{series}: best per budget (search score)",
+                marker={"size": 9, "color": [s.color for s, _ in best]},
+                line={"color": color},
+                hovertext=[f"{html.escape(s.name)}<br>{trial_label(b)}" for s, b in best],
+                hoverinfo="text",
             )
         )
-    for i, (series, members) in enumerate(_by_series(studies).items()):
-        best = [(s, s.best) for s in members if s.best and s.best.user_attrs.get("params")]
-        if best:
-            fig.add_trace(
-                go.Scatter(
-                    x=[b.user_attrs["params"] for _, b in best],
-                    y=[100 * b.value for _, b in best],
-                    mode="lines+markers",
-                    name=f"{series}: best per budget (search score)",
-                    marker={"size": 9, "color": [s.color for s, _ in best]},
-                    line={"color": SERIES_COLORS[i % len(SERIES_COLORS)]},
-                    hovertext=[f"{html.escape(s.name)}<br>{trial_label(b)}" for s, b in best],
-                    hoverinfo="text",
-                )
+
+
+def _add_winner_traces(fig: go.Figure, series: str, members: list[StudyView]) -> None:
+    """The final-trained winners' test accuracy per budget, and the power law fitted to them."""
+    finals = [(s, s.final) for s in members if s.final and s.final.get("test_acc") is not None]
+    if not finals:
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=[f["params"] for _, f in finals],
+            y=[100 * f["test_acc"] for _, f in finals],
+            mode="lines+markers",
+            name=f"{series}: winners, final test acc",
+            marker={"symbol": "star", "size": 14, "color": "#d62728"},
+            line={"color": "#d62728", "dash": "dot"},
+            hovertext=[
+                f"{html.escape(s.name)}<br>{html.escape(str(f.get('genome_str', '?')))}"
+                f"<br>{count_str(f['params'])} params<br>test {pct(f['test_acc'])}"
+                for s, f in finals
+            ],
+            hoverinfo="text",
+        )
+    )
+    fit = scaling_fit([(f["params"], f["test_acc"]) for _, f in finals])
+    if fit is not None:
+        xs = [min(f["params"] for _, f in finals) * 10 ** (k / 20) for k in range(0, 201)]
+        xs = [x for x in xs if x <= max(f["params"] for _, f in finals) * 1.5]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=[100 * fit.accuracy(x) for x in xs],
+                mode="lines",
+                name=f"{series}: fit error = {fit.a:.3g}·N^-{fit.alpha:.3f}",
+                line={"color": "#d62728", "width": 1},
+                hoverinfo="skip",
             )
-        finals = [(s, s.final) for s in members if s.final and s.final.get("test_acc") is not None]
-        if finals:
-            fig.add_trace(
-                go.Scatter(
-                    x=[f["params"] for _, f in finals],
-                    y=[100 * f["test_acc"] for _, f in finals],
-                    mode="lines+markers",
-                    name=f"{series}: winners, final test acc",
-                    marker={"symbol": "star", "size": 14, "color": "#d62728"},
-                    line={"color": "#d62728", "dash": "dot"},
-                    hovertext=[
-                        f"{html.escape(s.name)}<br>{html.escape(str(f.get('genome_str', '?')))}"
-                        f"<br>{count_str(f['params'])} params<br>test {pct(f['test_acc'])}"
-                        for s, f in finals
-                    ],
-                    hoverinfo="text",
-                )
+        )
+
+
+def _add_noise_trace(fig: go.Figure, series: str, members: list[StudyView]) -> None:
+    """±2σ of the search score around each budget's best: differences inside it may be seed luck."""
+    sig = [
+        (s.best.user_attrs["params"], 100 * s.best.value, 100 * s.sigma)
+        for s in members
+        if s.best and s.sigma is not None and s.best.user_attrs.get("params")
+    ]
+    if sig:
+        fig.add_trace(
+            go.Scatter(
+                x=[p for p, _, _ in sig],
+                y=[v for _, v, _ in sig],
+                mode="markers",
+                error_y={"type": "data", "array": [2 * e for _, _, e in sig], "visible": True},
+                marker={"size": 1, "color": "#555"},
+                name=f"{series}: ±2σ seed-to-seed (search score)",
+                hoverinfo="skip",
             )
-            fit = scaling_fit([(f["params"], f["test_acc"]) for _, f in finals])
-            if fit is not None:
-                xs = [min(f["params"] for _, f in finals) * 10 ** (k / 20) for k in range(0, 201)]
-                xs = [x for x in xs if x <= max(f["params"] for _, f in finals) * 1.5]
-                fig.add_trace(
-                    go.Scatter(
-                        x=xs,
-                        y=[100 * fit.accuracy(x) for x in xs],
-                        mode="lines",
-                        name=f"{series}: fit error = {fit.a:.3g}·N^-{fit.alpha:.3f}",
-                        line={"color": "#d62728", "width": 1},
-                        hoverinfo="skip",
-                    )
-                )
-        sig = [
-            (s.best.user_attrs["params"], 100 * s.best.value, 100 * s.sigma)
-            for s in members
-            if s.best and s.sigma is not None and s.best.user_attrs.get("params")
-        ]
-        if sig:  # the noise band: differences inside it may be seed luck
-            fig.add_trace(
-                go.Scatter(
-                    x=[p for p, _, _ in sig],
-                    y=[v for _, v, _ in sig],
-                    mode="markers",
-                    error_y={"type": "data", "array": [2 * e for _, _, e in sig], "visible": True},
-                    marker={"size": 1, "color": "#555"},
-                    name=f"{series}: ±2σ seed-to-seed (search score)",
-                    hoverinfo="skip",
-                )
-            )
-    _add_reference_traces(fig)
-    top = 1.1 * max(y for t in fig.data for y in t.y if y is not None)
-    budgets = sorted({s.budget for s in studies if s.budget})
-    if budgets:  # the budgets as vertical guides: a point right of its line broke the budget
+        )
+
+
+def _add_budget_guides(fig: go.Figure, budgets: list[int], top: float) -> None:
+    """The budgets as vertical guides: a point right of its line broke the budget."""
+    if budgets:
         fig.add_trace(
             go.Scatter(
                 x=[x for b in budgets for x in (b, b, None)],
@@ -341,9 +370,6 @@ def fig_accuracy_vs_params(studies: list[StudyView]) -> go.Figure:
                 line={"color": "#bbb", "dash": "dot", "width": 1},
             )
         )
-    fig.update_xaxes(type="log", title="parameters (log scale)")
-    fig.update_yaxes(**_percent_axis("CIFAR-100 accuracy"), range=[0, top])
-    return _layout(fig, "Accuracy vs parameters", 620)
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,23 @@ def _kept_plan(study: optuna.Study | None, bp: BudgetPlan) -> BudgetPlan:
     return replace(bp, search_s=kept["search_s"], final_epochs=kept["final_epochs"])
 
 
+@dataclass(frozen=True)
+class _FinalArm:
+    """One final training of a budget: the winner's or a baseline's."""
+
+    attr: str  # the study's user attr its record goes to: "final", "baseline:<kind>"
+    what: str  # what the sweep prints: "winner", "hand design", ...
+    genome: Genome
+    recipe: Recipe
+    extra: dict[str, Any]  # recorded with it: the winner's trial and search score, a preset
+
+    def recorded_in(self, study: optuna.Study) -> dict[str, Any] | None:
+        """The study's record of this very training (same genome and recipe), if there is one."""
+        old = study.user_attrs.get(self.attr)
+        same = old and old.get("genome") == self.genome.to_json() and old.get("recipe") == self.recipe.to_dict()
+        return old if same else None
+
+
 def _final_trainings(
     study: optuna.Study,
     bp: BudgetPlan,
@@ -284,57 +301,64 @@ def _final_trainings(
     every one was reused."""
     winner = trial_genome(best)
     epochs = (earlier_final_epochs(study, winner, recipe) if keep_earlier else None) or bp.final_epochs
+    # the winner with the lr its search chose, if it searched one
     arms = [
-        (
+        _FinalArm(
             "final",
             "winner",
             winner,
-            recipe_for(winner, replace(recipe, epochs=epochs)),  # with the lr its search chose, if it searched one
+            recipe_for(winner, replace(recipe, epochs=epochs)),
             {"trial": best.number, "search_val_acc": best.value},
         )
     ]
-    arms += [(b.attr, b.label, b.genome, replace(b.recipe, epochs=epochs), b.extra) for b in bp.baselines]
+    arms += [_FinalArm(b.attr, b.label, b.genome, replace(b.recipe, epochs=epochs), b.extra) for b in bp.baselines]
     records: dict[str, dict] = {}
     reused = True
-    for attr, what, genome, final_recipe, extra in arms:
-        old = study.user_attrs.get(attr)
-        if old and old.get("genome") == genome.to_json() and old.get("recipe") == final_recipe.to_dict():
-            records[attr] = old
-            continue
-        reused = False
-        data = cifar.split(val_size=0)  # all 50,000 training images
-        if progress:
-            print(
-                f"budget {bp.budget:,}: final training of the {what} {genome} for {plural(epochs, 'epoch')} on "
-                f"{len(data.train_y):,} images",
-                flush=True,
-            )
-        try:
-            records[attr] = final_train(
-                study,
-                genome,
-                final_recipe,
-                attr=attr,
-                data=data,
-                device=device,
-                progress=progress,
-                runs_dir=runs_dir,
-                extra=extra,
-            )
-        except NasError as e:
-            if attr == "final":
-                raise
-            # A baseline that fails even with its own recipe is a result too: the record says why.
-            records[attr] = {
-                **extra,
-                "genome": genome.to_json(),
-                "genome_str": str(genome),
-                "test_acc": None,
-                "failure": str(e),
-                "recipe": final_recipe.to_dict(),
-                "epochs": epochs,
-            }
-            study.set_user_attr(attr, records[attr])
-            if progress:
-                print(f"budget {bp.budget:,}: the {what} failed: {e}", flush=True)
+    for arm in arms:
+        old = arm.recorded_in(study)
+        reused = reused and old is not None
+        records[arm.attr] = old or _train_arm(study, bp.budget, arm, cifar, device, progress, runs_dir)
     return records, reused
+
+
+def _train_arm(
+    study: optuna.Study, budget: int, arm: _FinalArm, cifar: CifarSource, device, progress: bool, runs_dir: Path
+) -> dict[str, Any]:
+    """Train one arm on all training images and record it. A baseline that fails even with its
+    own recipe is a result too: its record says why (the winner's failure is raised)."""
+    data = cifar.split(val_size=0)  # all 50,000 training images
+    epochs = arm.recipe.epochs
+    if progress:
+        print(
+            f"budget {budget:,}: final training of the {arm.what} {arm.genome} for {plural(epochs, 'epoch')} on "
+            f"{len(data.train_y):,} images",
+            flush=True,
+        )
+    try:
+        return final_train(
+            study,
+            arm.genome,
+            arm.recipe,
+            attr=arm.attr,
+            data=data,
+            device=device,
+            progress=progress,
+            runs_dir=runs_dir,
+            extra=arm.extra,
+        )
+    except NasError as e:
+        if arm.attr == "final":
+            raise
+        record = {
+            **arm.extra,
+            "genome": arm.genome.to_json(),
+            "genome_str": str(arm.genome),
+            "test_acc": None,
+            "failure": str(e),
+            "recipe": arm.recipe.to_dict(),
+            "epochs": epochs,
+        }
+        study.set_user_attr(arm.attr, record)
+        if progress:
+            print(f"budget {budget:,}: the {arm.what} failed: {e}", flush=True)
+        return record

@@ -146,7 +146,8 @@ def test_plan_creates_no_trials_and_says_the_eta(tmp_path, capsys, monkeypatch):
 def test_a_cpu_search_prunes_nothing_unless_asked(tmp_path, capsys, monkeypatch):
     """On a CPU the default search trains every trial to its last epoch (CPU_DEFAULTS.pruner);
     --pruner hyperband brings the pruning back, and the plan says which."""
-    from nas.cli import build_parser, search_config, search_settings
+    from nas.cli import build_parser
+    from nas.options import search_config, search_settings
 
     monkeypatch.chdir(tmp_path)
     base = ["search", "--budget", "10k", "--device", "cpu"]

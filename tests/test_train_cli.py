@@ -91,7 +91,8 @@ def test_recipe_options_come_from_the_recipe_fields(monkeypatch, capsys):
     import pytest
 
     import nas.training
-    from nas.cli import build_parser, recipe_from_args
+    from nas.cli import build_parser
+    from nas.options import recipe_from_args
 
     newer = dataclasses.make_dataclass(
         "Recipe",
