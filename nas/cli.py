@@ -482,9 +482,10 @@ def cmd_sweep(args) -> int:
     import optuna
 
     from nas.budget import parse_budgets
-    from nas.report import default_report_path, write_summary_json
+    from nas.report import default_report_path
     from nas.spaces import load_space
     from nas.storage import storage_url
+    from nas.summary import write_summary_json
     from nas.sweep import sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -650,8 +651,9 @@ def add_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from nas.report import default_report_path, write_report, write_summary_json
+    from nas.report import default_report_path, write_report
     from nas.storage import resolve_storage
+    from nas.summary import write_summary_json
 
     storage = resolve_storage(args.storage, create=False)  # a report never creates a storage
     out = write_report(storage, args.out or default_report_path(storage), title=args.title)
@@ -663,7 +665,7 @@ def cmd_report(args) -> int:
     if args.readme:
         print(args.readme)
     if args.models:
-        from nas.report import collect_models
+        from nas.summary import collect_models
 
         for path in collect_models(storage, out.with_suffix("")):
             print(path)

@@ -1,5 +1,5 @@
 """The curve as a static picture (SVG, matplotlib) and as the README's table, both from a sweep's
-summary (`nas.report.write_summary_json`'s document), so a reader sees it without a browser."""
+summary (`nas.summary.write_summary_json`'s document), so a reader sees it without a browser."""
 
 from __future__ import annotations
 

@@ -21,21 +21,19 @@ from nas import reference
 from nas.counting import count_params
 from nas.errors import NasError
 from nas.evaluator import EvaluationFailed, Evaluator
-from nas.report import (
-    budget_str,
-    default_report_path,
+from nas.figures import (
     fig_accuracy_vs_params,
     fig_fdpg_path,
     fig_search_added,
     genome_coords,
-    load_studies,
     pareto_front,
     scaling_fit,
-    write_report,
 )
+from nas.report import default_report_path, write_report
 from nas.search import SearchConfig, search
 from nas.spaces import load_space
 from nas.study import open_study, trial_genome
+from nas.study_view import budget_str, load_studies
 from nas.sweep import record_final_training
 from nas.training import Recipe
 

@@ -9,9 +9,10 @@ import pytest
 
 from nas.budget import parse_budgets
 from nas.errors import NasError
-from nas.report import write_report, write_summary_json
+from nas.report import write_report
 from nas.search import SearchConfig
 from nas.spaces import load_space
+from nas.summary import write_summary_json
 from nas.sweep import sweep
 from nas.training import space_recipe
 
@@ -140,7 +141,7 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     assert [t["name"] for t in plotted(html, "winner-shapes") if t.get("showlegend", True)] == ["3k", "8k"]
 
     # the exported winners, copied beside the report as <budget>.onnx with their cards
-    from nas.report import collect_models
+    from nas.summary import collect_models
 
     models = collect_models(storage, tmp_path / "sweep")
     assert [p.name for p in models] == ["3000.onnx", "8000.onnx"]
