@@ -475,6 +475,12 @@ def add_sweep(sub) -> None:
         action="store_true",
         help="do not export each winner to ONNX (default: model.onnx + model.card.json in its run folder)",
     )
+    p.add_argument(
+        "--retrain-missing",
+        action="store_true",
+        help="train again, with the same recipe and seed, each recorded winner whose weights are not on "
+        "this machine (a journal resumed in a fresh clone or on another machine), so it can be exported",
+    )
     add_search_options(p)
 
 
@@ -523,6 +529,7 @@ def cmd_sweep(args) -> int:
             progress=not args.quiet,
             baselines=args.baselines,
             export=not args.no_export,
+            retrain_missing=args.retrain_missing,
         )
     except KeyboardInterrupt:
         return _interrupted("finished trials and final trainings are", storage)

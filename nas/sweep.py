@@ -55,7 +55,10 @@ def export_final(study: optuna.Study, final: dict[str, Any], *, data: CifarSourc
     path = run / "model.onnx"
     if not (run / "model.pt").is_file():
         if progress:
-            print(f"not exported: the final training's weights are not in {run}", flush=True)
+            print(
+                f"not exported: the final training's weights are not in {run} (--retrain-missing trains it again)",
+                flush=True,
+            )
         return None
     if not (path.is_file() and path.stat().st_mtime >= (run / "model.pt").stat().st_mtime):
         export_run(run, path, data=data, source={"study": study.study_name, "trial": final.get("trial")})
@@ -142,6 +145,7 @@ def sweep(
     runs_dir: str | Path = "runs/final",
     baselines: Sequence[str] | bool = FIT,
     export: bool = True,
+    retrain_missing: bool = False,
 ) -> list[BudgetOutcome]:
     """Search every budget (in the order given), then final-train each winner on all training images.
     `budgets` is a list, or a string as `--budgets` takes it ('1000,5k,1M').
@@ -157,7 +161,10 @@ def sweep(
     take it with their own epochs. `objective` replaces the searches' training (tests). CIFAR-100
     is read from disk once, when first needed. Work already recorded in a study (a final
     training of the same genome and recipe) is not redone. With `export`, each winner is
-    exported to ONNX in its run folder right after its final training."""
+    exported to ONNX in its run folder right after its final training. With `retrain_missing`, a
+    winner whose final training is recorded but whose weights are not on this machine (a journal
+    resumed on another machine or in a fresh clone) is trained again, same recipe and seed, so it
+    can be exported; the new record replaces the old one."""
     budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
     config = config or SearchConfig()
     sp = load_space(space) if isinstance(space, (str, Path)) else space
@@ -199,6 +206,7 @@ def sweep(
             progress,
             Path(runs_dir),
             final_epochs is None and time_limit is not None,
+            retrain_missing,
         )
         onnx = export_final(study, records["final"], data=cifar, progress=progress) if export else None
         others = {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}
@@ -295,6 +303,7 @@ def _final_trainings(
     progress: bool,
     runs_dir: Path,
     keep_earlier: bool,
+    retrain_missing: bool = False,
 ) -> tuple[dict[str, dict], bool]:
     """The winner's final training and its baselines', each recorded in the study; a training
     already recorded with the same genome and recipe is reused. Returns the records and whether
@@ -316,9 +325,22 @@ def _final_trainings(
     reused = True
     for arm in arms:
         old = arm.recorded_in(study)
+        if old is not None and retrain_missing and arm.attr == "final" and not _weights_here(old):
+            if progress:
+                print(
+                    f"budget {bp.budget:,}: the winner's weights are not in {old.get('run_dir')}: training it again "
+                    f"(recorded test accuracy {old['test_acc']:.2%})",
+                    flush=True,
+                )
+            old = None
         reused = reused and old is not None
         records[arm.attr] = old or _train_arm(study, bp.budget, arm, cifar, device, progress, runs_dir)
     return records, reused
+
+
+def _weights_here(record: dict[str, Any]) -> bool:
+    """Whether a final training's weights are on this machine (its run folder holds model.pt)."""
+    return bool(record.get("run_dir")) and (Path(record["run_dir"]) / "model.pt").is_file()
 
 
 def _train_arm(

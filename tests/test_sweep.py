@@ -3,6 +3,7 @@ winner, resume without redoing."""
 
 import json
 import re
+import shutil
 
 import optuna
 import pytest
@@ -246,3 +247,26 @@ def test_interrupted_sweep_leaves_finished_winners_exported(cifar_dir, tmp_path)
     (first / "model.onnx").unlink()
     again = sweep("conv", [3000], final_epochs=1, storage=storage, data_dir=cifar_dir, runs_dir=runs, **opts)
     assert again[0].final_reused and again[0].onnx == first / "model.onnx" and again[0].onnx.is_file()
+
+
+def test_a_winner_whose_weights_are_gone_is_trained_again_when_asked(cifar_dir, tmp_path, capsys):
+    """A journal resumed in a fresh clone has the winners' records but not their run folders: the
+    sweep says so, and with retrain_missing trains the winner again (same recipe and seed, so the
+    same test accuracy on this CPU) and exports it."""
+    storage = f"sqlite:///{tmp_path}/gone.db"
+    runs = tmp_path / "runs"
+    opts = {**OPTS, "progress": True, "final_epochs": 1, "storage": storage, "data_dir": cifar_dir}
+    (first,) = sweep("conv", [3000], runs_dir=runs, baselines=["hand"], **opts)
+    elsewhere = tmp_path / "fresh-clone-runs"
+    shutil.move(runs, elsewhere)  # the run folders are not in the new checkout
+    (kept,) = sweep("conv", [3000], runs_dir=runs, baselines=["hand"], **opts)
+    assert kept.final_reused and kept.onnx is None
+    assert "not exported: the final training's weights are not in" in capsys.readouterr().out
+
+    (again,) = sweep("conv", [3000], runs_dir=runs, baselines=["hand"], retrain_missing=True, **opts)
+    out = capsys.readouterr().out
+    assert "the winner's weights are not in" in out and "training it again" in out
+    assert not again.final_reused and again.onnx is not None and again.onnx.is_file()
+    assert again.final["genome_str"] == first.final["genome_str"]
+    assert again.final["test_acc"] == first.final["test_acc"]  # the same training, seeded
+    assert again.baselines["hand"] == first.baselines["hand"]  # a baseline keeps its record
