@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nas.errors import NasError
 from nas.text import duration, plural
@@ -27,6 +27,7 @@ from nas.text import duration, plural
 if TYPE_CHECKING:
     import torch
 
+    from nas.data import CifarData
     from nas.spaces import Genome
     from nas.training import Recipe
 
@@ -164,53 +165,15 @@ def calibrate(
     run, then one timed run of `images` synthetic images through nas's own training loop."""
     import torch
 
-    from nas.data import CifarData
-    from nas.training import default_device, train
+    from nas.training import default_device
 
     dev = torch.device(device) if device is not None else default_device()
     key = json.dumps([machine_key(dev), str(genome), recipe.batch_size, recipe.bf16, recipe.compile])
-    path = _cache_path()
-    try:
-        cache = json.loads(path.read_text()) if use_cache and path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}  # a damaged cache is only a slower plan
+    cache = _read_cache() if use_cache else {}
     if key in cache:
         c = cache[key]
         return Calibration(str(genome), c["params"], c["train"], c["eval"], c["device"], cached=True)
-
-    gen = torch.Generator().manual_seed(0)
-
-    def synthetic(n: int) -> CifarData:
-        x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        y = torch.randint(0, 100, (n,), generator=gen)
-        val = max(recipe.batch_size, n // 2)
-        vx = torch.randint(0, 256, (val, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        vy = torch.randint(0, 100, (val,), generator=gen)
-        return CifarData(
-            x,
-            y,
-            vx,
-            vy,
-            vx[:1],
-            vy[:1],
-            genome.options.get("num_classes", 100),
-            torch.full((3,), 0.5),
-            torch.full((3,), 0.25),
-            [],
-        ).to(dev)
-
-    quick = replace(recipe, epochs=1, compile=False)
-    train(genome, synthetic(2 * recipe.batch_size), quick, dev)  # warm-up: kernel selection, allocator
-    data = synthetic(max(images, 2 * recipe.batch_size))
-    result = train(genome, data, quick, dev)
-    eval_s = max(result.wall_time_s - result.train_time_s, 1e-6)
-    cal = Calibration(
-        str(genome),
-        result.params,
-        len(data.train_y) / max(result.train_time_s, 1e-6),
-        len(data.val_y) / eval_s,
-        result.device,
-    )
+    cal = _measure(genome, recipe, dev, images)
     if use_cache:
         cache[key] = {
             "params": cal.params,
@@ -219,14 +182,64 @@ def calibrate(
             "device": cal.device,
             "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home: the plan is still right, only not cached
+        _write_cache(cache)
     return cal
+
+
+def _measure(genome: Genome, recipe: Recipe, dev: torch.device, images: int) -> Calibration:
+    """One warm-up run (kernel selection, allocator), then one timed epoch of `images` images."""
+    import torch
+
+    from nas.training import train
+
+    gen = torch.Generator().manual_seed(0)
+    quick = replace(recipe, epochs=1, compile=False)
+    train(genome, _synthetic_data(genome, recipe, 2 * recipe.batch_size, gen).to(dev), quick, dev)
+    data = _synthetic_data(genome, recipe, max(images, 2 * recipe.batch_size), gen).to(dev)
+    result = train(genome, data, quick, dev)
+    eval_s = max(result.wall_time_s - result.train_time_s, 1e-6)
+    return Calibration(
+        str(genome),
+        result.params,
+        len(data.train_y) / max(result.train_time_s, 1e-6),
+        len(data.val_y) / eval_s,
+        result.device,
+    )
+
+
+def _synthetic_data(genome: Genome, recipe: Recipe, n: int, gen: torch.Generator) -> CifarData:
+    """`n` random training images and at least a batch of validation images, CIFAR-shaped."""
+    import torch
+
+    from nas.data import CifarData
+
+    def images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=gen)
+        return x, torch.randint(0, 100, (count,), generator=gen)
+
+    x, y = images(n)
+    vx, vy = images(max(recipe.batch_size, n // 2))
+    classes = genome.options.get("num_classes", 100)
+    return CifarData(x, y, vx, vy, vx[:1], vy[:1], classes, torch.full((3,), 0.5), torch.full((3,), 0.25), [])
+
+
+def _read_cache() -> dict[str, Any]:
+    path = _cache_path()
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged cache is only a slower plan
+
+
+def _write_cache(cache: dict[str, Any]) -> None:
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: the plan is still right, only not cached
 
 
 # ---------------------------------------------------------------- the plan
