@@ -425,29 +425,53 @@ def _parse_space_file(path: Path) -> Space:
     return space
 
 
+SPACE_FIELDS = {"family", "description", "widths", "options", "genes", "presets", "recipe", "search_recipe"}
+
+
 def _read_space_file(path: Path) -> Space:
     where = str(path)
-    text = read_text(path, "space file")
+    data = _read_toml(path, where)
+    family = _family(data["family"], where)
+    options = family.check_options({**family.default_options, **data.get("options", {})}, where)
+    widths = data.get("widths", "absolute")
+    if widths not in WIDTH_MODES:
+        raise NasError(f"{where}: widths = {widths!r} must be one of {', '.join(map(repr, WIDTH_MODES))}")
+    space = Space(
+        name=path.stem,
+        family=family,
+        options=options,
+        genes=_read_genes(family, options, widths, data.get("genes", {}), where),
+        description=str(data.get("description", "")),
+        path=path,
+        widths=widths,
+        recipe=_read_recipe(data.get("recipe", {}), where),
+        recipe_genes=_parse_recipe_genes(data.get("search_recipe", {}), f"{where}: search_recipe"),
+    )
+    space.presets.update(_read_presets(space, data.get("presets", {}), where))
+    return space
+
+
+def _read_toml(path: Path, where: str) -> dict[str, Any]:
+    """The space file's TOML, with only known fields and a family."""
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(read_text(path, "space file"))
     except tomllib.TOMLDecodeError as e:
         raise NasError(f"{where}: malformed TOML ({e})") from None
     except RecursionError:
         raise NasError(f"{where}: TOML nested too deeply") from None
-    known = {"family", "description", "widths", "options", "genes", "presets", "recipe", "search_recipe"}
     for key in data:
-        if key not in known:
-            raise NasError(f"{where}: unknown field '{key}' (expected: {', '.join(sorted(known))})")
+        if key not in SPACE_FIELDS:
+            raise NasError(f"{where}: unknown field '{key}' (expected: {', '.join(sorted(SPACE_FIELDS))})")
     if "family" not in data:
         raise NasError(f"{where}: missing field 'family'")
-    family = _family(data["family"], where)
-    options = family.check_options({**family.default_options, **data.get("options", {})}, where)
-    genes_data = data.get("genes", {})
+    return data
+
+
+def _read_genes(family: Family, options: dict[str, Any], widths: str, genes_data: Any, where: str) -> dict[str, Gene]:
+    """The `[genes]` table: exactly the genes the family has with these options (and `growth`
+    for growth widths), each a range or a list the family can build."""
     if not isinstance(genes_data, dict):
         raise NasError(f"{where}: field 'genes' must be a table")
-    widths = data.get("widths", "absolute")
-    if widths not in WIDTH_MODES:
-        raise NasError(f"{where}: widths = {widths!r} must be one of {', '.join(map(repr, WIDTH_MODES))}")
     wanted = family.gene_names(options)
     if widths == "growth":
         if "width" not in wanted or "width" not in family.per_stage:
@@ -475,25 +499,17 @@ def _read_space_file(path: Path) -> Space:
                 f"{where}: genes.{name} allows {genes[name].values()}; family '{family.name}' knows only "
                 f"{', '.join(map(str, meaningful))}"
             )
-    recipe = data.get("recipe", {})
+    return genes
+
+
+def _read_recipe(recipe: Any, where: str) -> dict[str, Any]:
+    """The `[recipe]` table: plain values (the fields themselves are checked when a Recipe is made)."""
     if not isinstance(recipe, dict):
         raise NasError(f"{where}: field 'recipe' must be a table of training recipe fields, e.g. lr = 0.8")
-    for key, value in recipe.items():  # the fields themselves are checked when a Recipe is made
+    for key, value in recipe.items():
         if not isinstance(value, (int, float, str, bool)):
             raise NasError(f"{where}: recipe.{key} must be a number, string or true/false")
-    space = Space(
-        name=path.stem,
-        family=family,
-        options=options,
-        genes=genes,
-        description=str(data.get("description", "")),
-        path=path,
-        widths=widths,
-        recipe=dict(recipe),
-        recipe_genes=_parse_recipe_genes(data.get("search_recipe", {}), f"{where}: search_recipe"),
-    )
-    space.presets.update(_read_presets(space, data.get("presets", {}), where))
-    return space
+    return dict(recipe)
 
 
 def _read_presets(space: Space, presets: Any, where: str) -> dict[str, Genome]:
