@@ -29,24 +29,8 @@ def write_curve_image(doc: dict[str, Any], out: str | Path) -> Path:
 
     rows = [r for r in doc["budgets"] if r["winner"].get("test_acc") is not None]
     fig, ax = plt.subplots(figsize=(9, 5.2), dpi=100)
-    if doc.get("previous"):
-        prev = sorted(doc["previous"], key=lambda r: r["params"])
-        ax.plot(
-            [r["params"] for r in prev],
-            [100 * r["test_acc"] for r in prev],
-            "o--",
-            color="#ff9896",
-            label="previous run's winners",
-            zorder=2,
-        )
-    for kind, (label, color, marker) in BASELINE_STYLE.items():
-        pts = [
-            (b["params"], b["test_acc"])
-            for r in rows
-            if (b := r["baselines"].get(kind)) and b.get("test_acc") is not None and b.get("params")
-        ]
-        if pts:
-            ax.scatter(*zip(*[(p, 100 * a) for p, a in pts]), marker=marker, color=color, label=label, zorder=3)
+    _plot_previous(ax, doc.get("previous") or [])
+    _plot_baselines(ax, rows)
     ax.plot(
         [r["winner"]["params"] for r in rows],
         [100 * r["winner"]["test_acc"] for r in rows],
@@ -56,6 +40,52 @@ def write_curve_image(doc: dict[str, Any], out: str | Path) -> Path:
         label="search winners (this run)",
         zorder=4,
     )
+    _plot_published(ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("CIFAR-100 test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    epochs = sorted({r["final_epochs"] for r in rows})
+    ax.set_title(
+        f"Best CNN under a parameter budget (winners trained {', '.join(map(str, epochs))} epochs)", fontsize=11
+    )
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out.with_name(f".{out.name}.tmp"), format="svg", metadata={"Date": None})
+    plt.close(fig)
+    out.with_name(f".{out.name}.tmp").replace(out)
+    return out
+
+
+def _plot_previous(ax, previous: list[dict[str, Any]]) -> None:
+    """An earlier run's winners, dashed, so a reader sees what changed."""
+    if previous:
+        prev = sorted(previous, key=lambda r: r["params"])
+        ax.plot(
+            [r["params"] for r in prev],
+            [100 * r["test_acc"] for r in prev],
+            "o--",
+            color="#ff9896",
+            label="previous run's winners",
+            zorder=2,
+        )
+
+
+def _plot_baselines(ax, rows: list[dict[str, Any]]) -> None:
+    """Each kind of baseline trained beside the winners, one marker per kind."""
+    for kind, (label, color, marker) in BASELINE_STYLE.items():
+        pts = [
+            (b["params"], b["test_acc"])
+            for r in rows
+            if (b := r["baselines"].get(kind)) and b.get("test_acc") is not None and b.get("params")
+        ]
+        if pts:
+            ax.scatter(*zip(*[(p, 100 * a) for p, a in pts]), marker=marker, color=color, label=label, zorder=3)
+
+
+def _plot_published(ax) -> None:
+    """The reference study's curve and the public points (nas.reference), for scale."""
     ref = reference.REFERENCE_STUDY
     ax.plot(
         [p.params for p in ref],
@@ -74,21 +104,6 @@ def write_curve_image(doc: dict[str, Any], out: str | Path) -> Path:
         label="public points (200+ GPU epochs)",
         zorder=1,
     )
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("CIFAR-100 test accuracy (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    epochs = sorted({r["final_epochs"] for r in rows})
-    ax.set_title(
-        f"Best CNN under a parameter budget (winners trained {', '.join(map(str, epochs))} epochs)", fontsize=11
-    )
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out.with_name(f".{out.name}.tmp"), format="svg", metadata={"Date": None})
-    plt.close(fig)
-    out.with_name(f".{out.name}.tmp").replace(out)
-    return out
 
 
 def update_readme(readme: str | Path, image: str | Path, table: str) -> Path:
