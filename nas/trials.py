@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import optuna
@@ -270,69 +270,92 @@ def run_trials(
     nothing new. A paced sampler (fdpg's walk) says itself when it has ended; while its next
     evaluations all run in other workers, a worker waits for them; it may come back to a
     genome the study holds, and that evaluation (a reuse) counts."""
-    paced = sampler if sampler_needs(sampler).paced else None
-    distinct = sampler_needs(sampler).distinct
-    ended: list[str] = []  # why the search ended, once a worker found out
-    stop = threading.Event()  # an error or Ctrl-C: take no new trial
-    lock = threading.Lock()
-    finished = threading.Condition()  # a worker of this process finished a trial
+    loop = _TrialLoop(ev, space, budget, tol, quota, sampler, on_outcome, exhausted_after)
+    run_workers(loop.worker, jobs, loop.stop)
+    return loop.ended[0] if loop.ended else quota.why_stopped()
 
-    def claim() -> tuple[optuna.Trial, Genome | None] | None:
+
+@dataclass
+class _TrialLoop:
+    """`run_trials`'s state, shared by its workers: one at a time claims (`lock`); a worker that
+    finishes a trial wakes those waiting for a paced sampler (`finished`)."""
+
+    ev: Evaluator
+    space: Space
+    budget: int
+    tol: float
+    quota: TrialQuota
+    sampler: optuna.samplers.BaseSampler
+    on_outcome: Callable[[Outcome], None] | None
+    exhausted_after: int
+    ended: list[str] = field(default_factory=list)  # why the search ended, once a worker found out
+    stop: threading.Event = field(default_factory=threading.Event)  # an error or Ctrl-C: take no new trial
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        needs = sampler_needs(self.sampler)
+        self.paced, self.distinct = (self.sampler if needs.paced else None), needs.distinct
+
+    def claim(self) -> tuple[optuna.Trial, Genome | None] | None:
         """The next trial with its genome (None: its genes could not be projected into the band,
         the trial failed), or None when the search is over."""
-        while not ended and not stop.is_set():
-            with lock:
-                state = paced.state(ev.study) if paced is not None else None
+        while not self.ended and not self.stop.is_set():
+            with self.lock:
+                state = self.paced.state(self.ev.study) if self.paced is not None else None
                 if state is not None and state.stopped is not None:
-                    ended.append(state.stopped)
+                    self.ended.append(state.stopped)
                     return None
                 if state is None or state.todo or state.queued:
-                    trial = quota.claim()
+                    trial = self.quota.claim()
                     if trial is None:
                         return None
                     try:
-                        return trial, propose(trial, space, budget, tol)
+                        return trial, propose(trial, self.space, self.budget, self.tol)
                     except NothingToPropose as e:  # another process took the sampler's last evaluation
-                        ev.fail(trial, str(e), retryable=True)
+                        self.ev.fail(trial, str(e), retryable=True)
                     except NasError as e:  # a corner of the space the band cannot be reached from
-                        ev.fail(trial, f"projection: {e}", retryable=True)  # nothing trained: not counted
+                        self.ev.fail(trial, f"projection: {e}", retryable=True)  # nothing trained: not counted
                         return trial, None
-            if quota.expired():
+            if self.quota.expired():
                 return None
-            with finished:  # a paced sampler waits for its running trials (a dead process's are retried)
-                finished.wait(POLL_S)
-            fail_stale_trials(ev.study)
+            with self.finished:  # a paced sampler waits for its running trials (a dead process's are retried)
+                self.finished.wait(POLL_S)
+            fail_stale_trials(self.ev.study)
         return None
 
-    def worker() -> None:
-        repeats = 0
-        while (claimed := claim()) is not None:
+    def worker(self) -> None:
+        repeats = 0  # proposals in a row that brought no new genome
+        while (claimed := self.claim()) is not None:
             trial, genome = claimed
             out = None
             if genome is not None:
                 role, step = trial_role(trial)
-                out = ev.evaluate(genome, role=role, step=step, trial=trial, distinct=distinct)
-                with finished:
-                    finished.notify_all()
-            if stop.is_set():
+                out = self.ev.evaluate(genome, role=role, step=step, trial=trial, distinct=self.distinct)
+                with self.finished:
+                    self.finished.notify_all()
+            if self.stop.is_set():
                 return  # interrupted: the caller has marked the trial and closed the progress
             if out is not None and out.duplicate_of is None:
                 repeats = 0
-                if on_outcome:
-                    on_outcome(out)
+                if self.on_outcome:
+                    self.on_outcome(out)
                 continue
-            novel = novel_params(space, budget, tol, ev.study, random.Random(trial.number))
-            if novel is not None and (repeats := repeats + 1) < exhausted_after:
-                ev.study.enqueue_trial(novel, user_attrs={"role": "explore"})
-            else:
-                ended.append(
-                    f"stopped early: the sampler's last proposals were all genomes already in the "
-                    f"study and {NOVEL_DRAWS} random points of the space found no new one either, "
-                    f"so the band looks exhausted"
-                )
+            repeats += 1
+            self.move_on(trial, repeats)
 
-    run_workers(worker, jobs, stop)
-    return ended[0] if ended else quota.why_stopped()
+    def move_on(self, trial: optuna.Trial, repeats: int) -> None:
+        """After a proposal that brought nothing new: queue a random point the study does not
+        hold, or end the search when there is none or this happened `exhausted_after` times."""
+        novel = novel_params(self.space, self.budget, self.tol, self.ev.study, random.Random(trial.number))
+        if novel is not None and repeats < self.exhausted_after:
+            self.ev.study.enqueue_trial(novel, user_attrs={"role": "explore"})
+        else:
+            self.ended.append(
+                f"stopped early: the sampler's last proposals were all genomes already in the "
+                f"study and {NOVEL_DRAWS} random points of the space found no new one either, "
+                f"so the band looks exhausted"
+            )
 
 
 def novel_params(space: Space, budget: int, tol: float, study: optuna.Study, rng: random.Random) -> dict | None:
