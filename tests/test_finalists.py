@@ -193,6 +193,7 @@ def test_cli_finalist_pick_chooses_the_finalists(pick_rule, cifar_dir, tmp_path,
     """In this run the two best trials share a topology: `best` retrains both, `diverse` the best
     and the best trial of another topology."""
     monkeypatch.setattr("nas.objective.train", PlantedTraining())
+    monkeypatch.chdir(tmp_path)  # nas search writes its report under ./reports
     space, storage = tmp_path / "two.toml", f"sqlite:///{tmp_path}/b.db"
     space.write_text(TWO_STAGES)
     assert (
