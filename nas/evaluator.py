@@ -85,7 +85,7 @@ class Evaluator:
             # themselves; Optuna warns about that combination on every ask.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = self.study.ask()
-        beat(self.study._storage, trial_id(trial))
+        beat(trial.storage, trial_id(trial))
         trial.set_user_attr("searcher", self.searcher)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         with self._lock:
@@ -140,7 +140,7 @@ class Evaluator:
         the genome already: of two trials that propose one genome at once, the lower number holds
         it, so while a live lower-numbered trial has not recorded its genome yet, this waits."""
         key, grace = genome.key(), 2 * heartbeat_seconds()
-        optuna_beats = optuna_heartbeat(self.study._storage)
+        optuna_beats = optuna_heartbeat(trial.storage)
         give_up = time.monotonic() + grace  # a trial that never records a genome is not a nas trial
         while True:
             now, choosing, earlier = time.time(), False, None
@@ -208,7 +208,7 @@ class Evaluator:
         key = genome.key()
         poll = min(1.0, heartbeat_seconds() / 2)
         # The heartbeat covers the wait for another trial of the genome too: a waiting trial is alive.
-        with heartbeat(self.study._storage, trial_id(trial)):
+        with heartbeat(trial.storage, trial_id(trial)):
             while True:
                 with self._lock:
                     source = self.finished(genome)
