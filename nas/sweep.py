@@ -53,7 +53,7 @@ def export_final(study: optuna.Study, final: dict[str, Any], *, data: CifarSourc
 
     run = Path(final["run_dir"])
     path = run / "model.onnx"
-    if not (run / "model.pt").is_file():
+    if not _weights_here(final):
         if progress:
             print(
                 f"not exported: the final training's weights are not in {run} (--retrain-missing trains it again)",
