@@ -139,7 +139,8 @@ class TrialQuota:
     def expired(self) -> bool:
         """Whether no trial should start now: the deadline has passed, or the time left is shorter
         than the quickest trial this searcher has completed (it would only be cut at the deadline,
-        as when a resumed sweep has seconds of a budget's share left)."""
+        as when a resumed sweep has seconds of a budget's share left). Trials that reused another's
+        result took no time and say nothing about how long a training takes."""
         if self.deadline is None:
             return False
         left = self.deadline - time.time()
@@ -149,7 +150,9 @@ class TrialQuota:
         times = [
             t.duration.total_seconds()
             for t in self.ev.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("searcher") == self.ev.searcher and t.duration is not None
+            if t.user_attrs.get("searcher") == self.ev.searcher
+            and t.duration is not None
+            and t.user_attrs.get("reused_from") is None
         ]
         return min(times, default=0.0)
 

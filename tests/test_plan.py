@@ -72,12 +72,15 @@ def test_time_limit_starts_no_trial_after_the_deadline(tmp_path):
 
 def test_a_search_resumed_with_less_time_than_its_quickest_trial_starts_none(tmp_path):
     # A resumed sweep gives a budget what is left of its share: seconds, where a trial takes
-    # minutes. Such a trial would only be cut at the deadline and recorded as failed.
+    # minutes. Such a trial would only be cut at the deadline and recorded as failed. A trial that
+    # reused another's result (here the start genome queued again, as budget transfer does) took
+    # no time and must not count as the quickest.
     storage = f"sqlite:///{tmp_path}/q.db"
-    first = search(
-        "conv-shape", 20_000, SearchConfig("random", trials=2), storage=storage, objective=Slow(0.8), progress=False
-    )
-    assert first.trials == 2
+    start = project(default_start(load_space("conv-shape")), load_space("conv-shape"), 20_000)
+    config = SearchConfig("random", trials=2, transfer=[("transfer:again", start)])  # a duplicate does not count
+    first = search("conv-shape", 20_000, config, storage=storage, objective=Slow(0.8), progress=False)
+    trials = optuna.load_study(study_name=first.study_name, storage=storage).trials
+    assert [t.user_attrs.get("reused_from") for t in trials] == [None, 0, None]
     again = Slow(0.8)
     r = search(
         "conv-shape",
@@ -87,9 +90,9 @@ def test_a_search_resumed_with_less_time_than_its_quickest_trial_starts_none(tmp
         objective=again,
         progress=False,
     )
-    assert again.started == [] and r.trials == 2 and r.stopped == "time limit reached"
+    assert again.started == [] and r.stopped == "time limit reached"
     states = [t.state for t in optuna.load_study(study_name=r.study_name, storage=storage).trials]
-    assert states == [TrialState.COMPLETE] * 2
+    assert states == [TrialState.COMPLETE] * 3
 
 
 def test_a_trial_running_at_the_deadline_stops_at_an_epoch_and_is_retried(cifar_data, tmp_path):
