@@ -502,17 +502,17 @@ def cmd_sweep(args) -> int:
     recipe = recipe_from_args(args, settings["epochs"], space)
     config = search_config(args, settings)
     if args.plan:
-        from nas.sweep_plan import plan_sweep
+        from nas.sweep import plan_resumed
 
-        plan = plan_sweep(
+        plan = plan_resumed(
             space,
             budgets,
             config,
             recipe,
+            storage=storage,
             time_limit=settings["time_limit"],
             final_epochs=args.final_epochs,
             baselines=args.baselines,
-            device=config.device,
         )
         print("\n".join(plan.lines()))
         return 0

@@ -21,9 +21,9 @@ from nas.errors import NasError
 from nas.runs import train_genome_command
 from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
-from nas.storage import open_storage, storage_url
+from nas.storage import open_storage, storage_file, storage_url
 from nas.study import Objective, search_seconds, study_name, trial_genome
-from nas.sweep_plan import BASELINES, FIT, BudgetPlan
+from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import plural
 from nas.training import Recipe, default_device, recipe_for, space_recipe
@@ -171,15 +171,8 @@ def sweep(
     kinds = BASELINES if baselines is True else () if baselines is False else tuple(baselines)
     url = _check_sweep(sp, budgets, config, storage, data_dir, objective, time_limit)
     recipe = recipe or space_recipe(sp)
-    plan = sweep_plan(
-        sp,
-        budgets,
-        config,
-        recipe,
-        time_limit=time_limit,
-        final_epochs=final_epochs,
-        baselines=kinds,
-        device=config.device,
+    plan = plan_resumed(
+        sp, budgets, config, recipe, storage=url, time_limit=time_limit, final_epochs=final_epochs, baselines=kinds
     )
     if progress:
         print("\n".join(plan.lines()), flush=True)
@@ -189,7 +182,7 @@ def sweep(
     for i, bp in enumerate(plan.budgets, 1):
         if progress:
             print(f"== budget {bp.budget:,} ({i} of {len(budgets)}) ==", flush=True)
-        result, study, bp = _search_budget(sp, bp, config, recipe, url, cifar, winners, objective, progress)
+        result, study = _search_budget(sp, bp, config, recipe, url, cifar, winners, objective, progress)
         if result.best is None:
             if progress:
                 print(f"budget {bp.budget:,}: no completed trial, nothing to train", flush=True)
@@ -237,21 +230,16 @@ def _search_budget(
     winners: dict[int, Genome],
     objective,
     progress: bool,
-) -> tuple[SearchResult, optuna.Study, BudgetPlan]:
+) -> tuple[SearchResult, optuna.Study]:
     """The budget's search, with its share of the time (less what its study used before) and the
-    earlier budgets' winners projected here (budget transfer); and the budget's plan as kept."""
+    earlier budgets' winners projected here (budget transfer)."""
     transfer = []
     for b, g in winners.items():
         try:
             transfer.append((f"transfer:{b}", project(g, sp, bp.budget, config.tol)))
         except NasError:
             pass  # a shape that cannot be scaled into this budget
-    name = study_name(sp.name, bp.budget, recipe, config.score, config.subset, config.val_size)
-    try:
-        earlier = optuna.load_study(study_name=name, storage=open_storage(url))
-    except KeyError:
-        earlier = None
-    bp = _kept_plan(earlier, bp)
+    earlier = _budget_study(url, sp, bp.budget, config, recipe)
     limit = None
     if bp.search_s is not None:
         used = search_seconds(earlier.get_trials(deepcopy=False), earlier.user_attrs) if earlier else 0.0
@@ -261,10 +249,51 @@ def _search_budget(
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(url))
     if PLAN_ATTR not in study.user_attrs and bp.search_s is not None:
         study.set_user_attr(PLAN_ATTR, {"search_s": bp.search_s, "final_epochs": bp.final_epochs})
-    return result, study, bp
+    return result, study
 
 
 PLAN_ATTR = "sweep_plan"  # a budget's search seconds and final epochs, as its first timed sweep planned them
+
+
+def plan_resumed(
+    sp: Space,
+    budgets: Sequence[int],
+    config: SearchConfig,
+    recipe: Recipe,
+    *,
+    storage: str | None,
+    time_limit: float | None,
+    final_epochs: int | None,
+    baselines: Sequence[str],
+) -> SweepPlan:
+    """The sweep's plan (`nas.sweep_plan.plan_sweep`) as a run on `storage` follows it: a budget
+    whose study a timed sweep planned before keeps that search time and those final epochs,
+    whichever budgets are run now and however fast the machine is today."""
+    plan = sweep_plan(
+        sp,
+        budgets,
+        config,
+        recipe,
+        time_limit=time_limit,
+        final_epochs=final_epochs,
+        baselines=baselines,
+        device=config.device,
+    )
+    url = storage_url(storage)
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        return plan  # nothing run yet (and --plan creates no file)
+    plan.budgets = [_kept_plan(_budget_study(url, sp, bp.budget, config, recipe), bp) for bp in plan.budgets]
+    return plan
+
+
+def _budget_study(url: str, sp: Space, budget: int, config: SearchConfig, recipe: Recipe) -> optuna.Study | None:
+    """The budget's study in the storage, if a search of it has run."""
+    name = study_name(sp.name, budget, recipe, config.score, config.subset, config.val_size)
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        return None
 
 
 def _kept_plan(study: optuna.Study | None, bp: BudgetPlan) -> BudgetPlan:

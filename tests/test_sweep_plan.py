@@ -12,7 +12,7 @@ import nas.sweep_plan
 from nas.plan import Calibration
 from nas.search import SearchConfig
 from nas.spaces import load_space
-from nas.sweep import sweep
+from nas.sweep import plan_resumed, sweep
 from nas.sweep_plan import baselines_for, equal_epochs, plan_sweep, split_by_cost
 from nas.training import TrainResult, space_recipe
 
@@ -153,3 +153,11 @@ def test_a_resumed_timed_sweep_keeps_what_its_first_run_planned(cifar_dir, tmp_p
     monkeypatch.setattr(nas.sweep_plan, "equal_epochs", lambda *args: 9)
     again = sweep(space, [3000, 8000], config, **common)
     assert [o.final["epochs"] for o in again] == [3, 3] and again[0].final_reused and not again[1].final_reused
+    # What `nas sweep --plan` prints for a resumed storage is what the run does, for any subset
+    # of its budgets; a storage not yet written keeps the fresh plan and is not created.
+    opts = dict(time_limit=30, final_epochs=None, baselines=())
+    (resumed,) = plan_resumed(space, [8000], config, common["recipe"], storage=storage, **opts).budgets
+    assert resumed.final_epochs == 3
+    fresh = tmp_path / "new.log"
+    (new,) = plan_resumed(space, [8000], config, common["recipe"], storage=str(fresh), **opts).budgets
+    assert new.final_epochs == 9 and not fresh.exists()
