@@ -1,17 +1,19 @@
 """Recipe ablation: each training addition on and off at equal wall-clock time, on real CIFAR-100.
 
-For the conv-shape hand design projected to each budget, every arm trains on all 50,000 training
-images and is tested on the 10,000 test images in float32, the arithmetic of the exported ONNX
-model (bf16 is for training only). The arms:
+For a space's hand design (--space, default conv-shape; or its --preset) projected to each
+budget, every arm trains on all 50,000 training images and is tested on the 10,000 test images
+in float32, the arithmetic of the exported ONNX model (bf16 is for training only). The arms:
 
-  base        today's recipe (the space's [recipe] before this benchmark: lr 0.8, crop + flip)
+  base        the space's [recipe] with every addition off (conv-shape: lr 0.8, crop + flip; the
+              recipe before this benchmark)
   alt_flip    alternating flip instead of a random one
   bn_lr       BatchNorm parameters and biases at --bn-lr times the learning rate
   whiten      first conv initialised by whitening 3x3 patches
   cutout      --cutout px squares cut out
   combo       --combo's fields together
   default     the additions the conv spaces' [recipe] took from this benchmark: bn_lr 4 + whiten
-              (with flip TTA: the "last/flip" column)
+              (with flip TTA: the "last/flip" column); whitening where the family's first layer
+              is a plain conv reading the image (every family's stem here)
 
 Equal wall-clock time: before training, each arm's step time is measured against base's in this
 process (alternating short runs), and an arm that is slower per step trains proportionally fewer
@@ -22,9 +24,11 @@ is tested four ways: last weights or EMA weights (`+ema`), each with and without
 every arm by the same factor). One JSON line per run goes to --out; --summarize prints the
 table (mean and std over seeds per budget and arm, gain over base).
 
-    python benchmarks/recipe_ablation.py --data-dir ../shared/data --budgets 10k,50k --seeds 0 \
-        --out benchmarks/results/recipe_ablation.jsonl
+    python benchmarks/recipe_ablation.py --data-dir ../shared/data --preset hand-16-32-48-64 \
+        --budgets 10k,50k --seeds 0 --out benchmarks/results/recipe_ablation.jsonl
     python benchmarks/recipe_ablation.py --summarize --out benchmarks/results/recipe_ablation.jsonl
+    python benchmarks/recipe_ablation.py --data-dir ../shared/data --space resnet --budgets 50k \
+        --arms base,default --seeds 0 --out benchmarks/results/recipe_ablation/resnet-s0.jsonl
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ import torch
 from nas.budget import parse_budgets, project
 from nas.data import load_cifar100
 from nas.families import build_model
+from nas.search import default_start
 from nas.spaces import load_space
-from nas.training import Recipe, evaluate, predictor, train
+from nas.training import Recipe, evaluate, predictor, space_recipe, train
 
-BASE = {"lr": 0.8}  # conv-shape's [recipe] before this benchmark
+# What the arms add, off: a space's [recipe] without them is the base (for conv-shape, its
+# [recipe] before this benchmark). TTA is not trained: every run is tested with and without it.
+ADDITIONS_OFF = {"bn_lr": 1.0, "whiten": False, "alt_flip": False, "cutout": 0, "tta": "none"}
 DEFAULT_EPOCHS = {10_000: 15, 50_000: 10, 500_000: 4}
 
 
@@ -85,19 +92,21 @@ def relative_step_times(genome, data, recipes: dict[str, Recipe], rounds: int = 
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    space = load_space("conv-shape")
-    hand = space.presets["hand-16-32-48-64"]
+    space = load_space(args.space)
+    base = {**space_recipe(space).to_dict(), **ADDITIONS_OFF}
+    hand = space.presets[args.preset] if args.preset else default_start(space)
     data = load_cifar100(args.data_dir, val_size=0)
     out = Path(args.out)
     done = set()
     if out.is_file():
-        done = {(r["budget"], r["arm"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
+        rows = map(json.loads, out.read_text().splitlines())
+        done = {(r.get("space", "conv-shape"), r["budget"], r["arm"], r["seed"]) for r in rows}
     wanted = [a for a in args.arms.split(",")]
     for budget in parse_budgets(args.budgets):
         genome = project(hand, space, budget)
         epochs = args.epochs or DEFAULT_EPOCHS.get(budget, 10)
         recipes = {
-            name: Recipe.from_dict({**BASE, **fields, "ema": args.ema})
+            name: Recipe.from_dict({**base, **fields, "ema": args.ema})
             for name, fields in arms(args).items()
             if name in wanted or name == "base"
         }
@@ -113,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
         )
         for seed in [int(s) for s in args.seeds.split(",")]:
             for name in wanted:
-                if (budget, name, seed) in done:
+                if (args.space, budget, name, seed) in done:
                     continue
                 arm_epochs = max(1, round(epochs / max(1.0, ratio[name]))) if name != "base" else epochs
                 recipe = dataclasses.replace(recipes[name], epochs=arm_epochs, seed=seed)
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 result = train(model, data, recipe)
                 row = {
+                    "space": args.space,
                     "budget": budget,
                     "genome": str(genome),
                     "arm": name,
@@ -154,37 +164,42 @@ def summarize(args: argparse.Namespace) -> None:
     out = Path(args.out)
     files = sorted(out.glob("*.jsonl")) if out.is_dir() else [out]  # a folder: one file per process
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
-    by: dict[tuple[int, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        r.setdefault("space", "conv-shape")  # rows from before --space
+    by: dict[tuple[str, int, str, str], list[float]] = defaultdict(list)
     for r in rows:
         for k, v in r["test"].items():
-            by[(r["budget"], r["arm"], k)].append(100 * v)
-    for budget in sorted({r["budget"] for r in rows}):
-        epochs = {r["arm"]: r["epochs"] for r in rows if r["budget"] == budget}
-        base = statistics.mean(by[(budget, "base", "last/none")])
+            by[(r["space"], r["budget"], r["arm"], k)].append(100 * v)
+    for space, budget in sorted({(r["space"], r["budget"]) for r in rows}):
+        mine = [r for r in rows if (r["space"], r["budget"]) == (space, budget)]
+        epochs = {r["arm"]: r["epochs"] for r in mine}
+        base = statistics.mean(by[(space, budget, "base", "last/none")])
         print(
-            f"\nbudget {budget:,} ({rows[[r['budget'] for r in rows].index(budget)]['genome']}): test accuracy %, "
+            f"\nbudget {budget:,} ({mine[0]['genome']}): test accuracy %, "
             f"mean ± std over seeds (gain over base, last weights, no TTA)"
         )
         print(
             f"  {'arm':10s} {'epochs':>6s}  "
             + "  ".join(f"{k:>22s}" for k in ("last/none", "last/flip", "ema/none", "ema/flip"))
         )
-        for arm in dict.fromkeys(r["arm"] for r in rows if r["budget"] == budget):
+        for arm in dict.fromkeys(r["arm"] for r in mine):
             cells = []
             for k in ("last/none", "last/flip", "ema/none", "ema/flip"):
-                v = by[(budget, arm, k)]
+                v = by[(space, budget, arm, k)]
                 sd = statistics.stdev(v) if len(v) > 1 else 0.0
                 cells.append(f"{statistics.mean(v):6.2f} ± {sd:4.2f} ({statistics.mean(v) - base:+5.2f})")
             print(
                 f"  {arm:10s} {epochs[arm]:6d}  "
                 + "  ".join(f"{c:>22s}" for c in cells)
-                + f"   n={len(by[(budget, arm, 'last/none')])}"
+                + f"   n={len(by[(space, budget, arm, 'last/none')])}"
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
+    p.add_argument("--space", default="conv-shape", help="the space whose hand design and [recipe] are measured")
+    p.add_argument("--preset", help="the space's preset to project instead of its hand design (the search's start)")
     p.add_argument("--budgets", default="10k,50k,500k")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--arms", default="base,alt_flip,bn_lr,whiten,cutout,combo")
