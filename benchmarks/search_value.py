@@ -23,7 +23,8 @@ share results). Each arm's winner is then trained on all 50,000 training images 
 `--final-epochs` with the same recipe and tested (`--recipe k=v,...` changes the space's recipe
 for searches and final trainings alike; `--recipe bn_lr=1,whiten=false,tta=none` is the recipe
 the rows before 2026-12 ran with, and the setup string names every recipe addition that is on);
-the hand design is trained with each seed of
+`--space` searches another space than the CPU default (its rows have their own setup string,
+and their own study files); the hand design is trained with each seed of
 `--seeds` too (the recipe's seed), which gives the seed-to-seed spread of one genome. The script
 prints test accuracy per arm (mean ± std over seeds) and the differences, from one run. Results
 are appended to `<out>/results.jsonl` as they arrive; a rerun skips the arms already there, and
@@ -227,6 +228,11 @@ def final_tester(cifar: CifarSource, final_recipe: Recipe) -> Callable[[Genome, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
+    ap.add_argument(
+        "--space",
+        help="the space every arm searches and whose hand design is the hand arm (default: the CPU default, "
+        "conv-shape); e.g. mixed-shape (block type per stage) or conv-shape-lr (the learning rate as a gene)",
+    )
     ap.add_argument("--budgets", default="10000,50000")
     ap.add_argument("--minutes", type=float, default=10.0, help="search time per arm and seed")
     ap.add_argument("--seeds", default="0,1")
@@ -249,7 +255,7 @@ def main() -> None:
         pruned_by_depth(read_results(results), out)
         return
     d = device_defaults("cpu")
-    space = load_space(d.space)
+    space = load_space(args.space or d.space)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",")
     if set(arms) - set(ARMS):
@@ -302,7 +308,8 @@ def main() -> None:
                     finalist_pick=pick or "best",
                     pruner=pruner,
                 )
-                study_file = f"b{budget}-{stem}-s{seed}.log"  # one arm's studies are never another's
+                # one arm's studies are never another's, nor another space's
+                study_file = ("" if space.name == d.space else f"{space.name}-") + f"b{budget}-{stem}-s{seed}.log"
                 cpu = time.process_time()
                 r = search(
                     space,
