@@ -239,7 +239,7 @@ def _search_budget(
             transfer.append((f"transfer:{b}", project(g, sp, bp.budget, config.tol)))
         except NasError:
             pass  # a shape that cannot be scaled into this budget
-    earlier = _budget_study(url, sp, bp.budget, config, recipe)
+    earlier = _budget_study(open_storage(url), sp, bp.budget, config, recipe)
     limit = None
     if bp.search_s is not None:
         used = search_seconds(earlier.get_trials(deepcopy=False), earlier.user_attrs) if earlier else 0.0
@@ -283,15 +283,18 @@ def plan_resumed(
     path = storage_file(url)
     if path is not None and not path.is_file():
         return plan  # nothing run yet (and --plan creates no file)
-    plan.budgets = [_kept_plan(_budget_study(url, sp, bp.budget, config, recipe), bp) for bp in plan.budgets]
+    st = open_storage(url)  # one read of a journal file for every budget
+    plan.budgets = [_kept_plan(_budget_study(st, sp, bp.budget, config, recipe), bp) for bp in plan.budgets]
     return plan
 
 
-def _budget_study(url: str, sp: Space, budget: int, config: SearchConfig, recipe: Recipe) -> optuna.Study | None:
+def _budget_study(
+    storage: optuna.storages.BaseStorage, sp: Space, budget: int, config: SearchConfig, recipe: Recipe
+) -> optuna.Study | None:
     """The budget's study in the storage, if a search of it has run."""
     name = study_name(sp.name, budget, recipe, config.score, config.subset, config.val_size)
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url))
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
 
