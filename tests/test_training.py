@@ -264,7 +264,9 @@ def test_space_recipe_table_sets_defaults_the_user_can_override(tmp_path):
     conv = load_space("conv-shape")
     assert conv.recipe == {"lr": 0.8, "bn_lr": 4.0, "whiten": True, "tta": "flip"} and space_recipe(conv).lr == 0.8
     assert space_recipe(conv, lr=0.2, epochs=3, tta="none") == Recipe(lr=0.2, epochs=3, bn_lr=4.0, whiten=True)
-    assert space_recipe(load_space("mbconv")) == Recipe(lr=0.4) and space_recipe(None, epochs=2) == Recipe(epochs=2)
+    assert space_recipe(load_space("mbconv")) == Recipe(lr=0.4, tta="flip")
+    assert space_recipe(load_space("resnet")) == Recipe(bn_lr=4.0, whiten=True, tta="flip")
+    assert space_recipe(None, epochs=2) == Recipe(epochs=2)
     bad = tmp_path / "bad.toml"
     bad.write_text(
         'family = "conv"\n[recipe]\nlr = "fast"\n[genes]\ndepth = {low = 1, high = 2}\nwidth = {low = 2, high = 8}\n'
