@@ -400,3 +400,38 @@ def test_diverse_finalists_are_the_best_of_each_topology_then_the_next_best():
     assert numbers(2) == [0, 2]
     assert numbers(4) == [0, 1, 2, 4]  # three topologies, then the best trial left
     assert numbers(10) == [0, 1, 2, 3, 4, 5]
+
+
+def test_several_jobs_start_the_longest_finalist_first():
+    """The time kept for the finalists assumes the longest starts first; started in rank order,
+    a slow finalist ranked last starts when a quick one ends and runs past the time limit."""
+    import threading
+
+    from nas.finalists import FinalistFidelity, retrain_finalists
+
+    study = optuna.create_study(direction="maximize")
+    texts = {"conv:8x1|16x1|32x1|64x1": 10.0, "conv:6x2|12x1|24x1|60x1": 30.0, "conv:5x1|10x3|20x1|50x1": 20.0}
+    for value, (text, seconds) in zip([0.3, 0.2, 0.1], texts.items()):
+        attrs = {"genome": parse_genome(text).to_json(), "wall_time_s": seconds}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    started, lock, both_running = [], threading.Lock(), threading.Barrier(2, timeout=30)
+
+    def train_genome(genome):
+        with lock:
+            started.append(str(genome))
+            first_two = len(started) <= 2
+        if first_two:
+            both_running.wait()  # the third starts only when one of these has ended
+        return 0.5, 1.0, 100
+
+    fidelity = FinalistFidelity(val_size=10, epochs=1, seed=1)
+    done = retrain_finalists(study, study.trials, fidelity, train_genome, jobs=2)
+    assert len(done) == 3
+    assert set(started[:2]) == {"conv:6x2|12x1|24x1|60x1", "conv:5x1|10x3|20x1|50x1"}  # 30 s and 20 s
+    assert started[2] == "conv:8x1|16x1|32x1|64x1"  # the best trial, but the quickest: last
+    started.clear()
+    study2 = optuna.create_study(direction="maximize")
+    for t in study.trials:
+        study2.add_trial(optuna.trial.create_trial(value=t.value, user_attrs=t.user_attrs))
+    retrain_finalists(study2, study2.trials, fidelity, lambda g: started.append(str(g)) or (0.5, 1.0, 100), jobs=1)
+    assert started == list(texts)  # one job: best first
