@@ -20,13 +20,14 @@ import os
 import statistics
 
 import torch
+from trainer_throughput import add_throughput_options, throughput_device, warm_up
 
 from nas.budget import parse_budgets, project
 from nas.counting import count_flops, count_params
 from nas.data import load_cifar100
 from nas.genome_args import parse_genome
 from nas.spaces import load_space
-from nas.training import default_device, describe_device, space_recipe, train
+from nas.training import space_recipe, train
 
 BLOCKS = {"p": "plain 3x3 conv", "r": "residual basic block", "s": "depthwise-separable conv"}
 
@@ -39,10 +40,7 @@ def measure(budget: int, data, args: argparse.Namespace, device: torch.device) -
     for b, genome in genomes.items():
         size = f"{count_params(genome):,} params, {count_flops(genome):,} FLOPs"
         print(f"  {b} {BLOCKS[b]:26s} {genome}  {size}", flush=True)
-        warm = dataclasses.replace(
-            data, train_x=data.train_x[: 4 * recipe.batch_size], train_y=data.train_y[: 4 * recipe.batch_size]
-        )
-        train(genome, warm, recipe, device)  # first-call allocations and kernel choice are not throughput
+        warm_up(genome, data, recipe, device)
     speeds: dict[str, list[float]] = {b: [] for b in BLOCKS}
     for r in range(args.rounds):
         for b, genome in genomes.items():
@@ -59,17 +57,9 @@ def measure(budget: int, data, args: argparse.Namespace, device: torch.device) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: NAS_DATA_DIR, else the cache)")
-    p.add_argument("--budgets", default="50k,500k", help="budgets to project the three designs to (default 50k,500k)")
-    p.add_argument("--images", type=int, default=10000, help="training images per round (default 10000)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds, each block type once per round (median reported)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as a search worker)")
-    p.add_argument("--no-bf16", action="store_true", help="float32 throughout")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_throughput_options(p, "50k,500k", "budgets to project the three designs to")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else default_device()
-    print(f"device {describe_device(device)}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    device = throughput_device(args)
     data = load_cifar100(args.data_dir, device=device, subset=args.images)
     data = dataclasses.replace(data, val_x=data.val_x[:0], val_y=data.val_y[:0])  # nothing to evaluate
     results = {b: measure(b, data, args, device) for b in parse_budgets(args.budgets)}

@@ -89,11 +89,7 @@ def measure(budget: int, args: argparse.Namespace, device: torch.device) -> floa
         f"bn_lr {recipe.bn_lr}, whiten {recipe.whiten}, tta {recipe.tta}; {len(data.train_y)} images per round",
         flush=True,
     )
-    warm = dataclasses.replace(
-        data, train_x=data.train_x[: 4 * recipe.batch_size], train_y=data.train_y[: 4 * recipe.batch_size]
-    )
-    train(genome, warm, recipe, device)  # first-call allocations and kernel choice are not throughput
-    minimal_loop_epoch(genome, warm, recipe, device)
+    minimal_loop_epoch(genome, warm_up(genome, data, recipe, device), recipe, device)
     ours, minimal = [], []
     for r in range(args.rounds):
         result = train(genome, data, recipe, device)
@@ -109,19 +105,39 @@ def measure(budget: int, args: argparse.Namespace, device: torch.device) -> floa
     return ratio
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_throughput_options(p: argparse.ArgumentParser, budgets: str, budgets_help: str) -> None:
+    """The options every throughput benchmark takes: data, budgets, images and rounds, threads, device."""
     p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: NAS_DATA_DIR, else the cache)")
-    p.add_argument("--budgets", default="10k,50k,500k", help="conv-shape hand design projected to each")
+    p.add_argument("--budgets", default=budgets, help=f"{budgets_help} (default {budgets})")
     p.add_argument("--images", type=int, default=10000, help="training images per round (default 10000)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per side (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as a search worker)")
-    p.add_argument("--no-bf16", action="store_true", help="float32 on both sides")
+    p.add_argument("--no-bf16", action="store_true", help="float32 throughout")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    args = p.parse_args(argv)
+
+
+def throughput_device(args: argparse.Namespace) -> torch.device:
+    """Set the threads, choose the device and say what it is and how loaded the machine is."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
     print(f"device {describe_device(device)}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    return device
+
+
+def warm_up(genome, data, recipe: Recipe, device: torch.device):
+    """A few batches through `train()` (first-call allocations and kernel choice are not
+    throughput); returns those batches' data, to warm up another loop the same way."""
+    n = 4 * recipe.batch_size
+    warm = dataclasses.replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n])
+    train(genome, warm, recipe, device)
+    return warm
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_throughput_options(p, "10k,50k,500k", "conv-shape hand design projected to each")
+    args = p.parse_args(argv)
+    device = throughput_device(args)
     ratios = {b: measure(b, args, device) for b in parse_budgets(args.budgets)}
     print(
         "\nratio train() / minimal loop: "
