@@ -11,6 +11,7 @@ lets a rerun (or another worker) skip the finalists already measured and the rep
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,6 +26,10 @@ if TYPE_CHECKING:  # nas.cli reads FINALIST_PICKS for --help: no optuna import h
 
 ATTR_PREFIX = "finalist:"
 FINALIST_PICKS = ("diverse", "best")  # see pick()
+# A finalist is not started when its estimated time exceeds the time left by more than this
+# factor: the estimate (its trial's time x the fidelity ratio) misses per-trial overheads and the
+# machine's load both ways, and one that does start and overruns is only cut, unranked.
+FINISH_SLACK = 1.25
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ def retrain_finalists(
     *,
     jobs: int = 1,
     note: Callable[[str], None] = lambda _: None,
+    deadline: float | None = None,
+    finalist_scale: float | None = None,
 ) -> list[Finalist]:
     """Retrain the genomes of `candidates` (best trials first) that the study holds no finalist
     record of at `fidelity`, `jobs` at a time, and record each. `train_genome` returns (validation
@@ -117,7 +124,12 @@ def retrain_finalists(
 
     One job retrains them best first; several start the longest first (by their trials' wall
     time), as the search's time reserve assumes: started in rank order, a slow finalist could
-    start last and run past the time limit (seen at 50k: 80 s + 133 s on one job)."""
+    start last and run past the time limit (seen at 50k: 80 s + 133 s on one job).
+
+    With a `deadline` (time.time()) and `finalist_scale` (a finalist's time over its trial's), a
+    finalist whose trial time says it would not end before the deadline (`FINISH_SLACK`) is not
+    started: it would only be cut there, unranked, its time lost to the others (seen at 500k: a
+    10-minute trial's 30-minute finalist started with 9 minutes left)."""
     held = {f.genome for f in recorded(study.user_attrs, fidelity)}
     todo = [t for t in candidates if t.user_attrs.get("genome") not in held] if train_genome is not None else []
     if jobs > 1:
@@ -125,6 +137,11 @@ def retrain_finalists(
 
     def run(t: FrozenTrial) -> None:
         genome = Genome.from_json(t.user_attrs["genome"])
+        needs = (t.user_attrs.get("wall_time_s") or 0.0) * (finalist_scale or 0.0)
+        left = deadline - time.time() if deadline is not None else None
+        if left is not None and needs > left * FINISH_SLACK:
+            note(f"finalist {genome}: needs about {needs / 60:.0f} min, {max(left, 0) / 60:.0f} left; not started")
+            return
         out = train_genome(genome)
         if isinstance(out, str):
             note(f"finalist {genome}: {out}; not ranked")

@@ -238,9 +238,11 @@ def run_finalists(
     deadline: float | None,
     progress: bool,
     note: Callable[[str], None],
+    finalist_scale: float | None = None,
 ) -> list[Finalist]:
     """Retrain the search's best `candidates` at `fidelity` (see nas.finalists), the trials' recipe
-    with the finalists' epochs and seed, scored by validation accuracy; none start after `deadline`."""
+    with the finalists' epochs and seed, scored by validation accuracy; none start after `deadline`,
+    nor (given the plan's `finalist_scale`) one whose trial time says it would not end before it."""
     from nas.evaluator import EvaluationFailed
     from nas.objective import training_objective
 
@@ -267,7 +269,14 @@ def run_finalists(
 
     out_of_time = deadline is not None and time.time() >= deadline  # e.g. a resumed sweep's used-up share
     return retrain_finalists(
-        study, candidates, fidelity, None if out_of_time else train_one, jobs=config.jobs, note=note
+        study,
+        candidates,
+        fidelity,
+        None if out_of_time else train_one,
+        jobs=config.jobs,
+        note=note,
+        deadline=deadline,
+        finalist_scale=finalist_scale,
     )
 
 
@@ -577,6 +586,7 @@ def _finalists(run: _Run, progress: bool, note: Callable[[str], None]) -> list[F
         deadline=run.deadline,
         progress=progress,
         note=note,
+        finalist_scale=run.plan.finalist_scale if run.plan is not None else None,
     )
 
 

@@ -275,12 +275,13 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
         def __call__(self, *a, **kw):
             time.sleep(0.4)  # the calibrated time of one trial below
             result = super().__call__(*a, **kw)
-            result.wall_time_s += 0.4  # as the training would measure it
+            result.wall_time_s = 0.4  # as the training would measure it
             return result
 
     planted = Slow(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
     monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)  # trials cost what the hand design does
+    monkeypatch.setattr("nas.search.TRAIN_IMAGES", 2000)  # the fixture's training images, as the plan counts them
     # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s and a
     # trial (600 + 200) 0.4 s, as the trials take: a 6-second search keeps at least its last 1.4 s
     # for the finalist and the trial running when the search stops (more when the trials, measured
@@ -435,3 +436,31 @@ def test_several_jobs_start_the_longest_finalist_first():
         study2.add_trial(optuna.trial.create_trial(value=t.value, user_attrs=t.user_attrs))
     retrain_finalists(study2, study2.trials, fidelity, lambda g: started.append(str(g)) or (0.5, 1.0, 100), jobs=1)
     assert started == list(texts)  # one job: best first
+
+
+def test_a_finalist_that_cannot_end_before_the_time_limit_is_not_started():
+    """A finalist started with less time left than it needs is only cut at the limit, unranked;
+    the time goes to the finalists that fit, and the note says why the other was left out."""
+    import time
+
+    from nas.finalists import FinalistFidelity, retrain_finalists
+
+    study = optuna.create_study(direction="maximize")
+    texts = {"conv:93x2|128x3|128x2|160x1": 600.0, "conv:8x1|16x1|32x1|64x1": 60.0}
+    for value, (text, seconds) in zip([0.39, 0.35], texts.items()):
+        attrs = {"genome": parse_genome(text).to_json(), "wall_time_s": seconds}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    started, notes = [], []
+    fidelity = FinalistFidelity(val_size=10, epochs=1, seed=1)
+    done = retrain_finalists(
+        study,
+        study.trials,
+        fidelity,
+        lambda g: started.append(str(g)) or (0.5, 1.0, 100),
+        note=notes.append,
+        deadline=time.time() + 540,  # 9 minutes: the 3x600 s finalist needs 30, the 3x60 s one 3
+        finalist_scale=3.0,
+    )
+    assert started == ["conv:8x1|16x1|32x1|64x1"]
+    assert [f.genome_str for f in done] == ["conv:8x1|16x1|32x1|64x1"]
+    assert any("conv:93x2|128x3|128x2|160x1: needs about 30 min, 9 left; not started" in n for n in notes)
