@@ -71,11 +71,13 @@ def make_sampler(name: str, seed: int = 0, trials: int = 40) -> optuna.samplers.
             import cmaes  # noqa: F401  (Optuna's CmaEsSampler imports it lazily, failing mid-search)
         except ImportError:
             raise NasError("searcher cmaes needs the 'cmaes' package: pip install cmaes") from None
-    return WorkerSeeded(lambda s: _sampler(name, s, trials), seed)
+    return WorkerSeeded(lambda s, n: _sampler(name, s, n), seed, trials)
 
 
 def _sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    startup = max(3, min(10, trials // 4))  # short searches should not be all random start-up
+    # Short searches should not be all random start-up: with the fixed 10, a 30-minute 500k
+    # search (6-11 trials) was random search, drawing the random arm's genomes trial for trial.
+    startup = max(3, min(10, trials // 4))
     if name == "tpe":
         # constant_liar: trials running in other workers count as bad, so TPE looks elsewhere
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
@@ -103,17 +105,26 @@ class WorkerSeeded(optuna.samplers.BaseSampler):
     re-propose the first run's genomes in order, and two workers started together would propose
     the same ones. Trial numbers are unique in a study, so each run and each worker draws its
     own stream, and a fresh search is still reproducible for its seed. Threads of one process
-    share the sampler, as they would share an unwrapped one."""
+    share the sampler, as they would share an unwrapped one.
 
-    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int = 0):
-        self._make, self.seed = make, seed
+    `trials`: the search's length as the sampler is sized for it (TPE's random start-up, NSGA-II's
+    population); a search limited by time sets it from its plan (`expect`) before the first trial."""
+
+    def __init__(self, make: Callable[[int, int], optuna.samplers.BaseSampler], seed: int = 0, trials: int = 40):
+        self._make, self.seed, self.trials = make, seed, trials
         self._sampler: optuna.samplers.BaseSampler | None = None
         self._lock = threading.Lock()
+
+    def expect(self, trials: int) -> None:
+        """Size the sampler for `trials` in all (the study's, done or to come); before its first trial."""
+        with self._lock:
+            if self._sampler is None:
+                self.trials = max(1, trials)
 
     def inner(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
         with self._lock:
             if self._sampler is None:
-                self._sampler = self._make(worker_seed(self.seed, trial.number))
+                self._sampler = self._make(worker_seed(self.seed, trial.number), self.trials)
             return self._sampler
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from nas.evaluator import Evaluator, Outcome
 from nas.finalists import FINALIST_PICKS, Finalist, FinalistFidelity, pick, retrain_finalists
 from nas.finalists import winner as finalist_winner
 from nas.progress import SearchProgress
-from nas.samplers import SEARCHERS, make_pruner, make_searcher, searcher_needs
+from nas.samplers import SEARCHERS, WorkerSeeded, make_pruner, make_searcher, searcher_needs
 from nas.spaces import Genome, Space, load_space
 from nas.storage import open_storage, storage_url
 from nas.study import DEFAULT_VAL_SIZE, Objective, open_study, sampler_needs, top_trials
@@ -389,6 +389,8 @@ def search(
     quota = TrialQuota(ev, run.config.trials, deadline=run.deadline)
     done = quota.done()
     run.plan = _print_plan(run, objective is None, done, progress)
+    if run.config.trials is None and run.plan is not None and isinstance(run.sampler, WorkerSeeded):
+        run.sampler.expect(done + run.plan.expected_trials)  # a time limit: as many as the plan says fit
     bar, on_outcome = _progress(run, quota, done, progress)
     train_noise = _noise_wanted(run, objective is None, bar)
     try:

@@ -510,3 +510,46 @@ def test_search_says_why_it_stopped_without_repeating_the_count(small, tmp_path)
         progress=False,
     )
     assert r.stopped == "trial limit reached"
+
+
+def test_a_search_limited_by_time_sizes_tpe_start_up_by_its_plan(cifar_dir, tmp_path, monkeypatch):
+    """TPE samples at random for its first trials. A search limited by time whose plan fits about
+    eight trials must leave that start-up within them: sized for the 40 trials of a search with no
+    count, it sampled at random throughout (at 500k it drew the random arm's genomes trial for trial)."""
+    from conftest import PlantedTraining
+
+    from nas.plan import Calibration
+    from nas.training import Recipe
+
+    startups = []
+    tpe = optuna.samplers.TPESampler
+    monkeypatch.setattr(
+        "nas.samplers.optuna.samplers.TPESampler", lambda **kw: startups.append(kw["n_startup_trials"]) or tpe(**kw)
+    )
+    monkeypatch.setattr("nas.objective.train", PlantedTraining())
+    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)
+    # one trial (600 + 200 validated images, 1 epoch) 0.4 s: a 3.2 s search plans 8 trials
+    monkeypatch.setattr(
+        "nas.plan.calibrate",
+        lambda *a, **k: Calibration(
+            genome="g", params=1, train_images_per_s=2000, eval_images_per_s=2000, device="cpu"
+        ),
+    )
+    config = SearchConfig(
+        "tpe", trials=None, time_limit=3.2, val_size=200, subset=600, finalists=0, noise_seeds=False, plan=True
+    )
+    storage = f"sqlite:///{tmp_path}/t.db"
+    search("conv", 5000, config, storage=storage, data_dir=cifar_dir, recipe=Recipe(epochs=1), progress=False)
+    assert startups == [3]  # max(3, 8 // 4); 10 before
+    startups.clear()
+    counted = SearchConfig("tpe", trials=24, val_size=200, subset=600, finalists=0, noise_seeds=False)
+    search(
+        "conv",
+        5000,
+        counted,
+        storage=f"sqlite:///{tmp_path}/c.db",
+        data_dir=cifar_dir,
+        recipe=Recipe(epochs=1),
+        progress=False,
+    )
+    assert startups == [6]  # a counted search: 24 // 4, as before
