@@ -419,7 +419,7 @@ def _print_search_result(result, top: int) -> None:
 
 def add_sweep(sub) -> None:
     from nas.sweep import DEFAULT_BUDGETS
-    from nas.sweep_plan import DEFAULT_FINAL_EPOCHS, FIT, MAX_FINAL_EPOCHS
+    from nas.sweep_plan import DEFAULT_FINAL_EPOCHS, FIT, MAX_FINAL_EPOCHS, MIN_FINAL_EPOCHS
 
     p = sub.add_parser(
         "sweep",
@@ -448,7 +448,8 @@ def add_sweep(sub) -> None:
         "goes to the searches, in proportion to each budget's cost per trial (so each search gets about "
         "as many trials; a rerun counts the time its studies already used), the rest to the winners' "
         "final trainings, in proportion to each budget's cost per epoch, so every winner trains the same "
-        f"epochs (calibrated on this machine, at most {MAX_FINAL_EPOCHS}); --plan prints the split",
+        f"epochs (calibrated on this machine, at most {MAX_FINAL_EPOCHS}; where half the time would give "
+        f"fewer than {MIN_FINAL_EPOCHS}, the winners take more of it); --plan prints the split",
     )
     p.add_argument(
         "--final-epochs",

@@ -4,10 +4,14 @@ and not by the split.
 Half of T (SWEEP_SEARCH_SHARE) goes to the searches, split across budgets in proportion to the
 cost of one search trial at each budget, so every budget's search gets about the same number of
 trials; the rest goes to the winners' final trainings, split in proportion to the cost of one
-epoch at each budget, so every winner trains the same number of epochs. Costs are calibrated on
-this machine on each budget's hand design (`nas.plan.calibrate`, cached). The baselines train
-for the winners' epochs, each with its own family's recipe; their time comes on top and is
-planned and reported separately.
+epoch at each budget, so every winner trains the same number of epochs. Where half of T would
+train the winners fewer than MIN_FINAL_EPOCHS epochs, the winners take more of it (the searches
+keep at least MIN_SEARCH_SHARE). Costs are calibrated on this machine on each budget's hand
+design (`nas.plan.calibrate`, cached) and scaled by how much more a typical searched genome
+computes (`Plan.cost_factor`): a winner is a searched genome, and in the 2026-12 curve the
+winners' final trainings took 1.0-1.5x their hand design's. The baselines train for the winners'
+epochs, each with its own family's recipe; their time comes on top and is planned and reported
+separately.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ FIT = ("fit",)  # --baselines fit: the kinds, in this order, that fit FIT_FACTOR
 FIT_FACTOR = 2.0
 DEFAULT_FINAL_EPOCHS = 60
 MAX_FINAL_EPOCHS = 200
+# A winner trained for fewer epochs than this is ranked by its training time more than by its
+# architecture (the first curve's 4-epoch 1M winner tested below its 9-epoch 500k one), so the
+# winners take more than half of --time where half would not pay for this many; the searches keep
+# at least MIN_SEARCH_SHARE of it.
+MIN_FINAL_EPOCHS = 30
+MIN_SEARCH_SHARE = 0.2
 # The reference study's models 4-8 (mbconv presets) stand for the budgets they were built near.
 REFERENCE_SPACE = "mbconv"
 REFERENCE_MATCH = 1.15  # a reference model stands for budget B when its count is within B / 1.15 .. B * 1.15
@@ -63,7 +73,7 @@ class BudgetPlan:
     budget: int
     hand: Genome
     search: Plan  # the budget's search, as `nas search` plans it (its time limit unset)
-    epoch_s: float  # one final epoch over all training images (the hand design, all threads)
+    epoch_s: float  # one final epoch of a typical winner over all training images (see the module docstring)
     search_s: float | None  # None: the search runs by its trial count
     final_epochs: int
     baselines: list[Baseline]
@@ -131,7 +141,14 @@ def split_by_cost(total_s: float, costs: dict[int, float]) -> dict[int, float]:
 
 def equal_epochs(total_s: float, epoch_s: dict[int, float]) -> int:
     """The epochs every budget's winner can train within `total_s` together, 1..MAX_FINAL_EPOCHS."""
-    return max(1, min(MAX_FINAL_EPOCHS, int(total_s // sum(epoch_s.values()))))
+    return max(1, min(MAX_FINAL_EPOCHS, int(total_s / sum(epoch_s.values()) + 1e-9)))
+
+
+def final_share(time_limit: float, epoch_s: dict[int, float]) -> float:
+    """The share of `time_limit` for the winners' final trainings: 1 - SWEEP_SEARCH_SHARE, or what
+    MIN_FINAL_EPOCHS epochs of every winner take where that is more, up to 1 - MIN_SEARCH_SHARE."""
+    needed = MIN_FINAL_EPOCHS * sum(epoch_s.values()) / time_limit
+    return min(1 - MIN_SEARCH_SHARE, max(1 - SWEEP_SEARCH_SHARE, needed))
 
 
 def resnet_baseline(budget: int, tol: float) -> Genome:
@@ -216,11 +233,12 @@ def plan_sweep(
         for b in budgets
     }
     trial_s = {b: p.seconds_per_trial for b, p in searches.items()}
-    epoch_s = {b: TRAIN_IMAGES / p.calibration.train_images_per_s for b, p in searches.items()}
+    epoch_s = {b: p.cost_factor * TRAIN_IMAGES / p.calibration.train_images_per_s for b, p in searches.items()}
     search_s: dict[int, float | None] = dict.fromkeys(budgets)
     if time_limit is not None:
-        search_s = split_by_cost(SWEEP_SEARCH_SHARE * time_limit, trial_s)
-        final_epochs = final_epochs or equal_epochs((1 - SWEEP_SEARCH_SHARE) * time_limit, epoch_s)
+        share = final_share(time_limit, epoch_s)
+        search_s = split_by_cost((1 - share) * time_limit, trial_s)
+        final_epochs = final_epochs or equal_epochs(share * time_limit, epoch_s)
     epochs = final_epochs or DEFAULT_FINAL_EPOCHS
     fit = tuple(baselines) == FIT
     plans = []

@@ -9,11 +9,11 @@ import pytest
 
 import nas.runs
 import nas.sweep_plan
-from nas.plan import Calibration
+from nas.plan import TIME_PER_FLOPS_EXPONENT, Calibration
 from nas.search import SearchConfig
 from nas.spaces import load_space
 from nas.sweep import plan_resumed, sweep
-from nas.sweep_plan import baselines_for, equal_epochs, plan_sweep, split_by_cost
+from nas.sweep_plan import MIN_SEARCH_SHARE, baselines_for, equal_epochs, final_share, plan_sweep, split_by_cost
 from nas.training import TrainResult, space_recipe
 
 
@@ -24,9 +24,20 @@ def test_a_budget_whose_epochs_cost_6x_gets_6x_the_final_training_time():
     assert equal_epochs(7000.0, epoch_s) == 100  # 7000 s / (10 + 60) s per epoch of both
 
 
-def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
-    """With a calibration in which a 1M model costs 6x a 1k one, every winner gets the same epochs
-    (so the 1M one 6x the time) and every search about the same trials."""
+def test_winners_take_more_than_half_the_time_where_half_would_train_them_under_30_epochs():
+    epoch_s = {1_000: 10.0, 1_000_000: 60.0}  # 70 s per epoch of both winners
+    assert final_share(4 * 3600.0, epoch_s) == 0.5  # half pays for 102 epochs: the searches keep half
+    # 1 h: half would pay for 25 epochs; 30 take 2,100 s, 58% of the hour
+    assert final_share(3600.0, epoch_s) == pytest.approx(2100 / 3600)
+    assert equal_epochs(final_share(3600.0, epoch_s) * 3600, epoch_s) == 30
+    # 30 min: 30 epochs would leave the searches 0%; they keep MIN_SEARCH_SHARE, the winners get 20 epochs
+    assert final_share(1800.0, epoch_s) == pytest.approx(1 - MIN_SEARCH_SHARE)
+    assert equal_epochs(final_share(1800.0, epoch_s) * 1800, epoch_s) == 20
+
+
+def _plan_with_costs(monkeypatch, flops_ratio: float = 1.0):
+    """The 1k+1M plan of a 4-hour sweep with a calibration in which a 1M model costs 6x a 1k one,
+    and the searches' typical genome `flops_ratio` times the hand design's FLOPs."""
     from nas.counting import count_params
 
     def fake_calibrate(genome, recipe, device=None, **_):
@@ -35,13 +46,28 @@ def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
 
     monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
     monkeypatch.setattr("nas.plan.calibrate", fake_calibrate)  # the searches' own plans
-    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)
+    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: flops_ratio)
     space = load_space("conv-shape")
     config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
     recipe = space_recipe(space, epochs=4)
-    plan = plan_sweep(
+    return plan_sweep(
         space, [1_000, 1_000_000], config, recipe, time_limit=4 * 3600, final_epochs=None, baselines=(), device="cpu"
     )
+
+
+def test_a_winners_epoch_is_planned_at_a_searched_genomes_cost(monkeypatch):
+    """Winners compute more than the hand design the plan calibrates (searched genomes are mostly
+    larger in FLOPs): their epochs are costed as the searches' trials are, so the sweep keeps to its time."""
+    hand_cost = _plan_with_costs(monkeypatch).budgets[1]
+    searched = _plan_with_costs(monkeypatch, flops_ratio=2 ** (1 / TIME_PER_FLOPS_EXPONENT)).budgets[1]
+    assert searched.epoch_s == pytest.approx(2 * hand_cost.epoch_s) == pytest.approx(2 * 50_000 / 1000.0)
+    assert searched.final_epochs < hand_cost.final_epochs
+
+
+def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
+    """With a calibration in which a 1M model costs 6x a 1k one, every winner gets the same epochs
+    (so the 1M one 6x the time) and every search about the same trials."""
+    plan = _plan_with_costs(monkeypatch)
     small, large = plan.budgets
     assert small.final_epochs == large.final_epochs >= 30
     assert large.final_s == pytest.approx(6 * small.final_s)
