@@ -11,6 +11,7 @@ in float32, the arithmetic of the exported ONNX model (bf16 is for training only
   whiten      first conv initialised by whitening 3x3 patches
   cutout      --cutout px squares cut out
   combo       --combo's fields together
+  NAME        --arm NAME=JSON: any recipe fields over base (repeatable)
   default     the additions the conv spaces' [recipe] took from this benchmark: bn_lr 4 + whiten
               (with flip TTA: the "last/flip" column); whitening where the family's first layer
               is a plain conv reading the image (every family's stem here)
@@ -65,7 +66,14 @@ def arms(args: argparse.Namespace) -> dict[str, dict]:
         "cutout": {"cutout": args.cutout},
         "combo": json.loads(args.combo),
         "default": {"bn_lr": 4.0, "whiten": True},  # the conv spaces' [recipe] since this benchmark
+        **dict(_named_arm(a) for a in args.arm),
     }
+
+
+def _named_arm(text: str) -> tuple[str, dict]:
+    """--arm NAME=JSON: an arm of the given recipe fields over base, e.g. 'noreg={"weight_decay": 5e-5}'."""
+    name, _, fields = text.partition("=")
+    return name.strip(), json.loads(fields)
 
 
 def step_seconds(genome, data, recipe: Recipe, steps: int = 24) -> float:
@@ -208,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bn-lr", type=float, default=4.0)
     p.add_argument("--cutout", type=int, default=8)
     p.add_argument("--combo", default='{"alt_flip": true, "whiten": true}')
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='one more arm: recipe fields over base, e.g. \'noreg={"bn_lr": 4, "label_smoothing": 0}\' (repeatable)',
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/recipe_ablation.jsonl")
     p.add_argument("--summarize", action="store_true")

@@ -105,6 +105,13 @@ def pick(top: Sequence[FrozenTrial], k: int, diverse: bool = True) -> list[Froze
     return [t for t in top if t.number in chosen]
 
 
+def finalist_seconds(trial: FrozenTrial, finalist_scale: float) -> float | None:
+    """A finalist's estimated training time: its trial's wall time times `finalist_scale` (a
+    finalist's time over its trial's, `nas.plan.Plan.finalist_scale`); None before it is measured."""
+    wall = trial.user_attrs.get("wall_time_s")
+    return wall * finalist_scale if wall else None
+
+
 def retrain_finalists(
     study: optuna.Study,
     candidates: Sequence[FrozenTrial],
@@ -137,7 +144,7 @@ def retrain_finalists(
 
     def run(t: FrozenTrial) -> None:
         genome = Genome.from_json(t.user_attrs["genome"])
-        needs = (t.user_attrs.get("wall_time_s") or 0.0) * (finalist_scale or 0.0)
+        needs = finalist_seconds(t, finalist_scale or 0.0) or 0.0
         left = deadline - time.time() if deadline is not None else None
         if left is not None and needs > left * FINISH_SLACK:
             note(f"finalist {genome}: needs about {needs / 60:.0f} min, {max(left, 0) / 60:.0f} left; not started")

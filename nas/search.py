@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.budget import DEFAULT_TOL, band, check_budget, project
 from nas.errors import NasError, warn
 from nas.evaluator import Evaluator, Outcome
-from nas.finalists import FINALIST_PICKS, Finalist, FinalistFidelity, pick, retrain_finalists
+from nas.finalists import FINALIST_PICKS, Finalist, FinalistFidelity, finalist_seconds, pick, retrain_finalists
 from nas.finalists import winner as finalist_winner
 from nas.progress import SearchProgress
 from nas.samplers import SEARCHERS, WorkerSeeded, make_pruner, make_searcher, searcher_needs
@@ -213,11 +213,8 @@ class FinalistTime:
     def finalist_seconds(self, slowdown: float) -> list[float]:
         """Each finalist's estimated training time, the genomes chosen now first."""
         plan = self.plan
-        measured = [
-            t.user_attrs["wall_time_s"] * plan.finalist_scale
-            for t in self.candidates()
-            if t.user_attrs.get("wall_time_s")
-        ]
+        estimates = (finalist_seconds(t, plan.finalist_scale) for t in self.candidates())
+        measured = [s for s in estimates if s is not None]
         return measured + [plan.seconds_per_finalist * slowdown] * max(0, plan.finalists - len(measured))
 
     def outcome(self, out: Outcome) -> None:
