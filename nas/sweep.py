@@ -355,6 +355,7 @@ def _final_trainings(
     arms += [_FinalArm(b.attr, b.label, b.genome, replace(b.recipe, epochs=epochs), b.extra) for b in bp.baselines]
     records: dict[str, dict] = {}
     reused = True
+    trained: list[_FinalArm] = []
     for arm in arms:
         old = arm.recorded_in(study)
         if old is not None and retrain_missing and arm.attr == "final" and not _weights_here(old):
@@ -365,9 +366,29 @@ def _final_trainings(
                     flush=True,
                 )
             old = None
+        twin = next((a for a in trained if (a.genome, a.recipe) == (arm.genome, arm.recipe)), None)
+        if old is None and twin is not None:  # e.g. the hand design won: the same training, same seed
+            old = _same_training(study, bp.budget, arm, twin, records[twin.attr], progress)
         reused = reused and old is not None
         records[arm.attr] = old or _train_arm(study, bp.budget, arm, cifar, device, progress, runs_dir)
+        trained.append(arm)
     return records, reused
+
+
+def _same_training(
+    study: optuna.Study, budget: int, arm: _FinalArm, twin: _FinalArm, record: dict[str, Any], progress: bool
+) -> dict[str, Any]:
+    """Record `arm` as the training `twin` already did (same genome, recipe and seed, so the same
+    model): its record without the twin's own extras, with `same_as` naming the twin's attr."""
+    shared = {k: v for k, v in record.items() if k not in twin.extra and k != "onnx"}
+    copy = {**arm.extra, **shared, "same_as": twin.attr}
+    study.set_user_attr(arm.attr, copy)
+    if progress:
+        print(
+            f"budget {budget:,}: the {arm.what} is the {twin.what}'s genome and recipe: its training counts for both",
+            flush=True,
+        )
+    return copy
 
 
 def _weights_here(record: dict[str, Any]) -> bool:

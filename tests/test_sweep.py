@@ -173,6 +173,47 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     assert ("below the budget before" in rows[1]) == falls and "below the budget before" not in rows[0]
 
 
+def test_a_hand_design_that_won_is_trained_once_for_both_rows(cifar_dir, tmp_path, monkeypatch):
+    """When the search's winner is the hand design (its first trial), the hand baseline is the
+    same genome, recipe and seed: one training serves both, and the report shows both numbers."""
+    import nas.runs
+
+    trained = []
+    real_train = nas.runs.train
+    monkeypatch.setattr(nas.runs, "train", lambda g, *a, **k: trained.append(str(g)) or real_train(g, *a, **k))
+    storage = f"sqlite:///{tmp_path}/sweep.db"
+    only_the_start = {**OPTS, "config": SearchConfig("random", trials=1, val_size=200, pruner="none", finalists=0)}
+    (o,) = sweep(
+        "conv",
+        [3000],
+        final_epochs=1,
+        storage=storage,
+        data_dir=cifar_dir,
+        runs_dir=tmp_path / "runs",
+        baselines=["hand"],
+        **only_the_start,
+    )
+    assert o.final["genome"] == o.baselines["hand"]["genome"]
+    assert trained == [o.final["genome_str"]]  # one final training (the search's trials train elsewhere)
+    hand = o.baselines["hand"]
+    assert hand["test_acc"] == o.final["test_acc"] and hand["run_dir"] == o.final["run_dir"]
+    assert hand["same_as"] == "final" and "trial" not in hand
+    summary = json.loads(write_summary_json(storage, tmp_path / "sweep.json").read_text())
+    assert summary["budgets"][0]["baselines"]["hand"]["test_acc"] == o.final["test_acc"]
+    # a rerun reuses both records
+    (again,) = sweep(
+        "conv",
+        [3000],
+        final_epochs=1,
+        storage=storage,
+        data_dir=cifar_dir,
+        runs_dir=tmp_path / "runs",
+        baselines=["hand"],
+        **only_the_start,
+    )
+    assert again.final_reused and len(trained) == 1
+
+
 def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
     from nas.cli import main
 
