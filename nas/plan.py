@@ -187,15 +187,17 @@ def calibrate(
 
 
 def _measure(genome: Genome, recipe: Recipe, dev: torch.device, images: int) -> Calibration:
-    """One warm-up run (kernel selection, allocator), then one timed epoch of `images` images."""
+    """One warm-up run (kernel selection, allocator), then one timed epoch of `images` images (at
+    least a batch; a one-batch measurement is rough, and enough where only a factor matters)."""
     import torch
 
     from nas.training import train
 
     gen = torch.Generator().manual_seed(0)
     quick = replace(recipe, epochs=1, compile=False)
-    train(genome, _synthetic_data(genome, recipe, 2 * recipe.batch_size, gen).to(dev), quick, dev)
-    data = _synthetic_data(genome, recipe, max(images, 2 * recipe.batch_size), gen).to(dev)
+    images = max(images, recipe.batch_size)
+    train(genome, _synthetic_data(genome, recipe, min(images, 2 * recipe.batch_size), gen).to(dev), quick, dev)
+    data = _synthetic_data(genome, recipe, images, gen).to(dev)
     result = train(genome, data, quick, dev)
     eval_s = max(result.wall_time_s - result.train_time_s, 1e-6)
     return Calibration(

@@ -245,8 +245,11 @@ def plan_sweep(
     for b in budgets:
         base, base_s = [], 0.0
         for x in baselines_for(space, b, config.tol, BASELINES if fit else baselines, epochs):
-            with threads_per_job(config.jobs):  # a shorter calibration: their time is only reported
-                cost = TRAIN_IMAGES / calibrate(x.genome, x.recipe, device, images=512).train_images_per_s
+            # one batch: their time is only reported, and 'fit' compares it with a factor of 2
+            with threads_per_job(config.jobs):
+                cost = (
+                    TRAIN_IMAGES / calibrate(x.genome, x.recipe, device, images=x.recipe.batch_size).train_images_per_s
+                )
             if fit and (base_s + cost) > FIT_FACTOR * epoch_s[b]:
                 continue  # 'fit': the baselines of a budget take at most FIT_FACTOR x its winner's training
             base.append(x)
