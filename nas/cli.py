@@ -474,6 +474,13 @@ def add_sweep(sub) -> None:
         help="do not export each winner to ONNX (default: model.onnx + model.card.json in its run folder)",
     )
     p.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="train only the baselines this sweep would train (same options: the plan's epochs, each "
+        "baseline's own recipe), largest budget first, without searching, into the same storage: run it "
+        "beside the sweep (another core or machine) and the sweep finds them trained",
+    )
+    p.add_argument(
         "--retrain-missing",
         action="store_true",
         help="train again, with the same recipe and seed, each recorded winner whose weights are not on "
@@ -499,6 +506,8 @@ def cmd_sweep(args) -> int:
     space = load_space(settings["space"])
     recipe = recipe_from_args(args, settings["epochs"], space)
     config = search_config(args, settings)
+    if args.baselines_only and not args.plan:
+        return _train_baselines_only(args, space, budgets, config, recipe, settings, storage)
     if args.plan:
         from nas.sweep import plan_resumed
 
@@ -536,6 +545,35 @@ def cmd_sweep(args) -> int:
     _print_dashboard_and_report(storage, out)
     summary = write_summary_json(storage, Path(out).with_suffix(".json"))
     print(f"summary:   {summary} (the curve as a Markdown table: {summary.with_suffix('.md')})")
+    return 0
+
+
+def _train_baselines_only(args, space, budgets, config, recipe, settings, storage) -> int:
+    """`nas sweep --baselines-only`: the sweep's baselines, largest budget first, no search."""
+    from nas.sweep import train_baselines
+
+    try:
+        done = train_baselines(
+            space,
+            budgets,
+            config,
+            final_epochs=args.final_epochs,
+            time_limit=settings["time_limit"],
+            storage=storage,
+            data_dir=args.data_dir,
+            recipe=recipe,
+            progress=not args.quiet,
+            baselines=args.baselines,
+        )
+    except KeyboardInterrupt:
+        return _interrupted("finished baseline trainings are", storage)
+    for budget, records in done.items():
+        accs = ", ".join(
+            f"{kind} {'failed' if r.get('test_acc') is None else format(r['test_acc'], '.2%')}"
+            for kind, r in records.items()
+        )
+        print(f"budget {budget:,}: {accs or 'no baseline'}")
+    print(f"recorded in {storage}: the same nas sweep command without --baselines-only finds them trained")
     return 0
 
 

@@ -22,7 +22,7 @@ from nas.runs import train_genome_command
 from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
 from nas.storage import open_storage, storage_file, storage_url
-from nas.study import Objective, search_seconds, study_name, trial_genome
+from nas.study import Objective, open_study, search_seconds, study_name, trial_genome
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import plural
@@ -102,6 +102,14 @@ def final_train(
     return record_final_training(study, attr, genome, recipe, summary, extra)
 
 
+# What a final training's record holds besides the sweep's extras (the winner's trial and search
+# score, a reference model's preset): what another row may share when it is the same training.
+TRAINING_KEYS = (
+    "genome", "genome_str", "params", "flops", "val_acc", "test_acc", "epochs", "train_size", "recipe",
+    "wall_time_s", "device", "curve", "run_dir",
+)  # fmt: skip
+
+
 def record_final_training(
     study: optuna.Study, attr: str, genome: Genome, recipe: Recipe, summary: dict[str, Any], extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -165,17 +173,9 @@ def sweep(
     winner whose final training is recorded but whose weights are not on this machine (a journal
     resumed on another machine or in a fresh clone) is trained again, same recipe and seed, so it
     can be exported; the new record replaces the old one."""
-    budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
-    config = config or SearchConfig()
-    sp = load_space(space) if isinstance(space, (str, Path)) else space
-    kinds = BASELINES if baselines is True else () if baselines is False else tuple(baselines)
-    url = _check_sweep(sp, budgets, config, storage, data_dir, objective, time_limit)
-    recipe = recipe or space_recipe(sp)
-    plan = plan_resumed(
-        sp, budgets, config, recipe, storage=url, time_limit=time_limit, final_epochs=final_epochs, baselines=kinds
+    sp, config, url, recipe, plan = _planned(
+        space, budgets, config, recipe, storage, data_dir, objective, time_limit, final_epochs, baselines, progress
     )
-    if progress:
-        print("\n".join(plan.lines()), flush=True)
     cifar = CifarSource(data_dir, config.device or str(default_device()))
     outcomes: list[BudgetOutcome] = []
     winners: dict[int, Genome] = {}
@@ -205,6 +205,72 @@ def sweep(
         others = {k.split(":", 1)[1]: v for k, v in records.items() if k != "final"}
         outcomes.append(BudgetOutcome(bp.budget, result, records["final"], reused, others, onnx))
     return outcomes
+
+
+def train_baselines(
+    space: str | Space,
+    budgets: str | list[int],
+    config: SearchConfig | None = None,
+    *,
+    final_epochs: int | None = None,
+    time_limit: float | None = None,
+    storage: str | None = None,
+    data_dir: str | Path | None = None,
+    recipe: Recipe | None = None,
+    progress: bool = True,
+    runs_dir: str | Path = "runs/final",
+    baselines: Sequence[str] | bool = FIT,
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """The baselines `sweep` with these arguments would train, without searching: each budget's,
+    for the epochs its plan gives the winners, recorded in the budget's study, where the sweep
+    finds them trained and does not train them again. The budgets go largest first, so a
+    process running this beside the sweep (which goes smallest first) does not train what the
+    sweep is training. Returns per budget the records by kind ("hand", "resnet", "seed")."""
+    sp, config, url, recipe, plan = _planned(
+        space, budgets, config, recipe, storage, data_dir, None, time_limit, final_epochs, baselines, progress
+    )
+    cifar = CifarSource(data_dir, config.device or str(default_device()))
+    st = open_storage(url)
+    done: dict[int, dict[str, dict[str, Any]]] = {}
+    for bp in sorted(plan.budgets, key=lambda b: -b.budget):
+        study = open_study(
+            st,
+            sp,
+            bp.budget,
+            recipe,
+            tol=config.tol,
+            searcher=config.searcher,
+            score=config.score,
+            subset=config.subset,
+            val_size=config.val_size,
+        )
+        _record_plan(study, bp)  # the sweep, when it gets here, trains its winner for the same epochs
+        done[bp.budget] = {}
+        for b in bp.baselines:
+            arm = _FinalArm(b.attr, b.label, b.genome, replace(b.recipe, epochs=bp.final_epochs), b.extra)
+            record = arm.recorded_in(study) or _same_training(study, bp.budget, arm, progress)
+            if record is None:
+                record = _train_arm(study, bp.budget, arm, cifar, config.device, progress, Path(runs_dir))
+            done[bp.budget][b.attr.split(":", 1)[1]] = record
+    return dict(sorted(done.items()))
+
+
+def _planned(
+    space, budgets, config, recipe, storage, data_dir, objective, time_limit, final_epochs, baselines, progress
+):
+    """What `sweep` and `train_baselines` start from: the arguments checked, and the plan (printed)."""
+    budgets = parse_budgets(budgets) if isinstance(budgets, str) else [check_budget(b) for b in budgets]
+    config = config or SearchConfig()
+    sp = load_space(space) if isinstance(space, (str, Path)) else space
+    kinds = BASELINES if baselines is True else () if baselines is False else tuple(baselines)
+    url = _check_sweep(sp, budgets, config, storage, data_dir, objective, time_limit)
+    recipe = recipe or space_recipe(sp)
+    plan = plan_resumed(
+        sp, budgets, config, recipe, storage=url, time_limit=time_limit, final_epochs=final_epochs, baselines=kinds
+    )
+    if progress:
+        print("\n".join(plan.lines()), flush=True)
+    return sp, config, url, recipe, plan
 
 
 def _check_sweep(sp: Space, budgets, config: SearchConfig, storage, data_dir, objective, time_limit) -> str:
@@ -247,9 +313,14 @@ def _search_budget(
     step = replace(config, time_limit=limit, transfer=transfer)
     result = search(sp, bp.budget, step, storage=url, data=cifar, recipe=recipe, objective=objective, progress=progress)
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(url))
+    _record_plan(study, bp)
+    return result, study
+
+
+def _record_plan(study: optuna.Study, bp: BudgetPlan) -> None:
+    """The budget's plan, as the first timed run that touched its study made it (see `plan_resumed`)."""
     if PLAN_ATTR not in study.user_attrs and bp.search_s is not None:
         study.set_user_attr(PLAN_ATTR, {"search_s": bp.search_s, "final_epochs": bp.final_epochs})
-    return result, study
 
 
 PLAN_ATTR = "sweep_plan"  # a budget's search seconds and final epochs, as its first timed sweep planned them
@@ -355,7 +426,6 @@ def _final_trainings(
     arms += [_FinalArm(b.attr, b.label, b.genome, replace(b.recipe, epochs=epochs), b.extra) for b in bp.baselines]
     records: dict[str, dict] = {}
     reused = True
-    trained: list[_FinalArm] = []
     for arm in arms:
         old = arm.recorded_in(study)
         if old is not None and retrain_missing and arm.attr == "final" and not _weights_here(old):
@@ -366,27 +436,36 @@ def _final_trainings(
                     flush=True,
                 )
             old = None
-        twin = next((a for a in trained if (a.genome, a.recipe) == (arm.genome, arm.recipe)), None)
-        if old is None and twin is not None:  # e.g. the hand design won: the same training, same seed
-            old = _same_training(study, bp.budget, arm, twin, records[twin.attr], progress)
+        if old is None:  # e.g. the hand design won: its baseline is the same training, same seed
+            old = _same_training(study, bp.budget, arm, progress)
         reused = reused and old is not None
         records[arm.attr] = old or _train_arm(study, bp.budget, arm, cifar, device, progress, runs_dir)
-        trained.append(arm)
     return records, reused
 
 
-def _same_training(
-    study: optuna.Study, budget: int, arm: _FinalArm, twin: _FinalArm, record: dict[str, Any], progress: bool
-) -> dict[str, Any]:
-    """Record `arm` as the training `twin` already did (same genome, recipe and seed, so the same
-    model): its record without the twin's own extras, with `same_as` naming the twin's attr."""
-    shared = {k: v for k, v in record.items() if k not in twin.extra and k != "onnx"}
-    copy = {**arm.extra, **shared, "same_as": twin.attr}
+def _same_training(study: optuna.Study, budget: int, arm: _FinalArm, progress: bool) -> dict[str, Any] | None:
+    """If the study records another final training of `arm`'s genome and recipe (same seed, so the
+    same model), record `arm` as that training, with `same_as` naming its attr, and return it."""
+    attrs = study.user_attrs
+    twin = next(
+        (
+            attr
+            for attr, r in attrs.items()
+            if attr != arm.attr
+            and (attr == "final" or attr.startswith("baseline:"))
+            and r.get("test_acc") is not None
+            and r.get("genome") == arm.genome.to_json()
+            and r.get("recipe") == arm.recipe.to_dict()
+        ),
+        None,
+    )
+    if twin is None:
+        return None
+    copy = {**arm.extra, **{k: attrs[twin][k] for k in TRAINING_KEYS if k in attrs[twin]}, "same_as": twin}
     study.set_user_attr(arm.attr, copy)
     if progress:
         print(
-            f"budget {budget:,}: the {arm.what} is the {twin.what}'s genome and recipe: its training counts for both",
-            flush=True,
+            f"budget {budget:,}: the {arm.what} is {twin}'s genome and recipe: one training counts for both", flush=True
         )
     return copy
 

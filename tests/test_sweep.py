@@ -8,10 +8,10 @@ import shutil
 import optuna
 import pytest
 
-from nas.budget import parse_budgets
+from nas.budget import parse_budgets, project
 from nas.errors import NasError
 from nas.report import write_report
-from nas.search import SearchConfig
+from nas.search import SearchConfig, default_start
 from nas.spaces import load_space
 from nas.summary import write_summary_json
 from nas.sweep import sweep
@@ -212,6 +212,48 @@ def test_a_hand_design_that_won_is_trained_once_for_both_rows(cifar_dir, tmp_pat
         **only_the_start,
     )
     assert again.final_reused and len(trained) == 1
+
+
+def test_baselines_trained_beside_the_sweep_are_not_trained_again(cifar_dir, tmp_path, monkeypatch, capsys):
+    """`nas sweep --baselines-only` trains the sweep's baselines, largest budget first, into its
+    storage; the sweep with the same options then trains only its winners."""
+    import nas.runs
+    from nas.cli import main
+
+    trained = []
+    real_train = nas.runs.train
+    monkeypatch.setattr(nas.runs, "train", lambda g, *a, **k: trained.append(str(g)) or real_train(g, *a, **k))
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/sweep.db"
+    common = ["--space", "conv", "--searcher", "random", "--trials", "2", "--epochs", "1", "--val-size", "200"]
+    common += [
+        "--subset",
+        "all",
+        "--pruner",
+        "none",
+        "--final-epochs",
+        "1",
+        "--baselines",
+        "hand",
+        "--storage",
+        storage,
+    ]
+    common += ["--data-dir", str(cifar_dir), "--budgets", "3000,8000", "--quiet"]
+    assert main(["sweep", "--baselines-only", *common]) == 0
+    out = capsys.readouterr().out
+    assert "budget 3,000: hand " in out and "budget 8,000: hand " in out
+    hands = [str(project(default_start(load_space("conv")), load_space("conv"), b, 0.1)) for b in (8000, 3000)]
+    assert trained == hands  # largest budget first, nothing searched
+    assert not any(s.n_trials for s in optuna.get_all_study_summaries(storage))
+
+    assert main(["sweep", *common]) == 0
+    studies = [
+        optuna.load_study(study_name=x.study_name, storage=storage) for x in optuna.get_all_study_summaries(storage)
+    ]
+    assert len(studies) == 2 and all(x.trials for x in studies)  # the sweep searched the baselines' studies
+    finals = [x.user_attrs["final"] for x in studies]
+    assert trained[:2] == hands and all(g not in hands for g in trained[2:])  # since then only winners trained
+    assert len(trained) == 2 + sum("same_as" not in f for f in finals)  # a winner that is the hand design reuses it
 
 
 def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
