@@ -506,8 +506,18 @@ def cmd_sweep(args) -> int:
     space = load_space(settings["space"])
     recipe = recipe_from_args(args, settings["epochs"], space)
     config = search_config(args, settings)
+    # what the sweep and its --baselines-only both take
+    common = {
+        "final_epochs": args.final_epochs,
+        "time_limit": settings["time_limit"],
+        "storage": storage,
+        "data_dir": args.data_dir,
+        "recipe": recipe,
+        "progress": not args.quiet,
+        "baselines": args.baselines,
+    }
     if args.baselines_only and not args.plan:
-        return _train_baselines_only(args, space, budgets, config, recipe, settings, storage)
+        return _train_baselines_only(space, budgets, config, common)
     if args.plan:
         from nas.sweep import plan_resumed
 
@@ -525,18 +535,7 @@ def cmd_sweep(args) -> int:
         return 0
     try:
         outcomes = sweep(
-            space,
-            budgets,
-            config,
-            final_epochs=args.final_epochs,
-            time_limit=settings["time_limit"],
-            storage=storage,
-            data_dir=args.data_dir,
-            recipe=recipe,
-            progress=not args.quiet,
-            baselines=args.baselines,
-            export=not args.no_export,
-            retrain_missing=args.retrain_missing,
+            space, budgets, config, **common, export=not args.no_export, retrain_missing=args.retrain_missing
         )
     except KeyboardInterrupt:
         return _interrupted("finished trials and final trainings are", storage)
@@ -548,23 +547,13 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _train_baselines_only(args, space, budgets, config, recipe, settings, storage) -> int:
+def _train_baselines_only(space, budgets, config, common: dict) -> int:
     """`nas sweep --baselines-only`: the sweep's baselines, largest budget first, no search."""
     from nas.sweep import train_baselines
 
+    storage = common["storage"]
     try:
-        done = train_baselines(
-            space,
-            budgets,
-            config,
-            final_epochs=args.final_epochs,
-            time_limit=settings["time_limit"],
-            storage=storage,
-            data_dir=args.data_dir,
-            recipe=recipe,
-            progress=not args.quiet,
-            baselines=args.baselines,
-        )
+        done = train_baselines(space, budgets, config, **common)
     except KeyboardInterrupt:
         return _interrupted("finished baseline trainings are", storage)
     for budget, records in done.items():

@@ -183,16 +183,8 @@ def test_a_hand_design_that_won_is_trained_once_for_both_rows(cifar_dir, tmp_pat
     monkeypatch.setattr(nas.runs, "train", lambda g, *a, **k: trained.append(str(g)) or real_train(g, *a, **k))
     storage = f"sqlite:///{tmp_path}/sweep.db"
     only_the_start = {**OPTS, "config": SearchConfig("random", trials=1, val_size=200, pruner="none", finalists=0)}
-    (o,) = sweep(
-        "conv",
-        [3000],
-        final_epochs=1,
-        storage=storage,
-        data_dir=cifar_dir,
-        runs_dir=tmp_path / "runs",
-        baselines=["hand"],
-        **only_the_start,
-    )
+    args = {"final_epochs": 1, "storage": storage, "data_dir": cifar_dir, "runs_dir": tmp_path / "runs"}
+    (o,) = sweep("conv", [3000], baselines=["hand"], **args, **only_the_start)
     assert o.final["genome"] == o.baselines["hand"]["genome"]
     assert trained == [o.final["genome_str"]]  # one final training (the search's trials train elsewhere)
     hand = o.baselines["hand"]
@@ -201,16 +193,7 @@ def test_a_hand_design_that_won_is_trained_once_for_both_rows(cifar_dir, tmp_pat
     summary = json.loads(write_summary_json(storage, tmp_path / "sweep.json").read_text())
     assert summary["budgets"][0]["baselines"]["hand"]["test_acc"] == o.final["test_acc"]
     # a rerun reuses both records
-    (again,) = sweep(
-        "conv",
-        [3000],
-        final_epochs=1,
-        storage=storage,
-        data_dir=cifar_dir,
-        runs_dir=tmp_path / "runs",
-        baselines=["hand"],
-        **only_the_start,
-    )
+    (again,) = sweep("conv", [3000], baselines=["hand"], **args, **only_the_start)
     assert again.final_reused and len(trained) == 1
 
 
