@@ -1,6 +1,6 @@
 """Progress a person can read: tqdm bars on stderr, drawn only when asked for and stderr is a
-terminal, so a log file gets the commands' own lines instead of bar redraws; and a search's
-progress over its trials (`SearchProgress`)."""
+terminal, so a log file gets the commands' own lines instead of bar redraws (`EpochLines` for a
+long training); and a search's progress over its trials (`SearchProgress`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,34 @@ def progress_bar(total: int, enabled: bool, **options: Any) -> tqdm:
     """A bar over `total` steps (tqdm `options`: unit, desc, ...); silent unless `enabled` and
     stderr is a terminal (tqdm's `disable=None`)."""
     return tqdm(total=total, disable=None if enabled else True, **options)
+
+
+class EpochLines:
+    """A long training's progress in a log file, where its bar is silent: after an epoch, at most
+    once every LOG_EVERY_S, one line with the epochs done and the ETA (a 1M model's final
+    training runs an hour). Nothing on a terminal (the bar shows it) or when not `enabled`.
+    Called as `train(..., callback=EpochLines(...))`; it never stops the training."""
+
+    LOG_EVERY_S = 60.0
+
+    def __init__(self, enabled: bool, what: str, epochs: int):
+        self.enabled = enabled and not sys.stderr.isatty()
+        self.what, self.epochs = what, epochs
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, epoch: int, val_acc: float | None) -> None:
+        now = time.monotonic()
+        if not self.enabled or epoch >= self.epochs or now - self.last < self.LOG_EVERY_S:
+            return
+        self.last = now
+        took = now - self.started
+        val = "" if val_acc is None else f", val acc {val_acc:.2%}"
+        print(
+            f"{self.what}: epoch {epoch}/{self.epochs}{val}, {duration(took)} elapsed, "
+            f"ETA {duration(took / epoch * (self.epochs - epoch))}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class SearchProgress:

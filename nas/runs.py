@@ -19,6 +19,7 @@ from nas.errors import NasError
 from nas.families import build_model
 from nas.genome_args import parse_genome
 from nas.modules import FlipAverage
+from nas.progress import EpochLines
 from nas.spaces import Genome
 from nas.training import Recipe, default_device, evaluate, predictor, recipe_for, recipe_options, train
 
@@ -74,7 +75,8 @@ def train_genome_command(
     teacher_run, teacher_model = load_teacher(teacher, storage) if teacher else (None, None)
     if data is None:  # a caller training several genomes passes the data it loaded once
         data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
-    result = train(g, data, recipe, dev, progress=progress, teacher=teacher_model)
+    lines = EpochLines(progress, f"training {g}", recipe.epochs)
+    result = train(g, data, recipe, dev, progress=progress, teacher=teacher_model, callback=lines)
     out = Path(out_dir) if out_dir else _new_run_dir(g)
     out.mkdir(parents=True, exist_ok=True)
     (out / "genome.json").write_text(g.to_json() + "\n")

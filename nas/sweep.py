@@ -25,7 +25,7 @@ from nas.storage import open_storage, storage_file, storage_url
 from nas.study import Objective, open_study, search_seconds, study_name, trial_genome
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
-from nas.text import plural
+from nas.text import duration, plural
 from nas.training import Recipe, default_device, recipe_for, space_recipe
 
 if TYPE_CHECKING:
@@ -489,7 +489,7 @@ def _train_arm(
             flush=True,
         )
     try:
-        return final_train(
+        record = final_train(
             study,
             arm.genome,
             arm.recipe,
@@ -500,6 +500,13 @@ def _train_arm(
             runs_dir=runs_dir,
             extra=arm.extra,
         )
+        if progress:
+            print(
+                f"budget {budget:,}: the {arm.what} tests {record['test_acc']:.2%} after "
+                f"{plural(epochs, 'epoch')} ({duration(record['wall_time_s'])})",
+                flush=True,
+            )
+        return record
     except NasError as e:
         if arm.attr == "final":
             raise

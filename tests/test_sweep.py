@@ -221,15 +221,16 @@ def test_baselines_trained_beside_the_sweep_are_not_trained_again(cifar_dir, tmp
         "--storage",
         storage,
     ]
-    common += ["--data-dir", str(cifar_dir), "--budgets", "3000,8000", "--quiet"]
+    common += ["--data-dir", str(cifar_dir), "--budgets", "3000,8000"]
     assert main(["sweep", "--baselines-only", *common]) == 0
     out = capsys.readouterr().out
     assert "budget 3,000: hand " in out and "budget 8,000: hand " in out
+    assert re.search(r"budget 8,000: the hand design tests \d+\.\d\d% after 1 epoch \(", out)
     hands = [str(project(default_start(load_space("conv")), load_space("conv"), b, 0.1)) for b in (8000, 3000)]
     assert trained == hands  # largest budget first, nothing searched
     assert not any(s.n_trials for s in optuna.get_all_study_summaries(storage))
 
-    assert main(["sweep", *common]) == 0
+    assert main(["sweep", *common, "--quiet"]) == 0
     studies = [
         optuna.load_study(study_name=x.study_name, storage=storage) for x in optuna.get_all_study_summaries(storage)
     ]

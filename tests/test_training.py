@@ -219,6 +219,21 @@ def test_train_command_saves_and_reloads(cifar_dir, tmp_path):
     assert evaluate(model, data.test_x, data.test_y, data, bf16=False) == s["test_acc"]  # float32, as reported
 
 
+def test_a_training_written_to_a_log_file_says_how_far_it_is(cifar_dir, tmp_path, capsys, monkeypatch):
+    """With stderr a file (no bar), a training prints its epochs and ETA (at most once a minute;
+    here every epoch), not after the last epoch, whose result line follows; nothing when quiet."""
+    import nas.progress
+
+    monkeypatch.setattr(nas.progress.EpochLines, "LOG_EVERY_S", 0.0)
+    args = {"data_dir": cifar_dir, "device": "cpu", "val_size": 200}
+    train_genome_command(SMALL, Recipe(epochs=3, batch_size=64), out_dir=tmp_path / "a", progress=True, **args)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"training {SMALL}: epoch")]
+    assert [line.split(": epoch ")[1].split(",")[0] for line in lines] == ["1/3", "2/3"]
+    assert all("val acc" in line and "elapsed, ETA" in line for line in lines)
+    train_genome_command(SMALL, Recipe(epochs=2, batch_size=64), out_dir=tmp_path / "b", progress=False, **args)
+    assert "epoch" not in capsys.readouterr().err
+
+
 def test_train_command_failure_and_bad_run_dir(cifar_dir, tmp_path):
     with pytest.raises(NasError, match="training failed: loss became"):
         train_genome_command(
