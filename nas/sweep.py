@@ -437,15 +437,18 @@ def _final_trainings(
                 )
             old = None
         if old is None:  # e.g. the hand design won: its baseline is the same training, same seed
-            old = _same_training(study, bp.budget, arm, progress)
+            old = _same_training(study, bp.budget, arm, progress, with_weights=retrain_missing and arm.attr == "final")
         reused = reused and old is not None
         records[arm.attr] = old or _train_arm(study, bp.budget, arm, cifar, device, progress, runs_dir)
     return records, reused
 
 
-def _same_training(study: optuna.Study, budget: int, arm: _FinalArm, progress: bool) -> dict[str, Any] | None:
+def _same_training(
+    study: optuna.Study, budget: int, arm: _FinalArm, progress: bool, with_weights: bool = False
+) -> dict[str, Any] | None:
     """If the study records another final training of `arm`'s genome and recipe (same seed, so the
-    same model), record `arm` as that training, with `same_as` naming its attr, and return it."""
+    same model), record `arm` as that training, with `same_as` naming its attr, and return it.
+    `with_weights`: only a training whose weights are on this machine (a winner to export)."""
     attrs = study.user_attrs
     twin = next(
         (
@@ -456,6 +459,7 @@ def _same_training(study: optuna.Study, budget: int, arm: _FinalArm, progress: b
             and r.get("test_acc") is not None
             and r.get("genome") == arm.genome.to_json()
             and r.get("recipe") == arm.recipe.to_dict()
+            and (_weights_here(r) or not with_weights)
         ),
         None,
     )

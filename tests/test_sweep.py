@@ -195,6 +195,11 @@ def test_a_hand_design_that_won_is_trained_once_for_both_rows(cifar_dir, tmp_pat
     # a rerun reuses both records
     (again,) = sweep("conv", [3000], baselines=["hand"], **args, **only_the_start)
     assert again.final_reused and len(trained) == 1
+    # in a fresh clone (no run folders) the winner is trained again to be exported, not taken
+    # from its baseline's record, whose weights are not here either
+    shutil.rmtree(tmp_path / "runs")
+    (fresh,) = sweep("conv", [3000], baselines=["hand"], retrain_missing=True, **args, **only_the_start)
+    assert len(trained) == 2 and fresh.onnx is not None and fresh.onnx.is_file()
 
 
 def test_baselines_trained_beside_the_sweep_are_not_trained_again(cifar_dir, tmp_path, monkeypatch, capsys):
