@@ -389,11 +389,17 @@ class _FinalArm:
     recipe: Recipe
     extra: dict[str, Any]  # recorded with it: the winner's trial and search score, a preset
 
+    def is_training(self, record: dict[str, Any] | None) -> bool:
+        """Whether `record` is a final training of this arm's genome and recipe (same seed, so the
+        same model), whichever row it was recorded under."""
+        if not record:
+            return False
+        return record.get("genome") == self.genome.to_json() and record.get("recipe") == self.recipe.to_dict()
+
     def recorded_in(self, study: optuna.Study) -> dict[str, Any] | None:
-        """The study's record of this very training (same genome and recipe), if there is one."""
+        """The study's record of this very training under the arm's own attr, if there is one."""
         old = study.user_attrs.get(self.attr)
-        same = old and old.get("genome") == self.genome.to_json() and old.get("recipe") == self.recipe.to_dict()
-        return old if same else None
+        return old if self.is_training(old) else None
 
 
 def _final_trainings(
@@ -457,8 +463,7 @@ def _same_training(
             if attr != arm.attr
             and (attr == "final" or attr.startswith("baseline:"))
             and r.get("test_acc") is not None
-            and r.get("genome") == arm.genome.to_json()
-            and r.get("recipe") == arm.recipe.to_dict()
+            and arm.is_training(r)
             and (_weights_here(r) or not with_weights)
         ),
         None,
