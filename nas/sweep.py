@@ -297,8 +297,8 @@ def _search_budget(
     objective,
     progress: bool,
 ) -> tuple[SearchResult, optuna.Study]:
-    """The budget's search, with its share of the time (less what its study used before) and the
-    earlier budgets' winners projected here (budget transfer)."""
+    """The budget's search, with its share of the time (less what its study used before; none
+    once its winner is trained) and the earlier budgets' winners projected here (budget transfer)."""
     transfer = []
     for b, g in winners.items():
         try:
@@ -307,7 +307,9 @@ def _search_budget(
             pass  # a shape that cannot be scaled into this budget
     earlier = _budget_study(open_storage(url), sp, bp.budget, config, recipe)
     limit = None
-    if bp.search_s is not None:
+    if earlier is not None and "final" in earlier.user_attrs:
+        limit = 0.0  # its winner is trained, so its search has ended: a rerun adds no trial
+    elif bp.search_s is not None:
         used = search_seconds(earlier.get_trials(deepcopy=False), earlier.user_attrs) if earlier else 0.0
         limit = max(0.0, bp.search_s - used)
     step = replace(config, time_limit=limit, transfer=transfer)

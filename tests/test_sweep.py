@@ -105,7 +105,8 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
     assert {o.budget: o.onnx.stat().st_mtime_ns for o in again} == exported  # not exported again
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
     # a rerun with --time keeps the epochs the winners were trained for, however fast the machine
-    # is now, so nothing is trained again
+    # is now, so nothing is trained again; and a budget whose winner is trained has ended its
+    # search, so the time its share has left (no trial cap here) buys no more trials
     import nas.sweep_plan
 
     monkeypatch.setattr(nas.sweep_plan, "equal_epochs", lambda *args: 7)
@@ -117,9 +118,10 @@ def test_two_budget_sweep_resumes_and_reports(cifar_dir, tmp_path, monkeypatch):
         data_dir=cifar_dir,
         runs_dir=runs,
         baselines=["hand"],
-        **OPTS,
+        **{**OPTS, "config": SearchConfig("random", val_size=200, pruner="none")},
     )
     assert all(o.final_reused and o.final["epochs"] == 2 for o in timed)
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials_before
 
     html = write_report(storage, tmp_path / "sweep.html").read_text()
     for o in outcomes:
