@@ -236,7 +236,11 @@ def add_train(sub) -> None:
     )
     add_genome_argument(p)
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--out", help="output folder (default runs/<genome>-<time>/)")
+    p.add_argument(
+        "--out",
+        help="output folder (default runs/<genome>-<time>/); the training saves its state there after every "
+        "epoch, so the same command again after an interruption goes on from the last finished epoch",
+    )
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--val-size", type=positive_arg, default=5000, help=VAL_SIZE_HELP)
     p.add_argument("--subset", type=positive_arg, help=SUBSET_HELP)

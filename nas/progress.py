@@ -35,9 +35,12 @@ class EpochLines:
         self.enabled = enabled and not sys.stderr.isatty()
         self.what, self.epochs = what, epochs
         self.started = self.last = time.monotonic()
+        self.before: int | None = None  # epochs done before this process started (a resumed run)
 
     def __call__(self, epoch: int, val_acc: float | None) -> None:
         now = time.monotonic()
+        if self.before is None:
+            self.before = epoch - 1
         if not self.enabled or epoch >= self.epochs or now - self.last < self.LOG_EVERY_S:
             return
         self.last = now
@@ -45,7 +48,7 @@ class EpochLines:
         val = "" if val_acc is None else f", val acc {val_acc:.2%}"
         print(
             f"{self.what}: epoch {epoch}/{self.epochs}{val}, {duration(took)} elapsed, "
-            f"ETA {duration(took / epoch * (self.epochs - epoch))}",
+            f"ETA {duration(took / (epoch - self.before) * (self.epochs - epoch))}",
             file=sys.stderr,
             flush=True,
         )

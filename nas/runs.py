@@ -23,6 +23,8 @@ from nas.progress import EpochLines
 from nas.spaces import Genome
 from nas.training import Recipe, default_device, evaluate, predictor, recipe_for, recipe_options, train
 
+CHECKPOINT = "checkpoint.pt"  # a training's state after its last finished epoch, until it ends
+
 
 def _new_run_dir(genome: Genome) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(genome)).strip("_")[:100]  # short forms with options get long
@@ -76,8 +78,12 @@ def train_genome_command(
     if data is None:  # a caller training several genomes passes the data it loaded once
         data = load_cifar100(data_dir, device=dev, val_size=val_size, subset=subset)
     lines = EpochLines(progress, f"training {g}", recipe.epochs)
-    result = train(g, data, recipe, dev, progress=progress, teacher=teacher_model, callback=lines)
     out = Path(out_dir) if out_dir else _new_run_dir(g)
+    # A named folder is where a rerun looks: an interrupted training goes on from its last epoch.
+    checkpoint = out / CHECKPOINT if out_dir else None
+    result = train(
+        g, data, recipe, dev, progress=progress, teacher=teacher_model, callback=lines, checkpoint=checkpoint
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "genome.json").write_text(g.to_json() + "\n")
     summary: dict[str, Any] = {
@@ -103,6 +109,8 @@ def train_genome_command(
         summary["test_acc"] = evaluate(answer, data.test_x, data.test_y, data, bf16=False)
         torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out / "model.pt")
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the result is saved: a rerun trains afresh
     if not result.ok:
         raise NasError(f"training failed: {result.failure} (details in {out / 'result.json'})")
     return summary

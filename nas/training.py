@@ -16,9 +16,12 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -552,11 +555,59 @@ class _Loop:
                 checked = i
         return losses.mean().item()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next epoch depends on: weights, optimizer, step, the generator that
+        draws batches and augmentation, the flip phases and the weight average."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "generator": self.gen.get_state(),
+            "flip_start": self.flip_start,
+            "average": (self.average.model.state_dict(), self.average.updates) if self.average else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])  # in place: the optimizer's and average's tensors stay bound
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.gen.set_state(state["generator"])
+        if self.flip_start is not None:
+            self.flip_start = state["flip_start"].to(self.dev)
+        if self.average:
+            weights, self.average.updates = state["average"]
+            self.average.model.load_state_dict(weights)
+
     def release(self) -> None:
         """After a failed run on CUDA: drop the optimizer state and gradients, return the cached blocks."""
         self.optimizer.state.clear()
         self.model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
+
+
+def _checkpoint_key(model_or_genome: nn.Module | Genome, data: CifarData, recipe: Recipe, params: int) -> dict:
+    """What a checkpoint must match to be resumed: the same model, recipe and training images."""
+    genome = str(model_or_genome) if isinstance(model_or_genome, Genome) else None
+    return {"genome": genome, "params": params, "recipe": recipe.to_dict(), "train_size": len(data.train_y)}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Written beside and renamed over, so an interruption while saving keeps the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path | None, key: dict[str, Any], dev: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it is one of this very training (else None: it is overwritten)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=dev, weights_only=False)
+    except Exception:  # a file cut short by a full disk, or not a checkpoint: start over
+        return None
+    return state if isinstance(state, dict) and state.get("key") == key else None
 
 
 def train(
@@ -568,6 +619,7 @@ def train(
     progress: bool = False,
     desc: str | None = None,
     teacher: nn.Module | None = None,
+    checkpoint: str | Path | None = None,
 ) -> TrainResult:
     """Train for `recipe.epochs` epochs on `data.train_*`, evaluating on `data.val_*` after each.
 
@@ -580,6 +632,11 @@ def train(
     (1 - kd_alpha) * cross-entropy + kd_alpha * `distillation_loss`. The model that is evaluated
     and returned is the weight average when `recipe.ema` > 0, wrapped by `predictor` for
     evaluation when `recipe.tta` is on.
+
+    `checkpoint`: a file where the run's state is saved after every epoch; a run that finds one
+    of the same model, recipe and data there goes on from its last epoch (an interrupted hour-long
+    training loses at most an epoch) and ends as the uninterrupted run would have. The caller
+    deletes it once the result is saved.
     """
     dev = torch.device(device) if device is not None else default_device()
     if data.device != dev:
@@ -592,13 +649,23 @@ def train(
 
     curve: list[dict[str, float]] = []
     status, failure, stopped_early = "ok", None, False
-    train_time, images_seen, epoch = 0.0, 0, 0
+    train_time, images_seen, epoch, earlier_s = 0.0, 0, 0, 0.0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    key = _checkpoint_key(model_or_genome, data, recipe, params)
+    saved = _load_checkpoint(checkpoint, key, dev)
+    if saved is not None:
+        loop.load_state_dict(saved["loop"])
+        curve, train_time, images_seen = saved["curve"], saved["train_time_s"], saved["images"]
+        earlier_s = saved["wall_s"]
+        if progress:
+            print(f"resuming at epoch {len(curve) + 1}/{recipe.epochs} from {checkpoint}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     # One bar over all batches (on a terminal only), so a slow epoch still shows movement.
     desc = desc or (str(model_or_genome) if isinstance(model_or_genome, Genome) else "train")
-    with progress_bar(loop.steps_per_epoch * recipe.epochs, progress, unit="batch", leave=False, desc=desc) as bar:
+    total = loop.steps_per_epoch * recipe.epochs
+    with progress_bar(total, progress, unit="batch", leave=False, desc=desc, initial=loop.step) as bar:
         try:
-            for epoch in range(1, recipe.epochs + 1):
+            for epoch in range(len(curve) + 1, recipe.epochs + 1):
                 t0 = time.perf_counter()
                 train_loss = loop.epoch(epoch, bar)  # waits for the device, for train_time
                 images_seen += len(data.train_y)
@@ -611,6 +678,19 @@ def train(
                     loss=f"{train_loss:.3f}",
                     val="-" if val_acc is None else f"{val_acc:.4f}",
                 )
+                if checkpoint is not None:
+                    wall_s = earlier_s + time.perf_counter() - start
+                    _save_checkpoint(
+                        checkpoint,
+                        {
+                            "key": key,
+                            "loop": loop.state_dict(),
+                            "curve": curve,
+                            "train_time_s": train_time,
+                            "images": images_seen,
+                            "wall_s": wall_s,
+                        },
+                    )
                 if callback is not None and callback(epoch, val_acc) is False:
                     stopped_early = True
                     break
@@ -628,7 +708,7 @@ def train(
         failure=failure,
         epochs=len(curve),
         stopped_early=stopped_early,
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=earlier_s + time.perf_counter() - start,
         train_time_s=train_time,
         images_seen=images_seen,
         device=describe_device(dev),

@@ -234,6 +234,48 @@ def test_a_training_written_to_a_log_file_says_how_far_it_is(cifar_dir, tmp_path
     assert "epoch" not in capsys.readouterr().err
 
 
+def test_an_interrupted_training_goes_on_from_its_last_epoch(cifar_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in epoch 3 of 4 keeps epochs 1-2 in the run folder's checkpoint; the same command
+    again trains epochs 3-4 only and ends with the model an uninterrupted run gives (weights,
+    average, optimizer, batch order and augmentation all carried over)."""
+    import nas.runs
+    from nas.runs import CHECKPOINT
+
+    recipe = Recipe(epochs=4, lr=0.2, batch_size=64, ema=0.9, alt_flip=True, cutout=8)
+    args = {"data_dir": cifar_dir, "device": "cpu", "val_size": 200}
+    whole = train_genome_command(SMALL, recipe, out_dir=tmp_path / "whole", progress=False, **args)
+    assert not (tmp_path / "whole" / CHECKPOINT).exists()
+
+    class StopInEpoch3(nas.runs.EpochLines):
+        def __call__(self, epoch, val_acc):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.runs, "EpochLines", StopInEpoch3)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_genome_command(SMALL, recipe, out_dir=out, progress=False, **args)
+    assert (out / CHECKPOINT).is_file() and not (out / "model.pt").exists()
+    epochs_seen = []
+    monkeypatch.setattr(nas.runs, "EpochLines", lambda *a: lambda epoch, val: epochs_seen.append(epoch))
+    resumed = train_genome_command(SMALL, recipe, out_dir=out, progress=True, **args)
+    assert epochs_seen == [3, 4]
+    assert f"resuming at epoch 3/4 from {out / CHECKPOINT}" in capsys.readouterr().err
+    assert resumed["curve"] == whole["curve"] and resumed["test_acc"] == whole["test_acc"]
+    assert resumed["epochs"] == 4 and resumed["images_seen"] == whole["images_seen"]
+    a, b = torch.load(tmp_path / "whole" / "model.pt"), torch.load(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / CHECKPOINT).exists()  # done: a rerun trains afresh
+    # a checkpoint of another recipe is not taken for this one
+    other = replace(recipe, epochs=2)
+    monkeypatch.setattr(nas.runs, "EpochLines", StopInEpoch3)
+    with pytest.raises(KeyboardInterrupt):
+        train_genome_command(SMALL, recipe, out_dir=out, progress=False, **args)
+    monkeypatch.setattr(nas.runs, "EpochLines", lambda *a: lambda epoch, val: None)
+    fresh = train_genome_command(SMALL, other, out_dir=out, progress=True, **args)
+    assert "resuming" not in capsys.readouterr().err and [c["epoch"] for c in fresh["curve"]] == [1, 2]
+
+
 def test_train_command_failure_and_bad_run_dir(cifar_dir, tmp_path):
     with pytest.raises(NasError, match="training failed: loss became"):
         train_genome_command(
