@@ -262,6 +262,7 @@ def hyperband_rungs(epochs: int, reduction: int = 3) -> list[int]:
 # time over the hand design's was 1.00, 1.37, 1.40, 1.26 where the FLOPs ratio was 0.86, 1.61,
 # 1.54, 1.25, which FLOPs ratio ** 0.75 matches within 0.1.
 TIME_PER_FLOPS_EXPONENT = 0.75
+WINNER_FLOPS_QUANTILE = 0.9  # see Plan.winner_cost_factor
 
 
 @dataclass
@@ -290,6 +291,10 @@ class Plan:
     # a typical trial's training time over the hand design's (TIME_PER_FLOPS_EXPONENT): the
     # calibration times the hand design, and the search's genomes are mostly larger in FLOPs
     cost_factor: float = 1.0
+    # ... and a winner's: the best genomes are the ones that compute more (in the 2026-12 curves
+    # the 5k-1M winners had 1.7-4.5x the hand design's FLOPs, median 3.1; a random genome's
+    # median is 1.5), so a sweep plans its winners' epochs at WINNER_FLOPS_QUANTILE of the draws
+    winner_cost_factor: float = 1.0
     noise_trials: int = 0  # hand-design trainings with other seeds first (nas.search.measure_noise)
 
     @property

@@ -34,7 +34,7 @@ from nas.spaces import Genome, Space, load_space
 from nas.storage import open_storage, storage_url
 from nas.study import DEFAULT_VAL_SIZE, Objective, open_study, sampler_needs, top_trials
 from nas.text import plural
-from nas.trials import TrialQuota, enqueue_genomes, run_trials, typical_flops_ratio
+from nas.trials import TrialQuota, enqueue_genomes, flops_ratios, quantile, run_trials
 
 if TYPE_CHECKING:
     from nas.data import CifarSource
@@ -282,11 +282,11 @@ def make_plan(
 ) -> Plan:
     """The plan of a search (see nas.plan), calibrated on the budget's hand design with the
     threads one of `config.jobs` concurrent trials gets, a typical trial's time scaled from it by
-    FLOPs (`typical_flops_ratio`). `noise_trials`: the noise measurement's trainings still to
-    run (default: all of them when `config.noise_seeds`)."""
+    FLOPs (the median of `flops_ratios`; a winner's at WINNER_FLOPS_QUANTILE). `noise_trials`:
+    the noise measurement's trainings still to run (default: all of them when `config.noise_seeds`)."""
     import torch
 
-    from nas.plan import TIME_PER_FLOPS_EXPONENT, Plan, calibrate
+    from nas.plan import TIME_PER_FLOPS_EXPONENT, WINNER_FLOPS_QUANTILE, Plan, calibrate
     from nas.training import bf16_autocast, default_device
 
     dev = torch.device(config.device) if config.device is not None else default_device()
@@ -295,6 +295,7 @@ def make_plan(
         cal = calibrate(hand, recipe, dev)
     train_images = config.subset or (TRAIN_IMAGES - config.val_size)
     fin = finalist_fidelity(config, recipe)
+    ratios = flops_ratios(space, budget, config.tol, hand)
     return Plan(
         space=space.name,
         searcher=config.searcher,
@@ -315,7 +316,8 @@ def make_plan(
         finalist_images=TRAIN_IMAGES - config.val_size,
         finalist_epochs=fin.epochs if fin else 0,
         finalist_pick=config.finalist_pick,
-        cost_factor=typical_flops_ratio(space, budget, config.tol, hand) ** TIME_PER_FLOPS_EXPONENT,
+        cost_factor=quantile(ratios, 0.5) ** TIME_PER_FLOPS_EXPONENT,
+        winner_cost_factor=quantile(ratios, WINNER_FLOPS_QUANTILE) ** TIME_PER_FLOPS_EXPONENT,
         noise_trials=(len(NOISE_SEEDS) if config.noise_seeds else 0) if noise_trials is None else noise_trials,
     )
 

@@ -7,11 +7,13 @@ trials; the rest goes to the winners' final trainings, split in proportion to th
 epoch at each budget, so every winner trains the same number of epochs. Where half of T would
 train the winners fewer than MIN_FINAL_EPOCHS epochs, the winners take more of it (the searches
 keep at least MIN_SEARCH_SHARE). Costs are calibrated on this machine on each budget's hand
-design (`nas.plan.calibrate`, cached) and scaled by how much more a typical searched genome
-computes (`Plan.cost_factor`): a winner is a searched genome, and in the 2026-12 curve the
-winners' final trainings took 1.0-1.5x their hand design's. The baselines train for the winners'
-epochs, each with its own family's recipe; their time comes on top and is planned and reported
-separately.
+design (`nas.plan.calibrate`, cached) and scaled by how much more a searched genome computes:
+a typical one for the trials (`Plan.cost_factor`), one of the costlier ones for the winners
+(`Plan.winner_cost_factor`), since the genomes that test best compute more: costed at the
+typical genome, the 2026-12-06 curve's 50k and 100k winners took 2.2 and 2.1x their planned
+minutes, and 500k's (4.5x the hand design's FLOPs) about 3x. The baselines train for the
+winners' epochs, each with its own family's recipe; their time comes on top and is planned and
+reported separately.
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ def plan_sweep(
         for b in budgets
     }
     trial_s = {b: p.seconds_per_trial for b, p in searches.items()}
-    epoch_s = {b: p.cost_factor * TRAIN_IMAGES / p.calibration.train_images_per_s for b, p in searches.items()}
+    epoch_s = {b: p.winner_cost_factor * TRAIN_IMAGES / p.calibration.train_images_per_s for b, p in searches.items()}
     search_s: dict[int, float | None] = dict.fromkeys(budgets)
     if time_limit is not None:
         share = final_share(time_limit, epoch_s)

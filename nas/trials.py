@@ -7,7 +7,6 @@ needs from it, it says itself (`nas.study.SamplerNeeds`).
 from __future__ import annotations
 
 import random
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -60,9 +59,9 @@ def suggest_genome(trial: optuna.Trial, space: Space) -> Genome:
     return space.from_vector(values)
 
 
-def typical_flops_ratio(space: Space, budget: int, tol: float, hand: Genome, samples: int = 16) -> float:
-    """The median FLOPs of `samples` random genomes of `space` projected to `budget` over the
-    hand design's: how much more a search's trials compute than the hand design the plan times
+def flops_ratios(space: Space, budget: int, tol: float, hand: Genome, samples: int = 16) -> list[float]:
+    """The FLOPs of `samples` random genomes of `space` projected to `budget` over the hand
+    design's, sorted: how much more a search's genomes compute than the hand design the plan times
     (seeded, so a plan is the same each time it is made)."""
     from nas.counting import count_flops
 
@@ -72,8 +71,13 @@ def typical_flops_ratio(space: Space, budget: int, tol: float, hand: Genome, sam
         draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     finally:
         optuna.logging.set_verbosity(level)
-    ratios = [count_flops(project(suggest_genome(draws.ask(), space), space, budget, tol)) for _ in range(samples)]
-    return statistics.median(ratios) / count_flops(hand)
+    flops = [count_flops(project(suggest_genome(draws.ask(), space), space, budget, tol)) for _ in range(samples)]
+    return sorted(f / count_flops(hand) for f in flops)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The value at quantile `q` of sorted `values` (the nearest rank)."""
+    return values[round(q * (len(values) - 1))]
 
 
 def propose(trial: optuna.Trial, space: Space, budget: int, tol: float) -> Genome:

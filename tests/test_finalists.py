@@ -280,7 +280,7 @@ def test_no_trial_starts_in_the_time_kept_for_the_finalists(cifar_dir, tmp_path,
 
     planted = Slow(subset=600)
     monkeypatch.setattr("nas.objective.train", planted)
-    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)  # trials cost what the hand design does
+    monkeypatch.setattr("nas.search.flops_ratios", lambda *a, **k: [1.0])  # trials cost what the hand design does
     monkeypatch.setattr("nas.search.TRAIN_IMAGES", 2000)  # the fixture's training images, as the plan counts them
     # a calibration that makes one finalist (1,800 images + 200 validated, 1 epoch) take 1 s and a
     # trial (600 + 200) 0.4 s, as the trials take: a 6-second search keeps at least its last 1.4 s

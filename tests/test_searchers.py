@@ -527,7 +527,7 @@ def test_a_search_limited_by_time_sizes_tpe_start_up_by_its_plan(cifar_dir, tmp_
         "nas.samplers.optuna.samplers.TPESampler", lambda **kw: startups.append(kw["n_startup_trials"]) or tpe(**kw)
     )
     monkeypatch.setattr("nas.objective.train", PlantedTraining())
-    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)
+    monkeypatch.setattr("nas.search.flops_ratios", lambda *a, **k: [1.0])
     # one trial (600 + 200 validated images, 1 epoch) 0.4 s: a 3.2 s search plans 8 trials
     monkeypatch.setattr(
         "nas.plan.calibrate",

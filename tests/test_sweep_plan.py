@@ -35,9 +35,9 @@ def test_winners_take_more_than_half_the_time_where_half_would_train_them_under_
     assert equal_epochs(final_share(1800.0, epoch_s) * 1800, epoch_s) == 20
 
 
-def _plan_with_costs(monkeypatch, flops_ratio: float = 1.0):
+def _plan_with_costs(monkeypatch, flops_ratios: tuple[float, ...] = (1.0,)):
     """The 1k+1M plan of a 4-hour sweep with a calibration in which a 1M model costs 6x a 1k one,
-    and the searches' typical genome `flops_ratio` times the hand design's FLOPs."""
+    and the searches' random genomes `flops_ratios` times the hand design's FLOPs."""
     from nas.counting import count_params
 
     def fake_calibrate(genome, recipe, device=None, **_):
@@ -46,7 +46,7 @@ def _plan_with_costs(monkeypatch, flops_ratio: float = 1.0):
 
     monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
     monkeypatch.setattr("nas.plan.calibrate", fake_calibrate)  # the searches' own plans
-    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: flops_ratio)
+    monkeypatch.setattr("nas.search.flops_ratios", lambda *a, **k: sorted(flops_ratios))
     space = load_space("conv-shape")
     config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
     recipe = space_recipe(space, epochs=4)
@@ -55,13 +55,17 @@ def _plan_with_costs(monkeypatch, flops_ratio: float = 1.0):
     )
 
 
-def test_a_winners_epoch_is_planned_at_a_searched_genomes_cost(monkeypatch):
-    """Winners compute more than the hand design the plan calibrates (searched genomes are mostly
-    larger in FLOPs): their epochs are costed as the searches' trials are, so the sweep keeps to its time."""
+def test_a_winners_epoch_is_planned_at_a_costly_searched_genomes_cost(monkeypatch):
+    """Winners compute more than the hand design the plan calibrates, and more than a typical
+    trial (the genomes that test best are the ones that compute more): a winner's epoch is costed
+    at the 90th percentile of the random genomes' FLOPs, a trial at their median."""
     hand_cost = _plan_with_costs(monkeypatch).budgets[1]
-    searched = _plan_with_costs(monkeypatch, flops_ratio=2 ** (1 / TIME_PER_FLOPS_EXPONENT)).budgets[1]
+    twice = 2 ** (1 / TIME_PER_FLOPS_EXPONENT)  # FLOPs that take twice the time
+    searched = _plan_with_costs(monkeypatch, (1.0,) * 12 + (twice,) * 4).budgets[1]
     assert searched.epoch_s == pytest.approx(2 * hand_cost.epoch_s) == pytest.approx(2 * 50_000 / 1000.0)
+    assert searched.search.seconds_per_trial == pytest.approx(hand_cost.search.seconds_per_trial)
     assert searched.final_epochs < hand_cost.final_epochs
+    assert _plan_with_costs(monkeypatch, (1.0,) * 15 + (twice,)).budgets[1].epoch_s == pytest.approx(hand_cost.epoch_s)
 
 
 def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
@@ -133,7 +137,7 @@ def test_fit_keeps_the_baselines_that_take_at_most_twice_the_winners_training(mo
 
     monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
     monkeypatch.setattr("nas.plan.calibrate", fake_calibrate)  # the searches' own plans
-    monkeypatch.setattr("nas.search.typical_flops_ratio", lambda *a, **k: 1.0)
+    monkeypatch.setattr("nas.search.flops_ratios", lambda *a, **k: [1.0])
     space = load_space("conv-shape")
     config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
     plan = plan_sweep(
