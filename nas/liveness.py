@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import optuna
@@ -32,29 +32,47 @@ def beat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
 
 
 @contextmanager
-def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: float | None = None) -> Iterator[None]:
-    """Send the trial's heartbeat now and every `interval` seconds (default: the storage's, else
-    NAS_HEARTBEAT_SECONDS) until the block ends."""
-    if interval is None:
-        interval = storage.get_heartbeat_interval() if optuna_heartbeat(storage) else heartbeat_seconds()
+def repeating(action: Callable[[], bool | None], interval: float, name: str) -> Iterator[None]:
+    """Call `action` now and every `interval` seconds in a daemon thread until the block ends, or
+    until it returns False. The first call's errors propagate; later ones are retried at the next
+    beat (a database hiccup: a missed beat is harmless, a dead thread is not)."""
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval):
             try:
-                beat(storage, trial_id)
-            except UpdateFinishedTrialError:
-                return
-            except Exception:  # a database hiccup: a missed beat is harmless, a dead thread is not
+                if action() is False:
+                    return
+            except Exception:
                 continue
 
-    beat(storage, trial_id)
-    thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
+    if action() is False:
+        yield
+        return
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, interval: float | None = None) -> Iterator[None]:
+    """Send the trial's heartbeat now and every `interval` seconds (default: the storage's, else
+    NAS_HEARTBEAT_SECONDS) until the block ends."""
+    if interval is None:
+        interval = storage.get_heartbeat_interval() if optuna_heartbeat(storage) else heartbeat_seconds()
+
+    def once() -> bool:
+        try:
+            beat(storage, trial_id)
+        except UpdateFinishedTrialError:
+            return False  # the trial ended (another process took it for dead): nothing to keep alive
+        return True
+
+    with repeating(once, interval, f"heartbeat-{trial_id}"):
+        yield
 
 
 def fail_stale_trials(study: optuna.Study, interval: float | None = None) -> list[int]:

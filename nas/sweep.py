@@ -8,7 +8,11 @@ recorded for the same winner and recipe. The final result lives in the study's u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +22,11 @@ import optuna
 from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_data, check_subset
 from nas.errors import NasError
+from nas.liveness import repeating
 from nas.runs import train_genome_command
 from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
-from nas.storage import open_storage, storage_file, storage_url
+from nas.storage import heartbeat_seconds, open_storage, storage_file, storage_url
 from nas.study import Objective, open_study, search_seconds, study_name, trial_genome
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan
 from nas.sweep_plan import plan_sweep as sweep_plan
@@ -250,7 +255,7 @@ def train_baselines(
             arm = _FinalArm(b.attr, b.label, b.genome, replace(b.recipe, epochs=bp.final_epochs), b.extra)
             record = arm.recorded_in(study) or _same_training(study, bp.budget, arm, progress)
             if record is None:
-                record = _train_arm(study, bp.budget, arm, cifar, config.device, progress, Path(runs_dir))
+                record = _train_or_await(study, bp.budget, arm, cifar, config.device, progress, Path(runs_dir))
             done[bp.budget][b.attr.split(":", 1)[1]] = record
     return dict(sorted(done.items()))
 
@@ -444,10 +449,13 @@ def _final_trainings(
                     flush=True,
                 )
             old = None
+        with_weights = retrain_missing and arm.attr == "final"
         if old is None:  # e.g. the hand design won: its baseline is the same training, same seed
-            old = _same_training(study, bp.budget, arm, progress, with_weights=retrain_missing and arm.attr == "final")
+            old = _same_training(study, bp.budget, arm, progress, with_weights=with_weights)
         reused = reused and old is not None
-        records[arm.attr] = old or _train_arm(study, bp.budget, arm, cifar, device, progress, runs_dir)
+        records[arm.attr] = old or _train_or_await(
+            study, bp.budget, arm, cifar, device, progress, runs_dir, with_weights=with_weights
+        )
     return records, reused
 
 
@@ -484,6 +492,75 @@ def _same_training(
 def _weights_here(record: dict[str, Any]) -> bool:
     """Whether a final training's weights are on this machine (its run folder holds model.pt)."""
     return bool(record.get("run_dir")) and (Path(record["run_dir"]) / "model.pt").is_file()
+
+
+# A user attr CLAIM_PREFIX + an arm's attr says a process is training that arm now: its genome and
+# recipe, who ("host pid N") and when it last said so (renewed every NAS_HEARTBEAT_SECONDS; None
+# once it ends). Two processes on one storage (a sweep and `--baselines-only`, or a second sweep
+# taking a budget) then train each model once.
+CLAIM_PREFIX = "training:"
+
+
+def _me() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def _live_claim(study: optuna.Study, arm: _FinalArm) -> dict[str, Any] | None:
+    """Another process's claim on a training of `arm`'s model (under any row) that is still alive."""
+    grace = 2 * heartbeat_seconds()
+    for attr, claim in study.user_attrs.items():
+        if (
+            attr.startswith(CLAIM_PREFIX)
+            and isinstance(claim, dict)
+            and claim.get("by") != _me()
+            and time.time() - claim.get("beat", 0.0) <= grace
+            and arm.is_training(claim)
+        ):
+            return claim
+    return None
+
+
+@contextmanager
+def _claimed(study: optuna.Study, arm: _FinalArm) -> Iterator[None]:
+    """This process's claim on `arm`'s training, renewed while the block runs, withdrawn after."""
+    key, me = CLAIM_PREFIX + arm.attr, _me()
+
+    def renew() -> None:
+        genome, recipe = arm.genome.to_json(), arm.recipe.to_dict()
+        study.set_user_attr(key, {"genome": genome, "recipe": recipe, "by": me, "beat": time.time()})
+
+    try:
+        with repeating(renew, heartbeat_seconds(), f"claim-{arm.attr}"):
+            yield
+    finally:
+        study.set_user_attr(key, None)
+
+
+def _train_or_await(
+    study: optuna.Study,
+    budget: int,
+    arm: _FinalArm,
+    cifar: CifarSource,
+    device,
+    progress: bool,
+    runs_dir: Path,
+    with_weights: bool = False,
+) -> dict[str, Any]:
+    """`arm`'s training: waited for where another live process is training the same model (its
+    record is then this arm's too), else trained here under this process's claim. A claim whose
+    process died goes silent and is ignored after twice the heartbeat."""
+    waited = False
+    while (other := _live_claim(study, arm)) is not None:
+        if progress and not waited:
+            print(f"budget {budget:,}: {other['by']} is training the {arm.what}; waiting for its record", flush=True)
+        waited = True
+        time.sleep(min(5.0, heartbeat_seconds() / 2))
+    if waited:
+        record = arm.recorded_in(study) or _same_training(study, budget, arm, progress, with_weights=with_weights)
+        if record is not None:
+            return record
+    with _claimed(study, arm):
+        return _train_arm(study, budget, arm, cifar, device, progress, runs_dir)
 
 
 def _train_arm(

@@ -247,6 +247,54 @@ def test_baselines_trained_beside_the_sweep_are_not_trained_again(cifar_dir, tmp
     assert len(trained) == 2 + sum("same_as" not in f for f in finals)  # a winner that is the hand design reuses it
 
 
+def test_a_training_another_live_process_is_running_is_waited_for(cifar_dir, tmp_path, monkeypatch, capsys):
+    """Two processes on one storage train each model once: a baseline another process is training
+    (its claim renewed each heartbeat) is waited for and its record taken; a claim gone silent (a
+    process that died) is not waited for."""
+    import threading
+    import time
+
+    import nas.runs
+    from nas.sweep import CLAIM_PREFIX, train_baselines
+
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "0.5")
+    trained = []
+    real_train = nas.runs.train
+    monkeypatch.setattr(nas.runs, "train", lambda g, *a, **k: trained.append(str(g)) or real_train(g, *a, **k))
+    storage = f"sqlite:///{tmp_path}/sweep.db"
+    args = {"final_epochs": 1, "storage": storage, "data_dir": cifar_dir, "runs_dir": tmp_path / "runs"}
+    args |= {"baselines": ["hand"], "config": OPTS["config"], "recipe": OPTS["recipe"]}
+    record = train_baselines("conv", [3000], progress=False, **args)[3000]["hand"]
+    assert len(trained) == 1
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    claim = CLAIM_PREFIX + "baseline:hand"
+    assert study.user_attrs[claim] is None  # withdrawn when the training ended
+
+    def other_process(beats: int) -> None:  # trains the hand design, then records it
+        for _ in range(beats):
+            study.set_user_attr(claim, {**mine, "by": "elsewhere pid 1", "beat": time.time()})
+            time.sleep(0.2)
+        study.set_user_attr("baseline:hand", record)
+        study.set_user_attr(claim, None)
+
+    mine = {"genome": record["genome"], "recipe": record["recipe"]}
+    study.set_user_attr("baseline:hand", None)  # not trained yet, and the other process's claim is live
+    study.set_user_attr(claim, {**mine, "by": "elsewhere pid 1", "beat": time.time()})
+    worker = threading.Thread(target=other_process, args=(8,))
+    worker.start()
+    again = train_baselines("conv", [3000], progress=True, **args)[3000]["hand"]
+    worker.join()
+    assert again == record and len(trained) == 1
+    waited = "budget 3,000: elsewhere pid 1 is training the hand design; waiting for its record"
+    assert waited in capsys.readouterr().out
+    # a claim whose process died (silent for more than twice the heartbeat) is trained over
+    study.set_user_attr("baseline:hand", None)
+    study.set_user_attr(claim, {**mine, "by": "elsewhere pid 1", "beat": time.time() - 5})
+    train_baselines("conv", [3000], progress=True, **args)
+    assert len(trained) == 2 and "waiting" not in capsys.readouterr().out
+
+
 def test_nas_sweep_and_report_cli(cifar_dir, tmp_path, capsys, monkeypatch):
     from nas.cli import main
 
