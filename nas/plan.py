@@ -262,7 +262,7 @@ def hyperband_rungs(epochs: int, reduction: int = 3) -> list[int]:
 # time over the hand design's was 1.00, 1.37, 1.40, 1.26 where the FLOPs ratio was 0.86, 1.61,
 # 1.54, 1.25, which FLOPs ratio ** 0.75 matches within 0.1.
 TIME_PER_FLOPS_EXPONENT = 0.75
-WINNER_FLOPS_QUANTILE = 0.9  # see Plan.winner_cost_factor
+WINNER_FLOPS_QUANTILE = 0.8  # see Plan.winner_cost_factor
 
 
 @dataclass

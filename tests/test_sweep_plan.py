@@ -58,7 +58,7 @@ def _plan_with_costs(monkeypatch, flops_ratios: tuple[float, ...] = (1.0,)):
 def test_a_winners_epoch_is_planned_at_a_costly_searched_genomes_cost(monkeypatch):
     """Winners compute more than the hand design the plan calibrates, and more than a typical
     trial (the genomes that test best are the ones that compute more): a winner's epoch is costed
-    at the 90th percentile of the random genomes' FLOPs, a trial at their median."""
+    at the 80th percentile of the random genomes' FLOPs, a trial at their median."""
     hand_cost = _plan_with_costs(monkeypatch).budgets[1]
     twice = 2 ** (1 / TIME_PER_FLOPS_EXPONENT)  # FLOPs that take twice the time
     searched = _plan_with_costs(monkeypatch, (1.0,) * 12 + (twice,) * 4).budgets[1]
