@@ -28,7 +28,7 @@ from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
 from nas.storage import heartbeat_seconds, open_storage, storage_file, storage_url
 from nas.study import Objective, open_study, search_seconds, study_name, trial_genome
-from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan
+from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan, choose_baselines
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import duration, plural
 from nas.training import Recipe, default_device, recipe_for, space_recipe
@@ -327,7 +327,8 @@ def _search_budget(
 def _record_plan(study: optuna.Study, bp: BudgetPlan) -> None:
     """The budget's plan, as the first timed run that touched its study made it (see `plan_resumed`)."""
     if PLAN_ATTR not in study.user_attrs and bp.search_s is not None:
-        study.set_user_attr(PLAN_ATTR, {"search_s": bp.search_s, "final_epochs": bp.final_epochs})
+        kinds = [b.kind for b in bp.baselines]
+        study.set_user_attr(PLAN_ATTR, {"search_s": bp.search_s, "final_epochs": bp.final_epochs, "baselines": kinds})
 
 
 PLAN_ATTR = "sweep_plan"  # a budget's search seconds and final epochs, as its first timed sweep planned them
@@ -362,7 +363,16 @@ def plan_resumed(
     if path is not None and not path.is_file():
         return plan  # nothing run yet (and --plan creates no file)
     st = open_storage(url)  # one read of a journal file for every budget
-    plan.budgets = [_kept_plan(_budget_study(st, sp, bp.budget, config, recipe), bp) for bp in plan.budgets]
+    kept = []
+    for bp in plan.budgets:
+        study = _budget_study(st, sp, bp.budget, config, recipe)
+        bp = _kept_plan(study, bp)
+        kinds = _kept_baselines(study) if tuple(baselines) == FIT else None
+        if kinds is not None:  # the baselines 'fit' chose at first, though today's costs may differ
+            chosen = choose_baselines(sp, bp.budget, config, kinds, bp.final_epochs, bp.epoch_s, config.device)
+            bp = replace(bp, baselines=chosen[0], baseline_epoch_s=chosen[1])
+        kept.append(bp)
+    plan.budgets = kept
     return plan
 
 
@@ -375,6 +385,22 @@ def _budget_study(
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
+
+
+def _kept_baselines(study: optuna.Study | None) -> list[str] | None:
+    """The baseline kinds a sweep's `--baselines fit` chose for the budget when it first planned it
+    (recorded with its plan; before that was recorded: the kinds trained so far), in BASELINES
+    order; None where nothing was chosen yet."""
+    if study is None:
+        return None
+    attrs = study.user_attrs
+    kinds = (attrs.get(PLAN_ATTR) or {}).get("baselines")
+    if kinds is None:
+        recorded = [a.split(":", 1)[1] for a, record in attrs.items() if a.startswith("baseline:") and record]
+        kinds = ["reference" if k == "seed" else k for k in recorded]  # the reference's records say "seed"
+        if not kinds:
+            return None
+    return [k for k in BASELINES if k in kinds]
 
 
 def _kept_plan(study: optuna.Study | None, bp: BudgetPlan) -> BudgetPlan:

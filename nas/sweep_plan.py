@@ -131,7 +131,11 @@ class SweepPlan:
         head = f"sweep plan: {plural(len(self.budgets), 'budget')}"
         if self.time_limit_s is not None:
             head += f", {duration(self.time_limit_s)} for searches and winners (split by cost per trial and per epoch)"
-        return [head, *table, f"  ETA: {duration(curve)} for the curve, then {duration(extra)} for the baselines"]
+        lines = [head, *table, f"  ETA: {duration(curve)} for the curve, then {duration(extra)} for the baselines"]
+        if self.time_limit_s is not None and curve > 1.05 * self.time_limit_s:
+            # only a resumed sweep's: a fresh split fits the time by construction
+            lines.append("  (the plan kept from the studies' first run: at today's costs it takes longer)")
+        return lines
 
 
 def split_by_cost(total_s: float, costs: dict[int, float]) -> dict[int, float]:
@@ -242,19 +246,34 @@ def plan_sweep(
         search_s = split_by_cost((1 - share) * time_limit, trial_s)
         final_epochs = final_epochs or equal_epochs(share * time_limit, epoch_s)
     epochs = final_epochs or DEFAULT_FINAL_EPOCHS
-    fit = tuple(baselines) == FIT
     plans = []
     for b in budgets:
-        base, base_s = [], 0.0
-        for x in baselines_for(space, b, config.tol, BASELINES if fit else baselines, epochs):
-            # one batch: their time is only reported, and 'fit' compares it with a factor of 2
-            with threads_per_job(config.jobs):
-                cost = (
-                    TRAIN_IMAGES / calibrate(x.genome, x.recipe, device, images=x.recipe.batch_size).train_images_per_s
-                )
-            if fit and (base_s + cost) > FIT_FACTOR * epoch_s[b]:
-                continue  # 'fit': the baselines of a budget take at most FIT_FACTOR x its winner's training
-            base.append(x)
-            base_s += cost
+        base, base_s = choose_baselines(space, b, config, baselines, epochs, epoch_s[b], device)
         plans.append(BudgetPlan(b, hands[b], searches[b], epoch_s[b], search_s[b], epochs, base, base_s))
     return SweepPlan(plans, time_limit)
+
+
+def choose_baselines(
+    space: Space,
+    budget: int,
+    config: SearchConfig,
+    kinds: Sequence[str],
+    epochs: int,
+    winner_epoch_s: float,
+    device: str | torch.device | None = None,
+) -> tuple[list[Baseline], float]:
+    """The baselines of `kinds` at `budget` and the seconds of one epoch of them all. `kinds` FIT:
+    those of BASELINES, in this order, whose training together takes at most FIT_FACTOR x the
+    winner's (`winner_epoch_s` an epoch)."""
+    fit = tuple(kinds) == FIT
+    base, base_s = [], 0.0
+    for x in baselines_for(space, budget, config.tol, BASELINES if fit else kinds, epochs):
+        # one batch: their time is only reported, and 'fit' compares it with a factor of 2
+        with threads_per_job(config.jobs):
+            rate = calibrate(x.genome, x.recipe, device, images=x.recipe.batch_size).train_images_per_s
+        cost = TRAIN_IMAGES / rate
+        if fit and (base_s + cost) > FIT_FACTOR * winner_epoch_s:
+            continue
+        base.append(x)
+        base_s += cost
+    return base, base_s

@@ -155,6 +155,43 @@ def test_fit_keeps_the_baselines_that_take_at_most_twice_the_winners_training(mo
     assert b.baseline_s == pytest.approx(2 * b.final_s)
 
 
+def test_a_resumed_sweep_keeps_the_baselines_fit_chose_at_first(tmp_path, monkeypatch):
+    """'fit' chooses baselines by today's costs; a resumed sweep keeps the kinds its first run
+    chose (recorded with the budget's plan, or else the kinds trained so far), so a cheaper
+    calibration on the rerun does not start baselines the curve never had."""
+    from nas.counting import count_params
+    from nas.study import open_study
+    from nas.sweep import PLAN_ATTR
+
+    def fake_calibrate(genome, recipe, device=None, **_):
+        rate = 1000.0 if genome.family == "mbconv" else 6000.0
+        return Calibration(str(genome), count_params(genome), rate, 10 * rate, "cpu")
+
+    monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
+    monkeypatch.setattr("nas.plan.calibrate", fake_calibrate)
+    monkeypatch.setattr("nas.search.flops_ratios", lambda *a, **k: [1.0])
+    space = load_space("conv-shape")
+    config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
+    recipe = space_recipe(space, epochs=4)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    studies = {
+        b: open_study(
+            storage, space, b, recipe, tol=config.tol, searcher=config.searcher, subset=15_000, val_size=5_000
+        )
+        for b in (10_000, 50_000, 100_000)
+    }
+    studies[10_000].set_user_attr(PLAN_ATTR, {"search_s": 60.0, "final_epochs": 30, "baselines": ["hand"]})
+    studies[50_000].set_user_attr("baseline:hand", {"test_acc": 0.5})  # before plans recorded the kinds
+    args = {"storage": storage, "time_limit": 3600, "final_epochs": None}
+    plan = plan_resumed(space, [10_000, 50_000, 100_000], config, recipe, baselines=nas.sweep_plan.FIT, **args)
+    kinds = {b.budget: [x.kind for x in b.baselines] for b in plan.budgets}
+    assert kinds == {10_000: ["hand"], 50_000: ["hand"], 100_000: ["hand", "resnet"]}  # 100k: chosen today
+    assert plan.budgets[0].baseline_epoch_s == pytest.approx(plan.budgets[2].baseline_epoch_s / 2)
+    # kinds the user names are trained whatever was chosen before
+    named = plan_resumed(space, [10_000], config, recipe, baselines=["hand", "resnet"], **args)
+    assert [x.kind for x in named.budgets[0].baselines] == ["hand", "resnet"]
+
+
 def test_a_resumed_timed_sweep_keeps_what_its_first_run_planned(cifar_dir, tmp_path, monkeypatch):
     """The first run is stopped after the 8k search, before its final training; on the rerun the
     machine is faster (the plan would now give 9 epochs), but 8k keeps its recorded plan (3
