@@ -1,17 +1,22 @@
-"""Liveness of running trials: a trial sends a heartbeat every `NAS_HEARTBEAT_SECONDS` (default
+"""Liveness of running work: a trial sends a heartbeat every `NAS_HEARTBEAT_SECONDS` (default
 30); one silent for twice that belongs to a dead process, and `fail_stale_trials` marks it FAIL and
 queues a retry with the same parameters. RDB storages use Optuna's heartbeat and retry callback
 (`nas.storage`); journal files, which have none in Optuna, get nas's own here: a system attr with
-the writer's wall-clock time, and the same retry records.
+the writer's wall-clock time, and the same retry records. Work outside trials (a sweep's final
+trainings) is claimed in its study the same way (`claimed`, `live_claims`), so that processes
+sharing a storage do it once.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -21,6 +26,9 @@ from nas.storage import MAX_RETRY, heartbeat_seconds, optuna_heartbeat, trial_id
 from nas.study import DIED, IDENTITY_ATTRS, PROPOSAL_ATTR
 
 HEARTBEAT_ATTR = "nas:heartbeat"
+# A study's user attr CLAIM_PREFIX + a name says a process is doing that work now: what (the
+# claimer's payload), who ("host pid N") and when it last said so; None once it is done.
+CLAIM_PREFIX = "training:"
 
 
 def beat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
@@ -127,3 +135,37 @@ def enqueue_retry(study: optuna.Study, t: FrozenTrial) -> None:
             },
         )
     )
+
+
+def _me() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+@contextmanager
+def claimed(study: optuna.Study, name: str, payload: dict[str, Any]) -> Iterator[None]:
+    """This process's claim on the work `name` of `study` (user attr CLAIM_PREFIX + name holding
+    `payload`), renewed every heartbeat while the block runs and withdrawn after it, however it ends."""
+    key, me = CLAIM_PREFIX + name, _me()
+
+    def renew() -> None:
+        study.set_user_attr(key, {**payload, "by": me, "beat": time.time()})
+
+    try:
+        with repeating(renew, heartbeat_seconds(), f"claim-{name}"):
+            yield
+    finally:
+        study.set_user_attr(key, None)
+
+
+def live_claims(study: optuna.Study) -> list[dict[str, Any]]:
+    """Other processes' claims in `study` that are alive (renewed within twice the heartbeat):
+    each its payload with "by" and "beat". A dead process's claim goes silent and is left out."""
+    grace, now, me = 2 * heartbeat_seconds(), time.time(), _me()
+    return [
+        claim
+        for attr, claim in study.user_attrs.items()
+        if attr.startswith(CLAIM_PREFIX)
+        and isinstance(claim, dict)
+        and claim.get("by") != me
+        and now - claim.get("beat", 0.0) <= grace
+    ]

@@ -8,11 +8,8 @@ recorded for the same winner and recipe. The final result lives in the study's u
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +19,7 @@ import optuna
 from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_data, check_subset
 from nas.errors import NasError
-from nas.liveness import repeating
+from nas.liveness import claimed, live_claims
 from nas.runs import train_genome_command
 from nas.search import SearchConfig, SearchResult, default_start, search
 from nas.spaces import Genome, Space, load_space
@@ -520,48 +517,6 @@ def _weights_here(record: dict[str, Any]) -> bool:
     return bool(record.get("run_dir")) and (Path(record["run_dir"]) / "model.pt").is_file()
 
 
-# A user attr CLAIM_PREFIX + an arm's attr says a process is training that arm now: its genome and
-# recipe, who ("host pid N") and when it last said so (renewed every NAS_HEARTBEAT_SECONDS; None
-# once it ends). Two processes on one storage (a sweep and `--baselines-only`, or a second sweep
-# taking a budget) then train each model once.
-CLAIM_PREFIX = "training:"
-
-
-def _me() -> str:
-    return f"{socket.gethostname()} pid {os.getpid()}"
-
-
-def _live_claim(study: optuna.Study, arm: _FinalArm) -> dict[str, Any] | None:
-    """Another process's claim on a training of `arm`'s model (under any row) that is still alive."""
-    grace = 2 * heartbeat_seconds()
-    for attr, claim in study.user_attrs.items():
-        if (
-            attr.startswith(CLAIM_PREFIX)
-            and isinstance(claim, dict)
-            and claim.get("by") != _me()
-            and time.time() - claim.get("beat", 0.0) <= grace
-            and arm.is_training(claim)
-        ):
-            return claim
-    return None
-
-
-@contextmanager
-def _claimed(study: optuna.Study, arm: _FinalArm) -> Iterator[None]:
-    """This process's claim on `arm`'s training, renewed while the block runs, withdrawn after."""
-    key, me = CLAIM_PREFIX + arm.attr, _me()
-
-    def renew() -> None:
-        genome, recipe = arm.genome.to_json(), arm.recipe.to_dict()
-        study.set_user_attr(key, {"genome": genome, "recipe": recipe, "by": me, "beat": time.time()})
-
-    try:
-        with repeating(renew, heartbeat_seconds(), f"claim-{arm.attr}"):
-            yield
-    finally:
-        study.set_user_attr(key, None)
-
-
 def _train_or_await(
     study: optuna.Study,
     budget: int,
@@ -576,7 +531,7 @@ def _train_or_await(
     record is then this arm's too), else trained here under this process's claim. A claim whose
     process died goes silent and is ignored after twice the heartbeat."""
     waited = False
-    while (other := _live_claim(study, arm)) is not None:
+    while (other := next((c for c in live_claims(study) if arm.is_training(c)), None)) is not None:
         if progress and not waited:
             print(f"budget {budget:,}: {other['by']} is training the {arm.what}; waiting for its record", flush=True)
         waited = True
@@ -585,7 +540,7 @@ def _train_or_await(
         record = arm.recorded_in(study) or _same_training(study, budget, arm, progress, with_weights=with_weights)
         if record is not None:
             return record
-    with _claimed(study, arm):
+    with claimed(study, arm.attr, {"genome": arm.genome.to_json(), "recipe": arm.recipe.to_dict()}):
         return _train_arm(study, budget, arm, cifar, device, progress, runs_dir)
 
 

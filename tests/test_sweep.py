@@ -255,7 +255,8 @@ def test_a_training_another_live_process_is_running_is_waited_for(cifar_dir, tmp
     import time
 
     import nas.runs
-    from nas.sweep import CLAIM_PREFIX, train_baselines
+    from nas.liveness import CLAIM_PREFIX
+    from nas.sweep import train_baselines
 
     monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "0.5")
     trained = []
