@@ -461,7 +461,7 @@ def _final_trainings(
     ]
     arms += [_FinalArm(b.attr, b.label, b.genome, replace(b.recipe, epochs=epochs), b.extra) for b in bp.baselines]
     records: dict[str, dict] = {}
-    reused = True
+    reused, retrained = True, False
     for arm in arms:
         old = arm.recorded_in(study)
         if old is not None and retrain_missing and arm.attr == "final" and not _weights_here(old):
@@ -471,6 +471,10 @@ def _final_trainings(
                     f"(recorded test accuracy {old['test_acc']:.2%})",
                     flush=True,
                 )
+            old, retrained = None, True
+        if old is not None and retrained and old.get("same_as") == "final":
+            # it was the winner's training (the hand design won), which the new record replaces: on
+            # another CPU the same seed need not give the same model, so the rows would disagree
             old = None
         with_weights = retrain_missing and arm.attr == "final"
         if old is None:  # e.g. the hand design won: its baseline is the same training, same seed
