@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -40,6 +41,23 @@ def separable_conv(c_in: int, c_out: int, act: str, bias: bool) -> nn.Sequential
     return nn.Sequential(conv_bn_act(c_in, c_in, 3, act, bias, groups=c_in), conv_bn_act(c_in, c_out, 1, act, bias))
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 conv (a projection shortcut). With a stride it takes every stride-th pixel, then
+    applies the conv unstrided: the same output, parameters and state_dict as
+    nn.Conv2d(c_in, c_out, 1, stride), without oneDNN's channels_last backward of a strided 1x1
+    conv, which corrupts the heap on AVX2 CPUs when the input has under 8 channels (torch 2.14.1,
+    oneDNN 3.12: 2->4, 4->4, 4->9 and 5..7->8 crashed in float32; 8->16 and up did not)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, bias: bool = False):
+        super().__init__(c_in, c_out, 1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1):
+            x = x[:, :, ::sh, ::sw]
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduced: int, act: str):
         super().__init__()
@@ -69,7 +87,7 @@ class MBConvBlock(nn.Module):
         layers.append(conv_bn_act(c_inner, c_out, 1, act, bias))
         self.main = nn.Sequential(*layers)
         self.skip_kind = skip
-        self.skip = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias) if skip == "project" else None
+        self.skip = PointwiseConv(c_in, c_out, stride, bias) if skip == "project" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.main(x)

@@ -51,10 +51,11 @@ class BasicBlock:
     def build(self) -> nn.Module:
         from torch import nn
         from torchvision.models.resnet import BasicBlock as TorchBasicBlock
-        from torchvision.models.resnet import conv1x1
+
+        from nas.modules import PointwiseConv
 
         shortcut = (
-            nn.Sequential(conv1x1(self.c_in, self.c_out, self.stride), nn.BatchNorm2d(self.c_out))
+            nn.Sequential(PointwiseConv(self.c_in, self.c_out, self.stride), nn.BatchNorm2d(self.c_out))
             if self.projection
             else None
         )

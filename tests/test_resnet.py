@@ -106,3 +106,37 @@ def test_cli_counts_projects_and_shows_the_resnet_space(capsys):
     assert main(["space", "show", "resnet"]) == 0
     out = capsys.readouterr().out
     assert "family:  resnet" in out and "resnet20" in out and "278,324" in out
+
+
+def test_a_strided_projection_is_the_strided_1x1_conv_it_replaces():
+    """The projection shortcut reads every other pixel and applies its 1x1 conv unstrided: the
+    same output and gradients as nn.Conv2d(c_in, c_out, 1, stride=2), odd sizes included."""
+    from torch import nn
+
+    from nas.modules import PointwiseConv
+
+    torch.manual_seed(0)
+    ours, theirs = PointwiseConv(4, 9, stride=2), nn.Conv2d(4, 9, 1, stride=2, bias=False)
+    theirs.load_state_dict(ours.state_dict())  # same keys, same shapes
+    for size in (7, 8):
+        x = torch.randn(3, 4, size, size, requires_grad=True)
+        a, b = ours(x), theirs(x)
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+        (ga,) = torch.autograd.grad(a.square().sum(), x)
+        (gb,) = torch.autograd.grad(b.square().sum(), x)
+        assert torch.allclose(ga, gb, atol=1e-5)
+
+
+def test_a_narrow_resnet_trains_in_channels_last_float32():
+    """4-channel stages (a ResNet baseline at a 3k budget) in channels_last, float32, on the CPU:
+    oneDNN's backward of a strided 1x1 conv with so few input channels corrupted the heap on AVX2
+    CPUs and killed the process (a sweep's baseline calibration, this suite's sweep test)."""
+    model = build_model(parse_short("resnet:4x1|4x1|9x1")).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(10):
+        x = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        loss = model(x).logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
