@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import torch
 
 from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_data, check_subset
@@ -28,7 +29,7 @@ from nas.study import Objective, open_study, search_seconds, study_name, trial_g
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan, choose_baselines
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import duration, plural
-from nas.training import Recipe, default_device, recipe_for, space_recipe
+from nas.training import Recipe, bf16_autocast, default_device, recipe_for, space_recipe
 
 if TYPE_CHECKING:
     from nas.data import CifarData
@@ -108,7 +109,7 @@ def final_train(
 # score, a reference model's preset): what another row may share when it is the same training.
 TRAINING_KEYS = (
     "genome", "genome_str", "params", "flops", "val_acc", "test_acc", "epochs", "train_size", "recipe",
-    "wall_time_s", "device", "curve", "run_dir",
+    "wall_time_s", "device", "precision", "curve", "run_dir",
 )  # fmt: skip
 
 
@@ -133,6 +134,7 @@ def record_final_training(
         "recipe": recipe.to_dict(),
         "wall_time_s": summary["wall_time_s"],
         "device": summary["device"],
+        "precision": summary.get("precision"),
         "curve": summary["curve"],
         "run_dir": summary["run_dir"],
     }
@@ -468,7 +470,7 @@ def _final_trainings(
             if progress:
                 print(
                     f"budget {bp.budget:,}: the winner's weights are not in {old.get('run_dir')}: training it again "
-                    f"(recorded test accuracy {old['test_acc']:.2%})",
+                    f"(recorded test accuracy {old['test_acc']:.2%}){_precision_change(old, arm.recipe, device)}",
                     flush=True,
                 )
             old, retrained = None, True
@@ -514,6 +516,19 @@ def _same_training(
             f"budget {budget:,}: the {arm.what} is {twin}'s genome and recipe: one training counts for both", flush=True
         )
     return copy
+
+
+def _precision_change(record: dict[str, Any], recipe: Recipe, device) -> str:
+    """A note when `record` was trained in another precision than this machine trains `recipe` in
+    (bf16 autocast needs CUDA or a CPU with native bf16): the retrained model is then another
+    model, and on a CPU without bf16 a slower training. Empty when they agree, or the record is
+    older than the precision field."""
+    then = record.get("precision")
+    dev = torch.device(device) if device is not None else default_device()
+    now = "bf16" if bf16_autocast(dev, recipe.bf16) else "float32"
+    if then is None or then == now:
+        return ""
+    return f"; it trained in {then}, this machine trains in {now}: another model, with its own test accuracy"
 
 
 def _weights_here(record: dict[str, Any]) -> bool:

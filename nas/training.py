@@ -255,6 +255,9 @@ class TrainResult:
     images_seen: int
     device: str
     params: int
+    # "bf16" (autocast) or "float32": the same seed trains another model in the other, so a
+    # retraining says which it gets
+    precision: str = "float32"
     # The trained model (the weight average with recipe.ema); `predictor(model, recipe.tta)` answers.
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
@@ -713,5 +716,6 @@ def train(
         images_seen=images_seen,
         device=describe_device(dev),
         params=params,
+        precision="bf16" if loop.amp else "float32",
         model=final if status == "ok" else None,
     )

@@ -7,6 +7,7 @@ import shutil
 
 import optuna
 import pytest
+import torch
 
 from nas.budget import parse_budgets, project
 from nas.errors import NasError
@@ -15,7 +16,7 @@ from nas.search import SearchConfig, default_start
 from nas.spaces import load_space
 from nas.summary import write_summary_json
 from nas.sweep import sweep
-from nas.training import space_recipe
+from nas.training import bf16_autocast, space_recipe
 
 OPTS = {
     "config": SearchConfig("random", trials=2, val_size=200, pruner="none"),
@@ -389,10 +390,20 @@ def test_a_winner_whose_weights_are_gone_is_trained_again_when_asked(cifar_dir, 
     (kept,) = sweep("conv", [3000], runs_dir=runs, baselines=["hand"], **opts)
     assert kept.final_reused and kept.onnx is None
     assert "not exported: the final training's weights are not in" in capsys.readouterr().out
+    # the record says which precision trained it; make it the other one, as if trained on the
+    # other kind of machine (a GPU or a CPU with native bf16, or one without)
+    here = "bf16" if bf16_autocast(torch.device("cpu"), first.final["recipe"]["bf16"]) else "float32"
+    assert first.final["precision"] == here
+    other = "float32" if here == "bf16" else "bf16"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    study.set_user_attr("final", {**study.user_attrs["final"], "precision": other})
 
     (again,) = sweep("conv", [3000], runs_dir=runs, baselines=["hand"], retrain_missing=True, **opts)
     out = capsys.readouterr().out
     assert "the winner's weights are not in" in out and "training it again" in out
+    assert f"it trained in {other}, this machine trains in {here}: another model" in out
+    assert again.final["precision"] == here
     assert not again.final_reused and again.onnx is not None and again.onnx.is_file()
     assert again.final["genome_str"] == first.final["genome_str"]
     assert again.final["test_acc"] == first.final["test_acc"]  # the same training, seeded
