@@ -42,20 +42,23 @@ def separable_conv(c_in: int, c_out: int, act: str, bias: bool) -> nn.Sequential
 
 
 class PointwiseConv(nn.Conv2d):
-    """A 1x1 conv (a projection shortcut). With a stride it takes every stride-th pixel, then
-    applies the conv unstrided: the same output, parameters and state_dict as
-    nn.Conv2d(c_in, c_out, 1, stride), without oneDNN's channels_last backward of a strided 1x1
-    conv, which corrupts the heap on AVX2 CPUs when the input has under 8 channels (torch 2.14.1,
-    oneDNN 3.12: 2->4, 4->4, 4->9 and 5..7->8 crashed in float32; 8->16 and up did not)."""
+    """A 1x1 conv (a projection shortcut). With a stride and under 8 input channels it takes every
+    stride-th pixel, then applies the conv unstrided: the same output, parameters and state_dict
+    as the strided conv, without oneDNN's channels_last float32 backward of a strided 1x1 conv
+    with 2-7 input channels, which corrupts the heap on AVX2 CPUs (torch 2.14.1, oneDNN 3.12;
+    8-33 did not). Wider inputs keep the strided conv, up to 15% faster
+    (benchmarks/projection_shortcut.py)."""
+
+    NARROW = 8  # input channels below which the strided kernel is avoided
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, bias: bool = False):
         super().__init__(c_in, c_out, 1, stride=stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sh, sw = self.stride
-        if (sh, sw) != (1, 1):
-            x = x[:, :, ::sh, ::sw]
-        return F.conv2d(x, self.weight, self.bias)
+        if (sh, sw) == (1, 1) or self.in_channels >= self.NARROW:
+            return super().forward(x)
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
 
 
 class SqueezeExcite(nn.Module):

@@ -140,3 +140,17 @@ def test_a_narrow_resnet_trains_in_channels_last_float32():
         loss.backward()
         optimizer.step()
     assert torch.isfinite(loss)
+
+
+def test_a_narrow_resnet_exports_to_onnx_with_its_sliced_shortcuts(tmp_path):
+    """The sliced shortcut exports (a Slice before the 1x1 conv) and ONNX Runtime gives
+    PyTorch's logits, odd batch sizes included."""
+    from nas.export import compare, export_onnx
+
+    torch.manual_seed(0)
+    model = build_model(parse_short("resnet:4x1|4x1|9x1")).eval()
+    path = tmp_path / "narrow.onnx"
+    export_onnx(model, path)
+    for n in (1, 7):
+        check = compare(model, path, torch.randn(n, 3, 32, 32))
+        assert check["max_abs_diff"] < 1e-4 and check["top1_agree"] == n
