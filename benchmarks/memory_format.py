@@ -48,17 +48,27 @@ def images_per_s(model: nn.Module, fmt: torch.memory_format, steps: int, batch: 
     return steps * batch / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--genomes", nargs="+", default=GENOMES)
+def add_step_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed SGD steps per round")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+
+
+def cpu_setup(args: argparse.Namespace, note: str = "") -> bool:
+    """Set the threads, say what the CPU trains in; whether that is bf16 autocast."""
     torch.set_num_threads(args.threads)
     amp = bf16_autocast(torch.device("cpu"))
-    print(f"cpu, {args.threads} thread(s), {'bf16 autocast' if amp else 'float32'}", flush=True)
+    print(f"cpu, {args.threads} thread(s), {'bf16 autocast' if amp else 'float32'}{note}", flush=True)
+    return amp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--genomes", nargs="+", default=GENOMES)
+    add_step_options(parser)
+    args = parser.parse_args()
+    amp = cpu_setup(args)
     for text in args.genomes:
         genome = parse_genome(text)
         nhwc, nchw = [], []

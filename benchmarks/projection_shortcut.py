@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from memory_format import add_step_options, cpu_setup, images_per_s  # the same timed SGD steps
 from torch import nn
 
 from nas.families import build_model
 from nas.genome_args import parse_genome
 from nas.modules import PointwiseConv
-from nas.training import bf16_autocast
 
 GENOMES = ("resnet:8x1|16x1|32x1", "resnet:16x3|32x3|64x3", "resnet:48x2|96x2|192x2")
 
@@ -40,32 +39,12 @@ def with_shortcuts(model: nn.Module, sliced: bool) -> nn.Module:
     return model
 
 
-def images_per_s(model: nn.Module, steps: int, batch: int, amp: bool) -> float:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (batch,))
-    for i in range(steps + 1):  # the first step is a warm-up (kernel choice, allocator)
-        if i == 1:
-            start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return steps * batch / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--genomes", nargs="+", default=GENOMES, help="ResNet genomes (widths of 8 and up)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10, help="timed SGD steps per round")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1)
+    add_step_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    amp = bf16_autocast(torch.device("cpu"))
-    print(f"cpu, {args.threads} thread(s), {'bf16 autocast' if amp else 'float32'}, channels_last", flush=True)
+    amp = cpu_setup(args, ", channels_last")
     for text in args.genomes:
         genome = parse_genome(text)
         torch.manual_seed(0)
@@ -74,8 +53,8 @@ def main() -> None:
         theirs = with_shortcuts(build_model(genome), sliced=False).to(memory_format=torch.channels_last)
         a, b = [], []
         for r in range(args.rounds):
-            a.append(images_per_s(ours, args.steps, args.batch, amp))
-            b.append(images_per_s(theirs, args.steps, args.batch, amp))
+            a.append(images_per_s(ours, torch.channels_last, args.steps, args.batch, amp))
+            b.append(images_per_s(theirs, torch.channels_last, args.steps, args.batch, amp))
             print(f"  {genome} round {r + 1}: sliced {a[-1]:6.0f} img/s | strided conv {b[-1]:6.0f} img/s")
         ratio = statistics.median(a) / statistics.median(b)
         print(f"{genome}: sliced / strided conv = {ratio:.2f} (median of {args.rounds} rounds)", flush=True)
