@@ -489,7 +489,8 @@ def add_sweep(sub) -> None:
         action="store_true",
         help="train again, with the same recipe and seed, each recorded winner whose weights are not on "
         "this machine (a journal resumed in a fresh clone or on another machine), so it can be exported; "
-        "its new record replaces the old one (on another CPU the same seed can round to another model)",
+        "its new record replaces the old one (trained in another precision, bf16 or float32, the same seed "
+        "gives another model: the sweep says so)",
     )
     add_search_options(p)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 
 from nas.budget import check_budget, parse_budgets, project
 from nas.data import CifarSource, check_data, check_subset
@@ -29,7 +28,7 @@ from nas.study import Objective, open_study, search_seconds, study_name, trial_g
 from nas.sweep_plan import BASELINES, FIT, BudgetPlan, SweepPlan, choose_baselines
 from nas.sweep_plan import plan_sweep as sweep_plan
 from nas.text import duration, plural
-from nas.training import Recipe, bf16_autocast, default_device, recipe_for, space_recipe
+from nas.training import Recipe, default_device, recipe_for, space_recipe, training_precision
 
 if TYPE_CHECKING:
     from nas.data import CifarData
@@ -523,9 +522,7 @@ def _precision_change(record: dict[str, Any], recipe: Recipe, device) -> str:
     (bf16 autocast needs CUDA or a CPU with native bf16): the retrained model is then another
     model, and on a CPU without bf16 a slower training. Empty when they agree, or the record is
     older than the precision field."""
-    then = record.get("precision")
-    dev = torch.device(device) if device is not None else default_device()
-    now = "bf16" if bf16_autocast(dev, recipe.bf16) else "float32"
+    then, now = record.get("precision"), training_precision(device, recipe.bf16)
     if then is None or then == now:
         return ""
     return f"; it trained in {then}, this machine trains in {now}: another model, with its own test accuracy"

@@ -409,6 +409,13 @@ def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:
     )
 
 
+def training_precision(device: str | torch.device | None, wanted: bool = True) -> str:
+    """What training on `device` computes in: "bf16" (autocast, see `bf16_autocast`) or "float32".
+    The same seed trains another model in the other, so records say which."""
+    dev = torch.device(device) if device is not None else default_device()
+    return "bf16" if bf16_autocast(dev, wanted) else "float32"
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: CifarData, batch_size: int = 1000, bf16: bool = True
@@ -716,6 +723,6 @@ def train(
         images_seen=images_seen,
         device=describe_device(dev),
         params=params,
-        precision="bf16" if loop.amp else "float32",
+        precision=training_precision(dev, recipe.bf16),
         model=final if status == "ok" else None,
     )

@@ -7,7 +7,6 @@ import shutil
 
 import optuna
 import pytest
-import torch
 
 from nas.budget import parse_budgets, project
 from nas.errors import NasError
@@ -16,7 +15,7 @@ from nas.search import SearchConfig, default_start
 from nas.spaces import load_space
 from nas.summary import write_summary_json
 from nas.sweep import sweep
-from nas.training import bf16_autocast, space_recipe
+from nas.training import space_recipe, training_precision
 
 OPTS = {
     "config": SearchConfig("random", trials=2, val_size=200, pruner="none"),
@@ -392,7 +391,7 @@ def test_a_winner_whose_weights_are_gone_is_trained_again_when_asked(cifar_dir, 
     assert "not exported: the final training's weights are not in" in capsys.readouterr().out
     # the record says which precision trained it; make it the other one, as if trained on the
     # other kind of machine (a GPU or a CPU with native bf16, or one without)
-    here = "bf16" if bf16_autocast(torch.device("cpu"), first.final["recipe"]["bf16"]) else "float32"
+    here = training_precision("cpu", first.final["recipe"]["bf16"])
     assert first.final["precision"] == here
     other = "float32" if here == "bf16" else "bf16"
     (name,) = optuna.get_all_study_names(storage)
