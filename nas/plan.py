@@ -3,7 +3,8 @@
 The seconds per trial come from a short calibration: the budget's hand design (the space's
 default start, projected) is trained for a few batches through the real training loop on
 synthetic images, and the measured images/s for training and evaluation are cached per machine
-and model (`~/.cache/nas/calibration.json`), so a second `--plan` answers at once.
+and model (`~/.cache/nas/calibration.json`), so a second `--plan` answers at once. A sweep's
+many models are calibrated `jobs` at a time (`calibrate_all`), as its trials train.
 
 The defaults are sized to the device: a CPU gets a plain conv space, a reduced fidelity and a
 time limit that ends the search within 30 minutes; a GPU gets the larger GPU defaults.
@@ -16,7 +17,10 @@ import math
 import os
 import platform
 import re
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +112,7 @@ def parse_duration(text: str) -> float:
 # ---------------------------------------------------------------- calibration
 
 CALIBRATION_ENV = "NAS_CALIBRATION_CACHE"
+CALIBRATION_IMAGES = 2048  # timed training images of a search's calibration
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ def calibrate(
     device: str | torch.device | None = None,
     *,
     use_cache: bool = True,
-    images: int = 2048,
+    images: int = CALIBRATION_IMAGES,
 ) -> Calibration:
     """Images/s of training and evaluating `genome` with `recipe` on `device`: one short warm-up
     run, then one timed run of `images` synthetic images through nas's own training loop."""
@@ -168,22 +173,57 @@ def calibrate(
     from nas.training import default_device
 
     dev = torch.device(device) if device is not None else default_device()
-    key = json.dumps([machine_key(dev), str(genome), recipe.batch_size, recipe.bf16, recipe.compile])
-    cache = _read_cache() if use_cache else {}
-    if key in cache:
-        c = cache[key]
-        return Calibration(str(genome), c["params"], c["train"], c["eval"], c["device"], cached=True)
+    key = _cache_key(genome, recipe, dev)
+    if use_cache:
+        with _CACHE_LOCK:
+            c = _MEASURED.get(key) or _read_cache().get(key)
+        if c is not None:
+            return Calibration(str(genome), c["params"], c["train"], c["eval"], c["device"], cached=True)
     cal = _measure(genome, recipe, dev, images)
     if use_cache:
-        cache[key] = {
+        entry = {
             "params": cal.params,
             "train": cal.train_images_per_s,
             "eval": cal.eval_images_per_s,
             "device": cal.device,
             "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        _write_cache(cache)
+        with _CACHE_LOCK:  # concurrent calibrations (calibrate_all) must not drop each other's entries
+            _MEASURED[key] = entry
+            _write_cache({**_read_cache(), key: entry})
     return cal
+
+
+def calibrate_all(
+    models: Sequence[tuple[Genome, Recipe, int]], device: str | torch.device | None = None, *, jobs: int = 1
+) -> list[Calibration]:
+    """`calibrate` for each (genome, recipe, images) of `models`, `jobs` at a time on a CPU, each
+    on the threads one of `jobs` concurrent trials gets: the conditions a search's trials train
+    in (threads of one process, sharing the cores), at 1/jobs of the wall time. A model listed
+    twice (the same cache entry) is measured once, at its first `images`; the largest go first,
+    so the last to finish is a short one."""
+    import torch
+
+    from nas.counting import count_params
+    from nas.search import threads_per_job
+    from nas.training import default_device
+
+    dev = torch.device(device) if device is not None else default_device()
+    workers = jobs if dev.type == "cpu" else 1
+    with threads_per_job(workers):  # first: the thread count is part of each cache key
+        first: dict[str, tuple[Genome, Recipe, int]] = {}
+        for model in models:
+            first.setdefault(_cache_key(model[0], model[1], dev), model)
+        unique = sorted(first.values(), key=lambda m: -count_params(m[0]))
+        with ThreadPoolExecutor(workers, thread_name_prefix="nas-calibrate") as pool:
+            measured = list(pool.map(lambda m: calibrate(m[0], m[1], dev, images=m[2]), unique))
+        by_key = {_cache_key(m[0], m[1], dev): c for m, c in zip(unique, measured)}
+        return [by_key[_cache_key(g, r, dev)] for g, r, _ in models]
+
+
+def _cache_key(genome: Genome, recipe: Recipe, dev: torch.device) -> str:
+    """What a calibration depends on: the machine, the model and the recipe's batch and precision."""
+    return json.dumps([machine_key(dev), str(genome), recipe.batch_size, recipe.bf16, recipe.compile])
 
 
 def _measure(genome: Genome, recipe: Recipe, dev: torch.device, images: int) -> Calibration:
@@ -223,6 +263,11 @@ def _synthetic_data(genome: Genome, recipe: Recipe, n: int, gen: torch.Generator
     vx, vy = images(max(recipe.batch_size, n // 2))
     classes = genome.options.get("num_classes", 100)
     return CifarData(x, y, vx, vy, vx[:1], vy[:1], classes, torch.full((3,), 0.5), torch.full((3,), 0.25), [])
+
+
+# This process's measurements, also where the cache file cannot be written (a read-only home).
+_MEASURED: dict[str, dict[str, Any]] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _read_cache() -> dict[str, Any]:

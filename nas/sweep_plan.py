@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from nas.budget import project
 from nas.errors import NasError
-from nas.plan import SWEEP_SEARCH_SHARE, Plan, calibrate
+from nas.plan import CALIBRATION_IMAGES, SWEEP_SEARCH_SHARE, Plan, calibrate, calibrate_all
 from nas.search import TRAIN_IMAGES, SearchConfig, default_start, make_plan, threads_per_job
 from nas.spaces import Genome, Space, load_space
 from nas.text import duration, plural
@@ -233,7 +233,12 @@ def plan_sweep(
     `final_epochs` (default DEFAULT_FINAL_EPOCHS)."""
     hands = {b: project(config.start or default_start(space), space, b, config.tol) for b in budgets}
     # One calibration per model, on the threads a search trial gets; a final training, with all of
-    # them, is at least as fast, so the plan errs on the long side.
+    # them, is at least as fast, so the plan errs on the long side. All of them first, `jobs` at a
+    # time: the searches' plans and the baselines below then find them cached.
+    models = [(hands[b], recipe, CALIBRATION_IMAGES) for b in budgets]
+    for b in budgets:
+        models += [(x.genome, x.recipe, x.recipe.batch_size) for x in _candidates(space, b, config, baselines)]
+    calibrate_all(models, device or config.device, jobs=config.jobs)
     searches = {
         b: make_plan(space, b, replace(config, time_limit=None, device=device or config.device), recipe)
         for b in budgets
@@ -253,6 +258,13 @@ def plan_sweep(
     return SweepPlan(plans, time_limit)
 
 
+def _candidates(
+    space: Space, budget: int, config: SearchConfig, kinds: Sequence[str], epochs: int = 1
+) -> list[Baseline]:
+    """The baselines `choose_baselines` calibrates: those of `kinds`, or all of them for FIT."""
+    return baselines_for(space, budget, config.tol, BASELINES if tuple(kinds) == FIT else kinds, epochs)
+
+
 def choose_baselines(
     space: Space,
     budget: int,
@@ -267,7 +279,7 @@ def choose_baselines(
     winner's (`winner_epoch_s` an epoch)."""
     fit = tuple(kinds) == FIT
     base, base_s = [], 0.0
-    for x in baselines_for(space, budget, config.tol, BASELINES if fit else kinds, epochs):
+    for x in _candidates(space, budget, config, kinds, epochs):
         # one batch: their time is only reported, and 'fit' compares it with a factor of 2
         with threads_per_job(config.jobs):
             rate = calibrate(x.genome, x.recipe, device, images=x.recipe.batch_size).train_images_per_s

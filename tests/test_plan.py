@@ -13,7 +13,7 @@ from nas.errors import NasError
 from nas.evaluator import Evaluator
 from nas.objective import TrainingObjective
 from nas.plan import CPU_DEFAULTS, calibrate, duration, hyperband_rungs, parse_duration
-from nas.search import SearchConfig, default_start, search
+from nas.search import SearchConfig, default_start, search, threads_per_job
 from nas.spaces import load_space
 from nas.study import counts_as_done, open_study
 from nas.training import Recipe
@@ -211,3 +211,40 @@ def test_noise_is_measured_only_when_the_time_limit_leaves_room(cifar_dir, tmp_p
         noise[limit] = optuna.load_study(study_name=r.study_name, storage=storage).user_attrs["score_noise"]
     assert sorted(noise[60.0]["values"]) == ["0"] and noise[60.0]["sigma"] is None
     assert sorted(noise[365 * 86400.0]["values"]) == ["0", "1", "2"] and noise[365 * 86400.0]["sigma"] > 0
+
+
+def test_a_sweeps_calibrations_run_jobs_at_a_time_and_all_reach_the_cache(monkeypatch):
+    """calibrate_all measures `jobs` models at once (a cold `nas sweep --plan` calibrates 17 on a
+    CPU), each model once however often it is listed, and every measurement reaches the cache
+    file although they finish concurrently; its answers come in the order asked."""
+    import threading
+
+    import nas.plan
+    from nas.plan import Calibration, calibrate_all
+
+    running, most, lock = [0], [0], threading.Lock()
+    measured = []
+
+    def fake_measure(genome, recipe, dev, images):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            measured.append((str(genome), images))
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return Calibration(str(genome), 1, 1000.0 * len(str(genome)), 1.0, "cpu")
+
+    monkeypatch.setattr(nas.plan, "_measure", fake_measure)
+    monkeypatch.setattr(nas.plan, "_MEASURED", {})  # this test's measurements only, not the process's
+    space = load_space("conv-shape")
+    genomes = [project(default_start(space), space, b) for b in (1_000, 5_000, 10_000, 50_000)]
+    recipe = Recipe(batch_size=64)
+    models = [(g, recipe, 2048) for g in genomes] + [(genomes[2], recipe, 64)]  # 10k again: a baseline
+    cals = calibrate_all(models, "cpu", jobs=2)
+    assert most[0] == 2
+    assert sorted(measured) == sorted((str(g), 2048) for g in genomes)  # 10k once, at its first size
+    assert [c.genome for c in cals] == [str(g) for g, _, _ in models]
+    monkeypatch.setattr(nas.plan, "_MEASURED", {})  # a new process: only the file remains
+    with threads_per_job(2):  # the threads one of two jobs gets: part of the cache key
+        assert all(calibrate(g, recipe, "cpu").cached for g in genomes)
