@@ -135,6 +135,12 @@ class SweepPlan:
         if self.time_limit_s is not None and curve > 1.05 * self.time_limit_s:
             # only a resumed sweep's: a fresh split fits the time by construction
             lines.append("  (the plan kept from the studies' first run: at today's costs it takes longer)")
+        elif self.time_limit_s is not None and min(b.final_epochs for b in self.budgets) < MIN_FINAL_EPOCHS:
+            needed = time_for_final_epochs(MIN_FINAL_EPOCHS, {b.budget: b.epoch_s for b in self.budgets})
+            lines.append(
+                f"  (winners trained under {MIN_FINAL_EPOCHS} epochs are ranked by their training more than by "
+                f"their architecture: on this machine --time {time_arg(needed)} gives them {MIN_FINAL_EPOCHS})"
+            )
         return lines
 
 
@@ -148,6 +154,18 @@ def split_by_cost(total_s: float, costs: dict[int, float]) -> dict[int, float]:
 def equal_epochs(total_s: float, epoch_s: dict[int, float]) -> int:
     """The epochs every budget's winner can train within `total_s` together, 1..MAX_FINAL_EPOCHS."""
     return max(1, min(MAX_FINAL_EPOCHS, int(total_s / sum(epoch_s.values()) + 1e-9)))
+
+
+def time_for_final_epochs(epochs: int, epoch_s: dict[int, float]) -> float:
+    """The shortest --time whose split trains every winner `epochs` epochs: the winners' share is
+    at most 1 - MIN_SEARCH_SHARE of it."""
+    return epochs * sum(epoch_s.values()) / (1 - MIN_SEARCH_SHARE)
+
+
+def time_arg(seconds: float) -> str:
+    """`seconds` rounded up to the half hour, as --time takes it: '9h30m', '5h'."""
+    h, m = divmod(30 * math.ceil(seconds / 1800), 60)
+    return f"{h}h{m:02d}m" if m else f"{h}h"
 
 
 def final_share(time_limit: float, epoch_s: dict[int, float]) -> float:

@@ -9,7 +9,7 @@ import pytest
 
 import nas.runs
 import nas.sweep_plan
-from nas.plan import TIME_PER_FLOPS_EXPONENT, Calibration
+from nas.plan import TIME_PER_FLOPS_EXPONENT, Calibration, parse_duration
 from nas.search import SearchConfig
 from nas.spaces import load_space
 from nas.sweep import plan_resumed, sweep
@@ -35,13 +35,14 @@ def test_winners_take_more_than_half_the_time_where_half_would_train_them_under_
     assert equal_epochs(final_share(1800.0, epoch_s) * 1800, epoch_s) == 20
 
 
-def _plan_with_costs(monkeypatch, flops_ratios: tuple[float, ...] = (1.0,)):
-    """The 1k+1M plan of a 4-hour sweep with a calibration in which a 1M model costs 6x a 1k one,
-    and the searches' random genomes `flops_ratios` times the hand design's FLOPs."""
+def _plan_with_costs(monkeypatch, flops_ratios: tuple[float, ...] = (1.0,), slower: float = 1.0, hours: float = 4):
+    """The 1k+1M plan of an `hours` sweep with a calibration in which a 1M model costs 6x a 1k
+    one (on a machine `slower` times slower than 6000 and 1000 images/s), and the searches'
+    random genomes `flops_ratios` times the hand design's FLOPs."""
     from nas.counting import count_params
 
     def fake_calibrate(genome, recipe, device=None, **_):
-        rate = 6000.0 if count_params(genome) < 100_000 else 1000.0  # images/s
+        rate = (6000.0 if count_params(genome) < 100_000 else 1000.0) / slower  # images/s
         return Calibration(str(genome), count_params(genome), rate, 10 * rate, "cpu")
 
     monkeypatch.setattr(nas.sweep_plan, "calibrate", fake_calibrate)
@@ -50,8 +51,9 @@ def _plan_with_costs(monkeypatch, flops_ratios: tuple[float, ...] = (1.0,)):
     space = load_space("conv-shape")
     config = SearchConfig(trials=None, subset=15_000, val_size=5_000, jobs=1)
     recipe = space_recipe(space, epochs=4)
+    limit = hours * 3600
     return plan_sweep(
-        space, [1_000, 1_000_000], config, recipe, time_limit=4 * 3600, final_epochs=None, baselines=(), device="cpu"
+        space, [1_000, 1_000_000], config, recipe, time_limit=limit, final_epochs=None, baselines=(), device="cpu"
     )
 
 
@@ -66,6 +68,22 @@ def test_a_winners_epoch_is_planned_at_a_costly_searched_genomes_cost(monkeypatc
     assert searched.search.seconds_per_trial == pytest.approx(hand_cost.search.seconds_per_trial)
     assert searched.final_epochs < hand_cost.final_epochs
     assert _plan_with_costs(monkeypatch, (1.0,) * 15 + (twice,)).budgets[1].epoch_s == pytest.approx(hand_cost.epoch_s)
+
+
+def test_a_plan_too_short_for_30_epochs_says_what_time_gives_them(monkeypatch):
+    """On a machine 10x slower 4 hours train the winners fewer than 30 epochs;
+    the plan says so and names the --time that gives them 30, which it then does."""
+    fast = _plan_with_costs(monkeypatch)
+    assert not any("--time" in line for line in fast.lines())
+    slow = _plan_with_costs(monkeypatch, slower=10)
+    assert slow.budgets[0].final_epochs < 30
+    hint = slow.lines()[-1]
+    assert "gives them 30" in hint
+    wanted = hint.split("--time ")[1].split()[0]
+    enough = _plan_with_costs(monkeypatch, slower=10, hours=parse_duration(wanted) / 3600)
+    assert all(b.final_epochs >= 30 for b in enough.budgets)
+    shorter = _plan_with_costs(monkeypatch, slower=10, hours=parse_duration(wanted) / 3600 - 0.5)
+    assert min(b.final_epochs for b in shorter.budgets) < 30  # half an hour less would not do
 
 
 def test_the_plan_gives_equal_epochs_and_equal_trials(monkeypatch):
