@@ -11,7 +11,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -747,6 +749,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler ending a job) stops nas as Ctrl-C does: running trials are
+    marked interrupted and claims withdrawn at once, rather than left to go silent."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The top-level parser has no option that takes a value: the first other word is the command.
@@ -754,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
     try:
-        code = int(args.func(args) or 0)
+        with _terminate_as_interrupt():
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, so a closed pipe is noticed below and not at interpreter exit
         return code
     except NasError as e:

@@ -553,7 +553,10 @@ def _train_or_await(
         waited = True
         time.sleep(min(5.0, heartbeat_seconds() / 2))
     if waited:
-        record = arm.recorded_in(study) or _same_training(study, budget, arm, progress, with_weights=with_weights)
+        record = arm.recorded_in(study)
+        if record is not None and with_weights and not _weights_here(record):
+            record = None  # the record --retrain-missing is here to bring the weights back for (a dead claim's)
+        record = record or _same_training(study, budget, arm, progress, with_weights=with_weights)
         if record is not None:
             return record
     with claimed(study, arm.attr, {"genome": arm.genome.to_json(), "recipe": arm.recipe.to_dict()}):

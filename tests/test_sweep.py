@@ -4,12 +4,14 @@ winner, resume without redoing."""
 import json
 import re
 import shutil
+import time
 
 import optuna
 import pytest
 
 from nas.budget import parse_budgets, project
 from nas.errors import NasError
+from nas.liveness import CLAIM_PREFIX
 from nas.report import write_report
 from nas.search import SearchConfig, default_start
 from nas.spaces import load_space
@@ -376,10 +378,11 @@ def test_interrupted_sweep_leaves_finished_winners_exported(cifar_dir, tmp_path)
     assert again[0].final_reused and again[0].onnx == first / "model.onnx" and again[0].onnx.is_file()
 
 
-def test_a_winner_whose_weights_are_gone_is_trained_again_when_asked(cifar_dir, tmp_path, capsys):
+def test_a_winner_whose_weights_are_gone_is_trained_again_when_asked(cifar_dir, tmp_path, capsys, monkeypatch):
     """A journal resumed in a fresh clone has the winners' records but not their run folders: the
     sweep says so, and with retrain_missing trains the winner again (same recipe and seed, so the
-    same test accuracy on this CPU) and exports it."""
+    same test accuracy on this CPU) and exports it, also after waiting out the claim of an
+    earlier retraining that was killed (whose record is still the old one)."""
     storage = f"sqlite:///{tmp_path}/gone.db"
     runs = tmp_path / "runs"
     opts = {**OPTS, "progress": True, "final_epochs": 1, "storage": storage, "data_dir": cifar_dir}
@@ -397,9 +400,14 @@ def test_a_winner_whose_weights_are_gone_is_trained_again_when_asked(cifar_dir, 
     (name,) = optuna.get_all_study_names(storage)
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr("final", {**study.user_attrs["final"], "precision": other})
+    # a retraining killed a moment ago: its claim is fresh, then goes silent after two heartbeats
+    monkeypatch.setenv("NAS_HEARTBEAT_SECONDS", "0.5")
+    killed = {"genome": first.final["genome"], "recipe": first.final["recipe"], "by": "vm pid 1", "beat": time.time()}
+    study.set_user_attr(CLAIM_PREFIX + "final", killed)
 
     (again,) = sweep("conv", [3000], runs_dir=runs, baselines=["hand"], retrain_missing=True, **opts)
     out = capsys.readouterr().out
+    assert "vm pid 1 is training the winner; waiting for its record" in out
     assert "the winner's weights are not in" in out and "training it again" in out
     assert f"it trained in {other}, this machine trains in {here}: another model" in out
     assert again.final["precision"] == here
