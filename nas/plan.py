@@ -205,8 +205,7 @@ def calibrate_all(
     import torch
 
     from nas.counting import count_params
-    from nas.search import threads_per_job
-    from nas.training import default_device
+    from nas.training import default_device, threads_per_job
 
     dev = torch.device(device) if device is not None else default_device()
     workers = jobs if dev.type == "cpu" else 1

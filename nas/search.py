@@ -14,8 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,19 +121,6 @@ def warn_many_jobs(jobs: int, trials: int) -> None:
             f"up to {min(jobs, trials or jobs):,} trainings "
             f"run at once, one CPU thread each, so each runs slower and the search is not faster"
         )
-
-
-@contextmanager
-def threads_per_job(jobs: int) -> Iterator[None]:
-    """Concurrent CPU training runs share the cores instead of each claiming all of them."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before // jobs))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _LazyObjective:
@@ -287,7 +273,7 @@ def make_plan(
     import torch
 
     from nas.plan import TIME_PER_FLOPS_EXPONENT, WINNER_FLOPS_QUANTILE, Plan, calibrate
-    from nas.training import bf16_autocast, default_device
+    from nas.training import bf16_autocast, default_device, threads_per_job
 
     dev = torch.device(config.device) if config.device is not None else default_device()
     hand = project(default_start(space), space, budget, config.tol)
@@ -380,6 +366,8 @@ def search(
     plan first; it is skipped when `objective` is given. `config.noise_seeds` trains the hand
     design with two more seeds (see `measure_noise`) so the report can show the score's noise.
     Every argument is checked before anything is written or trained."""
+    from nas.training import threads_per_job
+
     t0 = time.perf_counter()
     run = _checked_run(space, budget, config or SearchConfig(), recipe, storage, data_dir, data, objective)
     _open_study(run)

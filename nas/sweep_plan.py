@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from nas.budget import project
 from nas.errors import NasError
 from nas.plan import CALIBRATION_IMAGES, SWEEP_SEARCH_SHARE, Plan, calibrate, calibrate_all
-from nas.search import TRAIN_IMAGES, SearchConfig, default_start, make_plan, threads_per_job
+from nas.search import TRAIN_IMAGES, SearchConfig, default_start, make_plan
 from nas.spaces import Genome, Space, load_space
 from nas.text import duration, plural
-from nas.training import Recipe, space_recipe
+from nas.training import Recipe, space_recipe, threads_per_job
 
 if TYPE_CHECKING:
     import torch

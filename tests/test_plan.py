@@ -13,10 +13,10 @@ from nas.errors import NasError
 from nas.evaluator import Evaluator
 from nas.objective import TrainingObjective
 from nas.plan import CPU_DEFAULTS, calibrate, duration, hyperband_rungs, parse_duration
-from nas.search import SearchConfig, default_start, search, threads_per_job
+from nas.search import SearchConfig, default_start, search
 from nas.spaces import load_space
 from nas.study import counts_as_done, open_study
-from nas.training import Recipe
+from nas.training import Recipe, threads_per_job
 
 
 @pytest.mark.parametrize(
