@@ -210,14 +210,14 @@ def calibrate_all(
     dev = torch.device(device) if device is not None else default_device()
     workers = jobs if dev.type == "cpu" else 1
     with threads_per_job(workers):  # first: the thread count is part of each cache key
+        keys = [_cache_key(g, r, dev) for g, r, _ in models]
         first: dict[str, tuple[Genome, Recipe, int]] = {}
-        for model in models:
-            first.setdefault(_cache_key(model[0], model[1], dev), model)
-        unique = sorted(first.values(), key=lambda m: -count_params(m[0]))
+        for key, model in zip(keys, models):
+            first.setdefault(key, model)  # a model listed twice: measured once, at its first `images`
+        order = sorted(first, key=lambda k: -count_params(first[k][0]))
         with ThreadPoolExecutor(workers, thread_name_prefix="nas-calibrate") as pool:
-            measured = list(pool.map(lambda m: calibrate(m[0], m[1], dev, images=m[2]), unique))
-        by_key = {_cache_key(m[0], m[1], dev): c for m, c in zip(unique, measured)}
-        return [by_key[_cache_key(g, r, dev)] for g, r, _ in models]
+            measured = dict(zip(order, pool.map(lambda k: calibrate(*first[k][:2], dev, images=first[k][2]), order)))
+        return [measured[k] for k in keys]
 
 
 def _cache_key(genome: Genome, recipe: Recipe, dev: torch.device) -> str:
